@@ -1,0 +1,30 @@
+"""coretune: ONNX in, core ops, tuned kernels out."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import CoretuneError, GraphError, InputError, ModelLoadError, UnsupportedModelError
+
+try:
+    __version__ = version("coretune")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+
+def import_onnx(model, input_shapes=None):
+    """Read an ONNX model (path, bytes or ModelProto) into a core-op Graph."""
+    from .graph.exchange.importer import import_onnx as _import
+
+    return _import(model, input_shapes=input_shapes)
+
+
+def export_onnx(graph, opset=None):
+    """Write a core-op Graph as a checked ONNX ModelProto."""
+    from .graph.exchange.exporter import export_onnx as _export
+
+    return _export(graph, opset=opset)
+
+
+__all__ = [
+    "CoretuneError", "GraphError", "InputError", "ModelLoadError", "UnsupportedModelError",
+    "__version__", "export_onnx", "import_onnx",
+]

@@ -1,0 +1,91 @@
+"""Reductions: sum, mean, max, min, prod over axes; argmax, argmin along one axis."""
+
+import numpy as np
+
+from ..registry import Attr, OpDef, Pattern, register, shape_error
+from .common import first_dtype, normalize_axes, normalize_axis
+
+
+def _reduce_shape(name):
+    def rule(shapes, axes, keepdims):
+        shape = shapes[0]
+        axes = normalize_axes(name, axes, len(shape))
+        if keepdims:
+            return [tuple(1 if i in axes else d for i, d in enumerate(shape))]
+        return [tuple(d for i, d in enumerate(shape) if i not in axes)]
+
+    return rule
+
+
+def _empty_identity(x, largest):
+    """max/min of an empty set: the identity element (-inf/+inf, or the dtype's extreme)."""
+    if x.dtype == np.bool_:
+        return not largest
+    if np.issubdtype(x.dtype, np.integer):
+        info = np.iinfo(x.dtype)
+        return info.min if largest else info.max
+    return -np.inf if largest else np.inf
+
+
+def _extreme(fn, largest):
+    def reference(x, axis, keepdims):
+        if x.size == 0:
+            return fn(x, axis=axis, keepdims=keepdims, initial=_empty_identity(x, largest))
+        return fn(x, axis=axis, keepdims=keepdims)
+
+    return reference
+
+
+_REDUCERS = {
+    "sum": (np.sum, "sum of elements"),
+    "mean": (np.mean, "arithmetic mean"),
+    "max": (_extreme(np.max, True), "largest element (-inf for an empty set)"),
+    "min": (_extreme(np.min, False), "smallest element (+inf for an empty set)"),
+    "prod": (np.prod, "product of elements"),
+}
+
+for _name, (_fn, _doc) in _REDUCERS.items():
+    register(OpDef(
+        _name, 4, Pattern.REDUCTION, ("x",), _reduce_shape(_name), first_dtype,
+        lambda x, axes, keepdims, _fn=_fn: (
+            _fn(x, axis=None if axes is None else tuple(axes), keepdims=keepdims),
+        ),
+        (Attr("axes", "ints", None, optional=True, doc="all axes when absent"),
+         Attr("keepdims", "bool", False)),
+        _doc + " over axes",
+    ))
+
+
+def _arg_shape(name):
+    def rule(shapes, axis, keepdims, select_last_index):
+        shape = shapes[0]
+        axis = normalize_axis(name, axis, len(shape))
+        if shape[axis] == 0:
+            raise shape_error(name, f"cannot take {name} of an empty axis")
+        if keepdims:
+            return [shape[:axis] + (1,) + shape[axis + 1:]]
+        return [shape[:axis] + shape[axis + 1:]]
+
+    return rule
+
+
+def _arg(fn):
+    def reference(x, axis, keepdims, select_last_index):
+        if select_last_index:
+            flipped = np.flip(x, axis)
+            index = x.shape[axis] - 1 - fn(flipped, axis=axis, keepdims=keepdims)
+        else:
+            index = fn(x, axis=axis, keepdims=keepdims)
+        return (index,)
+
+    return reference
+
+
+for _name, _fn in (("argmax", np.argmax), ("argmin", np.argmin)):
+    register(OpDef(
+        _name, 4, Pattern.REDUCTION, ("x",), _arg_shape(_name), lambda dtypes, **_: ["int64"],
+        _arg(_fn),
+        (Attr("axis", "int", 0), Attr("keepdims", "bool", False),
+         Attr("select_last_index", "bool", False, doc="on ties, the last index instead of the first")),
+        f"index of the {'largest' if _name == 'argmax' else 'smallest'} element along axis",
+    ))

@@ -1,0 +1,1 @@
+"""coretune.kernels: parameterised kernel templates, dialect renderers and device runtimes."""

@@ -1,0 +1,1 @@
+"""coretune.tuner: config spaces, measurement, search strategies and tuning logs."""
