@@ -1,0 +1,87 @@
+"""The ``coretune`` command line: a thin layer over the Python API.
+
+Exit codes: 0 success, 1 a user error (one line, no traceback unless --verbose), 2 usage.
+"""
+
+
+import click
+import numpy as np
+
+from .errors import CoretuneError
+
+
+class _Group(click.Group):
+    """Turns CoretuneError into exit code 1 with a one-line message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CoretuneError as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group)
+@click.option("--verbose", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="coretune")
+@click.pass_context
+def main(ctx, verbose):
+    """coretune: ONNX in, core ops, tuned OpenCL/CUDA/Metal kernels out.
+
+    \b
+    Examples:
+      coretune ops                                 # the core-op table
+      coretune show examples/tiny_net.onnx --run   # a model as core ops, run with numpy
+    """
+    ctx.obj = {"verbose": verbose}
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the table as Markdown (docs/ops.md).")
+def ops(markdown):
+    """Print the core-op table: op, level, pattern, attributes.
+
+    \b
+    Example:
+      coretune ops --markdown > docs/ops.md
+    """
+    from .graph.docs import ops_markdown, ops_table
+
+    if markdown:
+        click.echo(ops_markdown(), nl=False)
+    else:
+        from rich.console import Console
+
+        Console().print(ops_table())
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--run", "run_it", is_flag=True, help="Run it with the numpy reference executor "
+              "on random inputs and print the outputs' summary.")
+@click.option("--seed", default=0, show_default=True, help="Seed for the random inputs.")
+def show(model, run_it, seed):
+    """Import an ONNX model and print its core-op graph.
+
+    \b
+    Example:
+      coretune show examples/tiny_net.onnx --run
+    """
+    from . import import_onnx
+    from .graph import run_reference
+    from .graph.random import random_inputs
+
+    graph = import_onnx(model)
+    click.echo(str(graph))
+    if run_it:
+        inputs = random_inputs(graph, seed)
+        click.echo(f"\nrunning with the reference executor on random inputs (seed {seed}):")
+        for name, value in zip(graph.outputs, run_reference(graph, inputs), strict=True):
+            flat = value.astype(np.float64).ravel()
+            head = ", ".join(f"{v:.4g}" for v in flat[:6]) + (", ..." if flat.size > 6 else "")
+            click.echo(f"  {name}: {value.dtype}{list(value.shape)} [{head}]")
+
+
+
