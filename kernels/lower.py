@@ -1,0 +1,280 @@
+"""Lowering fused elementwise/broadcast/injective chains to C statements, one element at a time.
+
+``ElementwiseLowering.value(tensor, index)`` returns a C variable holding ``tensor`` at the
+multi-index ``index`` (a tuple of C integer expressions), emitting the statements that compute
+it. Each op has one small rule in ``RULES``; values are memoised per (tensor, index) so a
+value used twice is computed once. Templates use this for whole injective kernels and for the
+prologues and epilogues they fuse.
+"""
+
+import math
+from collections.abc import Callable
+
+from coretune.errors import CoretuneError
+from coretune.graph.ir import Node, TensorType
+
+from .ctypes_ import literal, value_type
+
+
+class NotLowerable(CoretuneError):
+    """An op that the elementwise lowering cannot express."""
+
+
+def row_major_strides(shape) -> list[int]:
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return strides[::-1]
+
+
+def linear_index(index, shape) -> str:
+    terms = [f"({i}) * {s}" if s != 1 else f"({i})"
+             for i, s, d in zip(index, row_major_strides(shape), shape, strict=True) if d != 1]
+    return " + ".join(terms) or "0"
+
+
+class ElementwiseLowering:
+    def __init__(self, types: dict[str, TensorType], producers: dict[str, Node],
+                 load: Callable[[str, str], str]):
+        """``producers`` maps the tensors computed inside the kernel to their nodes; any other
+        tensor is read from a buffer with ``load(name, linear_index_expr)``."""
+        self.types = types
+        # 32-bit index arithmetic is much cheaper on GPUs; 64-bit only when a tensor needs it.
+        self.index_type = "long" if max(math.prod(t.shape) for t in types.values()) >= 2**31 else "int"
+        self.producers = producers
+        self.load = load
+        self.lines: list[str] = []
+        self._memo: dict[tuple, str] = {}
+        self._count = 0
+
+    def temp(self, ctype: str, expr: str) -> str:
+        self._count += 1
+        name = f"v{self._count}"
+        self.lines.append(f"{ctype} {name} = {expr};")
+        return name
+
+    def int_temp(self, expr: str) -> str:
+        return self.temp(self.index_type, expr)
+
+    def unflatten(self, flat: str, shape) -> tuple[str, ...]:
+        """Multi-index of a row-major flat index (size-1 axes are constant 0)."""
+        out = []
+        for d, s in zip(shape, row_major_strides(shape), strict=True):
+            if d == 1:
+                out.append("0")
+            else:
+                out.append(self.int_temp(f"({flat} / {s}) % {d}" if s > 1 else f"({flat}) % {d}"))
+        return tuple(out)
+
+    def value(self, tensor: str, index: tuple[str, ...]) -> str:
+        key = (tensor, index)
+        if key not in self._memo:
+            node = self.producers.get(tensor)
+            ttype = self.types[tensor]
+            if node is None:
+                expr = self.load(tensor, linear_index(index, ttype.shape))
+            else:
+                rule = RULES.get(node.op)
+                if rule is None:
+                    raise NotLowerable(f"{node.op} cannot be fused into an elementwise kernel")
+                expr = rule(self, node, index)
+            # A rule that only moves the index (transpose, reshape...) returns an existing
+            # variable: alias it rather than copy it.
+            is_variable = expr.isidentifier() and node is not None
+            self._memo[key] = expr if is_variable else self.temp(value_type(ttype.dtype), expr)
+        return self._memo[key]
+
+    def operand(self, tensor: str, out_index: tuple[str, ...]) -> str:
+        """``tensor`` read at an output index of a broadcasting op (numpy rules)."""
+        shape = self.types[tensor].shape
+        offset = len(out_index) - len(shape)
+        return self.value(tensor, tuple("0" if d == 1 else out_index[offset + i]
+                                        for i, d in enumerate(shape)))
+
+    def dtype(self, tensor: str) -> str:
+        return self.types[tensor].dtype
+
+
+def _is_float(lw, tensor):
+    return lw.dtype(tensor) == "float32"
+
+
+def _elementwise(float_expr: str, int_expr: str | None = None):
+    """A rule from C templates over operands a, b, c (same index, numpy broadcasting)."""
+
+    def rule(lw: ElementwiseLowering, node: Node, index):
+        args = [lw.operand(t, index) for t in node.inputs]
+        template = float_expr if _is_float(lw, node.inputs[0]) or int_expr is None else int_expr
+        if template is None:
+            raise NotLowerable(f"{node.op} on {lw.dtype(node.inputs[0])}")
+        return template.format(*args, **_attr_literals(lw, node))
+
+    return rule
+
+
+def _attr_literals(lw, node):
+    dtype = lw.dtype(node.inputs[0])
+    return {k: literal(v, dtype) for k, v in node.attrs.items() if isinstance(v, int | float)
+            and not isinstance(v, bool)}
+
+
+# numpy's maximum/minimum propagate NaN: written so a NaN on either side wins.
+_MAX = "(({0} > {1} || {0} != {0}) ? {0} : {1})"
+_MIN = "(({0} < {1} || {0} != {0}) ? {0} : {1})"
+
+RULES: dict[str, Callable] = {
+    "add": _elementwise("({0} + {1})", "({0} + {1})"),
+    "subtract": _elementwise("({0} - {1})", "({0} - {1})"),
+    "multiply": _elementwise("({0} * {1})", "({0} * {1})"),
+    "divide": _elementwise("({0} / {1})", "({1} == 0 ? 0 : {0} / {1})"),
+    "maximum": _elementwise(_MAX, _MAX),
+    "minimum": _elementwise(_MIN, _MIN),
+    "power": _elementwise("pow({0}, (float)({1}))"),
+    "greater": _elementwise("({0} > {1})", "({0} > {1})"),
+    "less": _elementwise("({0} < {1})", "({0} < {1})"),
+    "equal": _elementwise("({0} == {1})", "({0} == {1})"),
+    "negative": _elementwise("(-{0})", "(-{0})"),
+    "abs": _elementwise("fabs({0})", "({0} < 0 ? -{0} : {0})"),
+    "exp": _elementwise("exp({0})"),
+    "log": _elementwise("log({0})"),
+    "sqrt": _elementwise("sqrt({0})"),
+    "rsqrt": _elementwise("(1.0f / sqrt({0}))"),
+    "tanh": _elementwise("tanh({0})"),
+    "sigmoid": _elementwise("(1.0f / (1.0f + exp(-{0})))"),
+    "erf": _elementwise("erf({0})"),
+    "relu": _elementwise("({0} < 0.0f ? 0.0f : {0})", "({0} < 0 ? 0 : {0})"),
+    "leaky_relu": _elementwise("({0} < 0.0f ? {0} * {alpha} : {0})"),
+    "where": lambda lw, node, index: "({0} ? {1} : {2})".format(
+        *(lw.operand(t, index) for t in node.inputs)),
+}
+
+
+def _clip(lw, node, index):
+    x = lw.operand(node.inputs[0], index)
+    dtype = lw.dtype(node.inputs[0])
+    expr = x
+    if node.attrs["a_min"] is not None:
+        expr = f"({x} < {literal(node.attrs['a_min'], dtype)} ? {literal(node.attrs['a_min'], dtype)} : {expr})"
+    if node.attrs["a_max"] is not None:
+        hi = literal(node.attrs["a_max"], dtype)
+        expr = f"({expr} > {hi} ? {hi} : {expr})"
+    return expr
+
+
+def _cast(lw, node, index):
+    target = node.attrs["dtype"]
+    x = lw.operand(node.inputs[0], index)
+    if target == "bool":
+        return f"({x} != 0)"
+    return f"({value_type(target)})({x})"
+
+
+def _batch_norm(lw, node, index):
+    data, gamma, beta, mean, var = node.inputs
+    axis = node.attrs["axis"] % len(index)
+    c = (index[axis],)
+    x, g, b, m, v = (lw.value(data, index), *(lw.value(t, c) for t in (gamma, beta, mean, var)))
+    eps = literal(node.attrs["epsilon"], "float32")
+    return f"(({x} - {m}) * ({g} / sqrt({v} + {eps})) + {b})"
+
+
+# ---- injective: each rule maps the output index to its input's index ----------------------
+def _transpose(lw, node, index):
+    axes = node.attrs["axes"] or tuple(reversed(range(len(index))))
+    source = [None] * len(index)
+    for out_axis, in_axis in enumerate(axes):
+        source[in_axis % len(index)] = index[out_axis]
+    return lw.value(node.inputs[0], tuple(source))
+
+
+def _reshaped(lw, node, index):
+    """reshape/flatten/expand_dims/squeeze/broadcast-free views: go through the flat index."""
+    out_shape = lw.types[node.outputs[0]].shape
+    in_shape = lw.types[node.inputs[0]].shape
+    if math.prod(in_shape) <= 1:
+        return lw.value(node.inputs[0], ("0",) * len(in_shape))
+    flat = lw.int_temp(linear_index(index, out_shape))
+    return lw.value(node.inputs[0], lw.unflatten(flat, in_shape))
+
+
+def _broadcast_to(lw, node, index):
+    return lw.operand(node.inputs[0], index)
+
+
+def _take(lw, node, index):
+    data, indices = node.inputs
+    axis = node.attrs["axis"] % len(lw.types[data].shape)
+    k = len(lw.types[indices].shape)
+    picked = lw.value(indices, index[axis: axis + k])
+    n = lw.types[data].shape[axis]
+    # Negative indices count from the end; out-of-range ones are clamped, never read past.
+    position = lw.int_temp(f"({picked} < 0 ? {picked} + {n} : {picked})")
+    position = lw.int_temp(f"({position} < 0 ? 0 : ({position} >= {n} ? {n - 1} : {position}))")
+    return lw.value(data, index[:axis] + (position,) + index[axis + k:])
+
+
+def _strided_slice(lw, node, index):
+    from coretune.graph.ops.transform import _slice_args
+
+    source = list(index)
+    shape = lw.types[node.inputs[0]].shape
+    a = node.attrs
+    for axis, begin, _, _, stride in _slice_args(shape, a["begin"], a["end"], a["strides"], a["axes"]):
+        source[axis] = f"({begin} + ({index[axis]}) * {stride})"
+    return lw.value(node.inputs[0], tuple(source))
+
+
+def _pad(lw, node, index):
+    shape = lw.types[node.inputs[0]].shape
+    widths = node.attrs["pad_width"]
+    mode = node.attrs["mode"]
+    source, inside = [], []
+    for axis, d in enumerate(shape):
+        before = widths[2 * axis]
+        if not before and not widths[2 * axis + 1]:
+            source.append(index[axis])
+            continue
+        i = lw.int_temp(f"({index[axis]}) - {before}" if before else index[axis])
+        if mode == "constant":
+            inside.append(f"({i} >= 0 && {i} < {d})")
+            source.append(f"({i} < 0 ? 0 : ({i} >= {d} ? {d - 1} : {i}))")
+        elif mode == "edge":
+            source.append(f"({i} < 0 ? 0 : ({i} >= {d} ? {d - 1} : {i}))")
+        elif mode == "reflect":
+            source.append(f"({i} < 0 ? -{i} : ({i} >= {d} ? {2 * d - 2} - {i} : {i}))")
+        else:  # wrap
+            source.append(f"((({i}) % {d} + {d}) % {d})")
+    value = lw.value(node.inputs[0], tuple(source))
+    if not inside:
+        return value
+    fill = literal(node.attrs["pad_value"], lw.dtype(node.inputs[0]))
+    return f"(({' && '.join(inside)}) ? {value} : {fill})"
+
+
+def _concatenate(lw, node, index):
+    axis = node.attrs["axis"] % len(index)
+    start, pieces = 0, []
+    for tensor in node.inputs:
+        size = lw.types[tensor].shape[axis]
+        if size:
+            pieces.append((start, size, tensor))
+        start += size
+    result = None
+    for start, size, tensor in reversed(pieces):
+        # Every piece is read (clamped into its bounds) and the right one selected: branch-free.
+        local = lw.int_temp(f"({index[axis]}) - {start}")
+        local = lw.int_temp(f"({local} < 0 ? 0 : ({local} >= {size} ? {size - 1} : {local}))")
+        local = index[:axis] + (local,) + index[axis + 1:]
+        value = lw.value(tensor, local)
+        result = value if result is None else f"(({index[axis]}) < {start + size} ? {value} : {result})"
+    return result
+
+
+for _op in ("reshape", "flatten", "expand_dims", "squeeze"):
+    RULES[_op] = _reshaped
+RULES.update({
+    "clip": _clip, "cast": _cast, "batch_norm": _batch_norm, "transpose": _transpose,
+    "broadcast_to": _broadcast_to, "take": _take, "strided_slice": _strided_slice, "pad": _pad,
+    "concatenate": _concatenate,
+})

@@ -1,0 +1,142 @@
+"""The OpenCL device runtime (pyopencl): selection, program cache, buffers, launches, timing."""
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from coretune.errors import CoretuneError
+
+from .device import DeviceInfo, DeviceLimits
+from .render import RenderedKernel
+
+
+class DeviceError(CoretuneError):
+    """No such device, or the device runtime is missing."""
+
+
+class KernelBuildError(CoretuneError):
+    """The device compiler rejected a kernel; the message carries its build log."""
+
+
+def _cl():
+    try:
+        import pyopencl
+    except ImportError as exc:  # pragma: no cover - pyopencl is a hard dependency
+        raise DeviceError(f"pyopencl is not importable: {exc}") from None
+    return pyopencl
+
+
+def list_devices() -> list:
+    """Every OpenCL device, platform by platform, in the order 'opencl:N' counts them."""
+    cl = _cl()
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error as exc:
+        raise DeviceError(f"no OpenCL platform found ({exc}); install pocl-binary-distribution")
+    return [d for p in platforms for d in p.get_devices()]
+
+
+def select_device(spec: str | None = None):
+    """'opencl' or None: the first device; 'opencl:N': the N-th; otherwise a name substring."""
+    devices = list_devices()
+    if not devices:
+        raise DeviceError("no OpenCL device found; install pocl-binary-distribution")
+    names = ", ".join(f"opencl:{i} ({d.name.strip()})" for i, d in enumerate(devices))
+    if spec in (None, "", "opencl"):
+        return devices[0]
+    if spec.startswith("opencl:") and spec[7:].isdigit():
+        index = int(spec[7:])
+        if index >= len(devices):
+            raise DeviceError(f"device {spec!r} does not exist; devices: {names}")
+        return devices[index]
+    matches = [d for d in devices if spec.lower() in d.name.lower()]
+    if not matches:
+        raise DeviceError(f"no OpenCL device matches {spec!r}; devices: {names}")
+    return matches[0]
+
+
+def device_info(device) -> DeviceInfo:
+    cl = _cl()
+    widths = device.get_info(cl.device_info.PREFERRED_VECTOR_WIDTH_FLOAT) or 1
+    limits = DeviceLimits(
+        max_work_group_size=int(device.max_work_group_size),
+        max_work_item_sizes=tuple(int(s) for s in device.max_work_item_sizes[:3]),
+        local_mem_bytes=int(device.local_mem_size),
+        compute_units=int(device.max_compute_units),
+        preferred_vector_width=int(widths),
+    )
+    return DeviceInfo("opencl", device.platform.name.strip(), device.name.strip(),
+                      device.driver_version.strip(), limits)
+
+
+@dataclass
+class CompiledKernel:
+    rendered: RenderedKernel
+    kernel: object  # pyopencl.Kernel
+
+
+class OpenCLDevice:
+    """One device with its context, a profiling queue and a program cache."""
+
+    def __init__(self, spec: str | None = None):
+        cl = _cl()
+        self._cl = cl
+        self.device = select_device(spec)
+        self.info = device_info(self.device)
+        self.context = cl.Context([self.device])
+        self.queue = cl.CommandQueue(
+            self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        self._programs: dict[str, object] = {}
+
+    @property
+    def limits(self) -> DeviceLimits:
+        return self.info.limits
+
+    def compile(self, rendered: RenderedKernel, options: tuple[str, ...] = ()) -> CompiledKernel:
+        """Build (or fetch from the cache, keyed by source and options) and pick the entry."""
+        key = hashlib.sha256("\0".join((rendered.source, *options)).encode()).hexdigest()
+        program = self._programs.get(key)
+        if program is None:
+            try:
+                program = self._cl.Program(self.context, rendered.source).build(list(options))
+            except self._cl.RuntimeError as exc:
+                raise KernelBuildError(f"OpenCL build of {rendered.entry} failed:\n{exc}") from None
+            self._programs[key] = program
+        return CompiledKernel(rendered, getattr(program, rendered.entry))
+
+    def upload(self, array: np.ndarray):
+        flags = self._cl.mem_flags
+        array = np.ascontiguousarray(array)
+        if array.nbytes == 0:
+            return self._cl.Buffer(self.context, flags.READ_WRITE, 1)
+        return self._cl.Buffer(self.context, flags.READ_WRITE | flags.COPY_HOST_PTR,
+                               hostbuf=array)
+
+    def empty(self, nbytes: int):
+        return self._cl.Buffer(self.context, self._cl.mem_flags.READ_WRITE, max(nbytes, 1))
+
+    def download(self, buffer, shape, dtype) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        if out.nbytes:
+            self._cl.enqueue_copy(self.queue, out, buffer)
+        return out
+
+    def launch(self, compiled: CompiledKernel, buffers: list):
+        """Enqueue once; returns the profiling event."""
+        launch = compiled.rendered.launch
+        compiled.kernel.set_args(*buffers)
+        return self._cl.enqueue_nd_range_kernel(self.queue, compiled.kernel, launch.global_size,
+                                                launch.local)
+
+    def time(self, compiled: CompiledKernel, buffers: list, number: int = 1, repeat: int = 3,
+             warmup: int = 1) -> list[float]:
+        """Seconds per launch, from device events: ``repeat`` means of ``number`` launches."""
+        for _ in range(warmup):
+            self.launch(compiled, buffers).wait()
+        costs = []
+        for _ in range(repeat):
+            events = [self.launch(compiled, buffers) for _ in range(number)]
+            events[-1].wait()
+            costs.append(sum(e.profile.end - e.profile.start for e in events) * 1e-9 / number)
+        return costs

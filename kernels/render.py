@@ -1,0 +1,234 @@
+"""Dialect renderers: one base, and per dialect (OpenCL C, CUDA C, Metal) a table of differences.
+
+Templates write a kernel once, as a ``KernelSpec`` whose body uses a neutral vocabulary:
+``GROUP_ID(d)``, ``LOCAL_ID(d)``, ``BARRIER()``, ``INF``, vector helpers ``VLOAD2/4(ptr, i)``,
+``VSTORE2/4(v, ptr, i)``, constructors ``VEC2/4(...)``, and math names spelled as in C99 (``expf`` is
+written ``exp``). Rendering substitutes the dialect's spelling; it never imports a GPU library.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    ctype: str  # neutral element type: float, half, int, long, uchar, bool...
+    output: bool = False
+
+
+@dataclass(frozen=True)
+class LocalArray:
+    name: str
+    ctype: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Work-groups (blocks, threadgroups) per axis and work-items per group, per axis."""
+
+    groups: tuple[int, int, int]
+    local: tuple[int, int, int]
+
+    @property
+    def global_size(self) -> tuple[int, int, int]:
+        return tuple(g * w for g, w in zip(self.groups, self.local, strict=True))
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    buffers: tuple[Buffer, ...]
+    body: str
+    launch: Launch
+    local_arrays: tuple[LocalArray, ...] = ()
+    helpers: str = ""  # device functions the body calls, in the neutral vocabulary
+
+
+@dataclass(frozen=True)
+class RenderedKernel:
+    dialect: str
+    source: str
+    entry: str
+    launch: Launch
+    arg_order: tuple[str, ...]
+
+
+_MATH = ("exp", "log", "sqrt", "tanh", "erf", "fabs", "fmax", "fmin", "floor", "ceil", "pow",
+         "fma", "rsqrt")
+
+
+@dataclass
+class Renderer:
+    """The base: assembles a kernel from a spec. Subclasses only fill in the tables."""
+
+    dialect: str = ""
+    preamble: str = ""
+    kernel_prefix: str = ""
+    global_qualifier: str = ""
+    const_qualifier: str = "const "
+    restrict: str = ""
+    local_qualifier: str = ""
+    barrier: str = ""
+    group_id: tuple[str, str, str] = ("", "", "")
+    local_id: tuple[str, str, str] = ("", "", "")
+    infinity: str = "INFINITY"
+    types: dict[str, str] = field(default_factory=dict)
+    math: dict[str, str] = field(default_factory=dict)
+
+    def render(self, spec: KernelSpec) -> RenderedKernel:
+        params = [self.param(b, i) for i, b in enumerate(spec.buffers)]
+        params += self.implicit_params()
+        signature = f"{self.kernel_signature(spec)} {spec.name}(" + ",\n    ".join(params) + ")"
+        locals_ = "".join(f"  {self.local_qualifier}{self.ctype(a.ctype)} {a.name}[{a.size}];\n"
+                          for a in spec.local_arrays)
+        body = self.translate(spec.body)
+        helpers = self.translate(spec.helpers)
+        source = f"{self.preamble}\n{helpers}\n{signature} {{\n{locals_}{body}\n}}\n"
+        return RenderedKernel(self.dialect, source, spec.name, spec.launch,
+                              tuple(b.name for b in spec.buffers))
+
+    # ---- hooks that differ by more than a table entry ------------------------------------
+    def kernel_signature(self, spec: KernelSpec) -> str:
+        return self.kernel_prefix
+
+    def param(self, buffer: Buffer, index: int) -> str:
+        const = "" if buffer.output else self.const_qualifier
+        return f"{self.global_qualifier}{const}{self.ctype(buffer.ctype)}* {self.restrict}{buffer.name}"
+
+    def implicit_params(self) -> list[str]:
+        return []
+
+    # ---- shared machinery ----------------------------------------------------------------
+    def ctype(self, neutral: str) -> str:
+        return self.types.get(neutral, neutral)
+
+    def translate(self, code: str) -> str:
+        code = re.sub(r"\bGROUP_ID\((\d)\)", lambda m: self.group_id[int(m[1])], code)
+        code = re.sub(r"\bLOCAL_ID\((\d)\)", lambda m: self.local_id[int(m[1])], code)
+        code = re.sub(r"\bBARRIER\(\)", self.barrier, code)
+        code = re.sub(r"\bINF\b", self.infinity, code)
+        code = re.sub(r"\b(" + "|".join(_MATH) + r")\(",
+                      lambda m: self.math.get(m[1], m[1]) + "(", code)
+        for neutral, spelled in self.types.items():
+            code = re.sub(rf"\b{neutral}(\d?)\b(?!\()", lambda m, s=spelled: s + m[1], code)
+        return code
+
+
+class OpenCLRenderer(Renderer):
+    def __init__(self):
+        super().__init__(
+            dialect="opencl",
+            preamble="#define VEC2(a, b) ((float2)((a), (b)))\n"
+                     "#define VEC4(a, b, c, d) ((float4)((a), (b), (c), (d)))\n"
+                     "#define VLOAD2(p, i) vload2(0, (p) + (i))\n"
+                     "#define VLOAD4(p, i) vload4(0, (p) + (i))\n"
+                     "#define VSTORE2(v, p, i) vstore2((v), 0, (p) + (i))\n"
+                     "#define VSTORE4(v, p, i) vstore4((v), 0, (p) + (i))\n",
+            kernel_prefix="__kernel void",
+            global_qualifier="__global ",
+            restrict="restrict ",
+            local_qualifier="__local ",
+            barrier="barrier(CLK_LOCAL_MEM_FENCE)",
+            group_id=("get_group_id(0)", "get_group_id(1)", "get_group_id(2)"),
+            local_id=("get_local_id(0)", "get_local_id(1)", "get_local_id(2)"),
+        )
+
+    def kernel_signature(self, spec):
+        size = ", ".join(map(str, spec.launch.local))
+        return f"__kernel __attribute__((reqd_work_group_size({size}))) void"
+
+
+_CUDA_PREAMBLE = """\
+#define INFINITY_F __int_as_float(0x7f800000)
+#define VEC2 make_float2
+#define VEC4 make_float4
+__device__ inline float2 operator+(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
+__device__ inline float2 operator*(float2 a, float2 b) { return make_float2(a.x * b.x, a.y * b.y); }
+__device__ inline float4 operator+(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+__device__ inline float4 operator*(float4 a, float4 b) {
+  return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w); }
+__device__ inline float2 VLOAD2(const float* p, long i) { return make_float2(p[i], p[i + 1]); }
+__device__ inline float4 VLOAD4(const float* p, long i) {
+  return make_float4(p[i], p[i + 1], p[i + 2], p[i + 3]); }
+__device__ inline void VSTORE2(float2 v, float* p, long i) { p[i] = v.x; p[i + 1] = v.y; }
+__device__ inline void VSTORE4(float4 v, float* p, long i) {
+  p[i] = v.x; p[i + 1] = v.y; p[i + 2] = v.z; p[i + 3] = v.w; }
+"""
+
+
+class CUDARenderer(Renderer):
+    def __init__(self):
+        super().__init__(
+            dialect="cuda",
+            preamble=_CUDA_PREAMBLE,
+            kernel_prefix='extern "C" __global__ void',
+            restrict="__restrict__ ",
+            local_qualifier="__shared__ ",
+            barrier="__syncthreads()",
+            group_id=("blockIdx.x", "blockIdx.y", "blockIdx.z"),
+            local_id=("threadIdx.x", "threadIdx.y", "threadIdx.z"),
+            infinity="INFINITY_F",
+            types={"long": "long long", "uchar": "unsigned char", "char": "signed char"},
+            math={"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "erf": "erff",
+                  "fabs": "fabsf", "fmax": "fmaxf", "fmin": "fminf", "floor": "floorf",
+                  "ceil": "ceilf", "pow": "powf", "fma": "fmaf", "rsqrt": "rsqrtf"},
+        )
+
+    def kernel_signature(self, spec):
+        threads = spec.launch.local[0] * spec.launch.local[1] * spec.launch.local[2]
+        return f'extern "C" __global__ void __launch_bounds__({threads})'
+
+
+_METAL_PREAMBLE = """\
+#include <metal_stdlib>
+using namespace metal;
+#define VEC2(a, b) float2((a), (b))
+#define VEC4(a, b, c, d) float4((a), (b), (c), (d))
+#define VLOAD2(p, i) float2((p)[(i)], (p)[(i) + 1])
+#define VLOAD4(p, i) float4((p)[(i)], (p)[(i) + 1], (p)[(i) + 2], (p)[(i) + 3])
+#define VSTORE2(v, p, i) do { float2 _v = (v); (p)[(i)] = _v.x; (p)[(i) + 1] = _v.y; } while (0)
+#define VSTORE4(v, p, i) do { float4 _v = (v); (p)[(i)] = _v.x; (p)[(i) + 1] = _v.y; \\
+  (p)[(i) + 2] = _v.z; (p)[(i) + 3] = _v.w; } while (0)
+// Metal has no erf: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+static inline float ct_erf(float x) {
+  float t = 1.0f / (1.0f + 0.3275911f * fabs(x));
+  float y = 1.0f - (((((1.061405429f * t - 1.453152027f) * t) + 1.421413741f) * t
+                     - 0.284496736f) * t + 0.254829592f) * t * exp(-x * x);
+  return copysign(y, x);
+}
+"""
+
+
+class MetalRenderer(Renderer):
+    def __init__(self):
+        super().__init__(
+            dialect="metal",
+            preamble=_METAL_PREAMBLE,
+            kernel_prefix="kernel void",
+            global_qualifier="device ",
+            local_qualifier="threadgroup ",
+            barrier="threadgroup_barrier(mem_flags::mem_threadgroup)",
+            group_id=("_group.x", "_group.y", "_group.z"),
+            local_id=("_local.x", "_local.y", "_local.z"),
+            math={"erf": "ct_erf", "fma": "fma"},
+        )
+
+    def param(self, buffer, index):
+        return f"{super().param(buffer, index)} [[buffer({index})]]"
+
+    def implicit_params(self):
+        return ["uint3 _group [[threadgroup_position_in_grid]]",
+                "uint3 _local [[thread_position_in_threadgroup]]"]
+
+
+RENDERERS = {"opencl": OpenCLRenderer, "cuda": CUDARenderer, "metal": MetalRenderer}
+
+
+def renderer_for(dialect: str) -> Renderer:
+    try:
+        return RENDERERS[dialect]()
+    except KeyError:
+        raise ValueError(f"unknown dialect {dialect!r}; known: {', '.join(RENDERERS)}") from None

@@ -1,0 +1,62 @@
+"""The template interface every kernel template implements."""
+
+from coretune.errors import CoretuneError
+
+from ..device import DeviceLimits
+from ..render import KernelSpec, RenderedKernel, renderer_for
+from ..space import Config, ConfigSpace, Knob, Restriction
+from ..workload import Workload
+
+
+class TemplateMismatch(CoretuneError):
+    """The workload is not one this template computes."""
+
+
+class Template:
+    """A parameterised kernel for a family of workloads.
+
+    Subclasses declare ``name``, ``matches``, their knobs and restrictions, the work-group and
+    local memory a config uses, a heuristic default, and ``spec`` (the kernel, dialect-neutral).
+    """
+
+    name: str = ""
+
+    def __init__(self, workload: Workload):
+        if not self.matches(workload):
+            raise TemplateMismatch(f"{self.name} does not compute {workload.key_string()[:200]}")
+        self.workload = workload
+
+    @classmethod
+    def matches(cls, workload: Workload) -> bool:
+        raise NotImplementedError
+
+    def knobs(self) -> list[Knob]:
+        raise NotImplementedError
+
+    def restrictions(self) -> list[Restriction]:
+        return []
+
+    def work_group(self, config: Config) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def local_mem_bytes(self, config: Config) -> int:
+        return 0
+
+    def default_config(self, limits: DeviceLimits) -> Config:
+        raise NotImplementedError
+
+    def spec(self, config: Config) -> KernelSpec:
+        raise NotImplementedError
+
+    # ---- shared ---------------------------------------------------------------------------
+    def key(self) -> dict:
+        return {"template": self.name, "workload": self.workload.key()}
+
+    def space(self, limits: DeviceLimits) -> ConfigSpace:
+        return ConfigSpace(self.knobs(), self.restrictions(), limits, self.work_group,
+                           self.local_mem_bytes)
+
+    def render(self, config, dialect: str, limits: DeviceLimits) -> RenderedKernel:
+        """Render a config for a dialect; an invalid config is rejected with its reason."""
+        config = self.space(limits).check(config)
+        return renderer_for(dialect).render(self.spec(config))

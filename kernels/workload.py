@@ -1,0 +1,75 @@
+"""A workload: what one kernel computes, as a small core-op subgraph with fixed shapes.
+
+Tensor names are canonical (in0.., t0.., out0..): two models that fuse the same ops on the same
+shapes share one workload key (so one tuning record serves both), and no name from a model
+ever reaches kernel source.
+"""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from coretune.graph.ir import Graph, Node, TensorType
+from coretune.graph.reference import run_reference
+
+
+@dataclass(frozen=True)
+class Workload:
+    inputs: tuple[tuple[str, TensorType], ...]
+    nodes: tuple[Node, ...]
+    outputs: tuple[str, ...]
+    types: dict  # every tensor's TensorType
+
+    @classmethod
+    def from_graph(cls, graph: Graph) -> "Workload":
+        """Canonicalise a (fused) graph: params become inputs too, in first-use order."""
+        graph.validate()
+        rename: dict[str, str] = {}
+        for name in graph.inputs:
+            rename[name] = f"in{len(rename)}"
+        for node in graph.nodes:
+            for name in node.inputs:
+                if name in graph.params and name not in rename:
+                    rename[name] = f"in{len(rename)}"
+        for i, name in enumerate(graph.outputs):
+            rename.setdefault(name, f"out{i}")
+        count = 0
+        for node in graph.nodes:
+            for name in node.outputs:
+                if name not in rename:
+                    rename[name] = f"t{count}"
+                    count += 1
+        types = {rename[n]: t for n, t in graph.types.items() if n in rename}
+        nodes = tuple(Node(f"n{i}", n.op, [rename[x] for x in n.inputs],
+                           [rename[x] for x in n.outputs], dict(n.attrs))
+                      for i, n in enumerate(graph.nodes))
+        inputs = tuple((rename[n], graph.types[n]) for n in rename
+                       if n in graph.inputs or n in graph.params)
+        return cls(inputs, nodes, tuple(rename[n] for n in graph.outputs), types)
+
+    def key(self) -> dict:
+        """Stable, JSON-able identity: ops, attributes, shapes and dtypes."""
+        return {
+            "inputs": [[n, list(t.shape), t.dtype] for n, t in self.inputs],
+            "nodes": [[n.op, n.inputs, n.outputs, {k: list(v) if isinstance(v, tuple) else v
+                                                  for k, v in sorted(n.attrs.items())}]
+                      for n in self.nodes],
+            "outputs": [[n, list(self.types[n].shape), self.types[n].dtype]
+                        for n in self.outputs],
+        }
+
+    def key_string(self) -> str:
+        return json.dumps(self.key(), sort_keys=True, separators=(",", ":"))
+
+    def as_graph(self) -> Graph:
+        return Graph("workload", dict(self.inputs), {}, list(self.nodes),
+                     list(self.outputs)).validate()
+
+    def reference(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """The numpy reference outputs for input arrays given in ``inputs`` order."""
+        graph = self.as_graph()
+        return run_reference(graph, {n: a for (n, _), a in zip(self.inputs, arrays, strict=True)})
+
+    def producers(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs}
