@@ -36,7 +36,7 @@ def linear_index(index, shape) -> str:
 
 class ElementwiseLowering:
     def __init__(self, types: dict[str, TensorType], producers: dict[str, Node],
-                 load: Callable[[str, str], str]):
+                 load: Callable[[str, str], str], prefix: str = "v"):
         """``producers`` maps the tensors computed inside the kernel to their nodes; any other
         tensor is read from a buffer with ``load(name, linear_index_expr)``."""
         self.types = types
@@ -44,15 +44,21 @@ class ElementwiseLowering:
         self.index_type = "long" if max(math.prod(t.shape) for t in types.values()) >= 2**31 else "int"
         self.producers = producers
         self.load = load
+        self.prefix = prefix  # temporaries are prefix1, prefix2...: distinct per lowering
         self.lines: list[str] = []
         self._memo: dict[tuple, str] = {}
         self._count = 0
 
     def temp(self, ctype: str, expr: str) -> str:
         self._count += 1
-        name = f"v{self._count}"
+        name = f"{self.prefix}{self._count}"
         self.lines.append(f"{ctype} {name} = {expr};")
         return name
+
+    def bind(self, tensor: str, index: tuple[str, ...], variable: str) -> None:
+        """Declare that ``variable`` already holds ``tensor`` at ``index`` (e.g. an accumulator
+        a template computed), so the ops fused after it read it from there."""
+        self._memo[(tensor, index)] = variable
 
     def int_temp(self, expr: str) -> str:
         return self.temp(self.index_type, expr)

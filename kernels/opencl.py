@@ -87,7 +87,7 @@ class OpenCLDevice:
         self.context = cl.Context([self.device])
         self.queue = cl.CommandQueue(
             self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
-        self._programs: dict[str, object] = {}
+        self._kernels: dict[str, CompiledKernel] = {}
 
     @property
     def limits(self) -> DeviceLimits:
@@ -95,15 +95,16 @@ class OpenCLDevice:
 
     def compile(self, rendered: RenderedKernel, options: tuple[str, ...] = ()) -> CompiledKernel:
         """Build (or fetch from the cache, keyed by source and options) and pick the entry."""
-        key = hashlib.sha256("\0".join((rendered.source, *options)).encode()).hexdigest()
-        program = self._programs.get(key)
-        if program is None:
+        key = hashlib.sha256("\0".join((rendered.source, rendered.entry, *options)).encode())
+        compiled = self._kernels.get(key.hexdigest())
+        if compiled is None:
             try:
                 program = self._cl.Program(self.context, rendered.source).build(list(options))
             except self._cl.RuntimeError as exc:
                 raise KernelBuildError(f"OpenCL build of {rendered.entry} failed:\n{exc}") from None
-            self._programs[key] = program
-        return CompiledKernel(rendered, getattr(program, rendered.entry))
+            compiled = CompiledKernel(rendered, self._cl.Kernel(program, rendered.entry))
+            self._kernels[key.hexdigest()] = compiled
+        return compiled
 
     def upload(self, array: np.ndarray):
         flags = self._cl.mem_flags

@@ -1,0 +1,53 @@
+"""Fused epilogues: the elementwise chain after a dense/matmul/conv/pool ("anchor") node.
+
+A workload whose first node is the anchor may continue with elementwise and broadcasting ops
+of the anchor's output shape: bias, any activation, batch-norm scale and shift, a residual add
+with another input. The template computes the anchor's value in a register; the epilogue turns
+it into the workload's output and stores it. (Reshape-like views need no kernel at all: the
+executor aliases their buffers.)
+"""
+
+from coretune.graph.registry import Pattern, get_op
+
+from .ctypes_ import BUFFER_TYPES, buffer_type
+from .lower import RULES, ElementwiseLowering, linear_index
+from .workload import Workload
+
+
+def epilogue_fusable(workload: Workload, anchor_ops: set[str]) -> bool:
+    nodes = workload.nodes
+    if not nodes or nodes[0].op not in anchor_ops or len(workload.outputs) != 1:
+        return False
+    shape = workload.types[nodes[0].outputs[0]].shape
+    return (
+        all(get_op(n.op).pattern <= Pattern.BROADCAST and n.op in RULES
+            and workload.types[n.outputs[0]].shape == shape for n in nodes[1:])
+        and all(t.dtype in BUFFER_TYPES for t in workload.types.values())
+        and workload.outputs[0] == nodes[-1].outputs[0]
+    )
+
+
+class Epilogue:
+    """Emits the statements that finish and store one element of the anchor's output."""
+
+    def __init__(self, workload: Workload):
+        self.workload = workload
+        self.anchor_out = workload.nodes[0].outputs[0]
+        self.output = workload.outputs[0]
+        self.shape = workload.types[self.anchor_out].shape
+        self._producers = {t: n for n in workload.nodes[1:] for t in n.outputs}
+
+    @property
+    def inputs(self) -> list[str]:
+        """Buffers the epilogue reads (bias, residual...), in workload input order."""
+        used = {t for n in self.workload.nodes[1:] for t in n.inputs}
+        return [name for name, _ in self.workload.inputs if name in used]
+
+    def store(self, acc: str, index: tuple[str, ...], prefix: str = "e") -> list[str]:
+        """C statements: finish ``acc`` (the anchor at ``index``) and store it to the output."""
+        w = self.workload
+        lw = ElementwiseLowering(w.types, self._producers, lambda n, i: f"{n}[{i}]", prefix)
+        lw.bind(self.anchor_out, index, acc)
+        value = lw.value(self.output, index)
+        out_type = buffer_type(w.types[self.output].dtype)
+        return lw.lines + [f"{self.output}[{linear_index(index, self.shape)}] = ({out_type})({value});"]

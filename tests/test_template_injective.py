@@ -1,0 +1,94 @@
+"""The injective template: fused elementwise/broadcast/injective chains on PoCL, nvcc, Metal."""
+
+import numpy as np
+import pytest
+
+from coretune.graph import GraphBuilder
+from coretune.kernels.device import APPLE_M1, CUDA_SM80
+from coretune.kernels.space import InvalidConfig
+from coretune.kernels.templates.injective import InjectiveTemplate
+from coretune.kernels.workload import Workload
+
+from .kernel_harness import (
+    NVCC,
+    assert_matches_reference,
+    check_cuda_resources,
+    metal_syntax_check,
+    nvcc_compile,
+    random_inputs,
+    run_on_device,
+)
+
+
+def chain(shape_x, shape_y):
+    b = GraphBuilder()
+    x, y = b.input("x", shape_x), b.input("y", shape_y)
+    z = b.relu(x * y) + 1.0
+    z = b.transpose(z, axes=tuple(reversed(range(z.ndim))))
+    return b.build(b.sigmoid(z) - b.tanh(z))
+
+
+def movement(shape):
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    padded = b.pad(x, pad_width=(1, 2) * len(shape), mode="reflect" if min(shape) > 2 else "edge")
+    cut = b.strided_slice(padded, begin=(-2,), end=(0,), strides=(-1,), axes=(0,))
+    flat = b.reshape(cut, newshape=(-1,))
+    idx = b.const(np.array([0, -1, 2, 1], dtype=np.int64) % max(1, flat.shape[0]))
+    gathered = b.take(flat, idx)
+    return b.build(b.concatenate(gathered, b.clip(flat, a_min=-0.5, a_max=0.5), axis=0))
+
+
+def mixed_types(n):
+    b = GraphBuilder()
+    x = b.input("x", (n,))
+    i = b.cast(b.abs(x) * 10.0, dtype="int32")
+    cond = b.greater(x, b.const(0.0, "float32"))
+    return b.build(b.where(cond, b.cast(i, dtype="float32"), b.exp(x)))
+
+
+WORKLOADS = [chain((1,), (1,)), chain((7, 13), (13,)), chain((33, 7, 1), (1, 13)),
+             movement((7, 13)), movement((1, 33)), mixed_types(13), mixed_types(1)]
+IDS = ["chain-1", "chain-7x13", "chain-33x7x13", "move-7x13", "move-1x33", "mixed-13", "mixed-1"]
+
+
+@pytest.mark.parametrize("graph", WORKLOADS, ids=IDS)
+def test_default_and_random_configs_match_numpy(device, graph):
+    template = InjectiveTemplate(Workload.from_graph(graph))
+    space = template.space(device.limits)
+    configs = [template.default_config(device.limits)]
+    configs += space.sample(20, np.random.default_rng(7))
+    for seed, config in enumerate(configs):
+        arrays = random_inputs(template.workload, seed)
+        assert_matches_reference(template, run_on_device(device, template, config, arrays), arrays)
+
+
+def test_invalid_configs_are_rejected_with_a_reason(device):
+    template = InjectiveTemplate(Workload.from_graph(chain((7, 13), (13,))))
+    space = template.space(device.limits)
+    assert "lanes must divide" in space.why_invalid({"work_group": 64, "items": 1, "lanes": 2})
+    tiny = type(device.limits)(max_work_group_size=64, max_work_item_sizes=(64, 64, 64),
+                               local_mem_bytes=1024)
+    with pytest.raises(InvalidConfig, match="work-group axis 0 is 128 > 64"):
+        template.render({"work_group": 128, "items": 1, "lanes": 1}, "opencl", tiny)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("graph", WORKLOADS[1:4], ids=IDS[1:4])
+def test_cuda_rendering_compiles_with_nvcc(graph, tmp_path):
+    template = InjectiveTemplate(Workload.from_graph(graph))
+    configs = [template.default_config(CUDA_SM80)]
+    configs += template.space(CUDA_SM80).sample(2, np.random.default_rng(1))
+    for config in configs:
+        report = nvcc_compile(template.render(config, "cuda", CUDA_SM80), tmp_path)
+        check_cuda_resources(report, CUDA_SM80, template.local_mem_bytes(config),
+                             config["work_group"])
+
+
+@pytest.mark.parametrize("graph", WORKLOADS[1:4], ids=IDS[1:4])
+def test_metal_rendering_passes_a_syntax_check(graph, tmp_path):
+    """Syntax check with a shim header and g++ -- not a Metal compile (no Metal here)."""
+    template = InjectiveTemplate(Workload.from_graph(graph))
+    for config in [template.default_config(APPLE_M1),
+                   *template.space(APPLE_M1).sample(2, np.random.default_rng(2))]:
+        metal_syntax_check(template.render(config, "metal", APPLE_M1), tmp_path)
