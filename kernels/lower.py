@@ -10,10 +10,13 @@ prologues and epilogues they fuse.
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from coretune.errors import CoretuneError
 from coretune.graph.ir import Node, TensorType
 
 from .ctypes_ import literal, value_type
+from .render import Table
 
 
 class NotLowerable(CoretuneError):
@@ -48,6 +51,7 @@ class ElementwiseLowering:
         self.lines: list[str] = []
         self._memo: dict[tuple, str] = {}
         self._count = 0
+        self.tables: dict[str, Table] = {}  # lookup tables the emitted code reads, by name
 
     def temp(self, ctype: str, expr: str) -> str:
         self._count += 1
@@ -81,10 +85,12 @@ class ElementwiseLowering:
             if node is None:
                 expr = self.load(tensor, linear_index(index, ttype.shape))
             else:
-                rule = RULES.get(node.op)
-                if rule is None:
+                if node.op in MULTI_OUTPUT_RULES:
+                    expr = MULTI_OUTPUT_RULES[node.op](self, node, index, tensor)
+                elif node.op in RULES:
+                    expr = RULES[node.op](self, node, index)
+                else:
                     raise NotLowerable(f"{node.op} cannot be fused into an elementwise kernel")
-                expr = rule(self, node, index)
             # A rule that only moves the index (transpose, reshape...) returns an existing
             # variable: alias it rather than copy it.
             is_variable = expr.isidentifier() and node is not None
@@ -284,3 +290,67 @@ RULES.update({
     "broadcast_to": _broadcast_to, "take": _take, "strided_slice": _strided_slice, "pad": _pad,
     "concatenate": _concatenate,
 })
+
+
+def _split(lw, node, index, tensor):
+    axis = node.attrs["axis"] % len(index)
+    start = sum(node.attrs["sizes"][: node.outputs.index(tensor)])
+    shifted = f"({index[axis]}) + {start}" if start else index[axis]
+    return lw.value(node.inputs[0], index[:axis] + (shifted,) + index[axis + 1:])
+
+
+MULTI_OUTPUT_RULES = {"split": _split}
+
+
+def _resize_taps(lw, node, axis_from_end):
+    """Per output position: tap indices and weights (host-computed), as lookup tables."""
+    from coretune.graph.ops.resize import _resize_scale, interpolation_matrix
+
+    a = node.attrs
+    in_shape = lw.types[node.inputs[0]].shape
+    i = 2 - axis_from_end
+    stem = f"{node.name}_{'hw'[i]}"
+    scale = _resize_scale(in_shape, a["size"], a["scale"])[i]
+    roi = a["roi"] or (0.0, 0.0, 1.0, 1.0)
+    matrix, outside = interpolation_matrix(
+        in_shape[-axis_from_end], a["size"][i], scale, a["method"],
+        a["coordinate_transformation_mode"], a["rounding_method"], a["cubic_alpha"],
+        a["exclude_outside"], (roi[i], roi[i + 2]))
+    taps = max(1, int((matrix != 0).sum(axis=1).max()))
+    index, weight = [], []
+    for row in matrix:  # rows outside a crop box are all zero: index 0 with weight 0
+        nonzero = list(np.flatnonzero(row))
+        index += nonzero + [0] * (taps - len(nonzero))
+        weight += [row[j] for j in nonzero] + [0.0] * (taps - len(nonzero))
+    for table in (Table(f"{stem}_index", "int", tuple(map(int, index))),
+                  Table(f"{stem}_weight", "float", tuple(literal(x, "float32") for x in weight)),
+                  Table(f"{stem}_outside", "int", tuple(map(int, outside)))):
+        lw.tables[table.name] = table
+    return stem, taps, bool(outside.any())
+
+
+def _resize2d(lw, node, index):
+    rank = len(index)
+    (h_stem, h_taps, h_out), (w_stem, w_taps, w_out) = (_resize_taps(lw, node, 2),
+                                                        _resize_taps(lw, node, 1))
+    oh, ow = index[rank - 2], index[rank - 1]
+    terms = []
+    for t in range(h_taps):
+        for u in range(w_taps):
+            ih = f"{h_stem}_index[({oh}) * {h_taps} + {t}]"
+            iw = f"{w_stem}_index[({ow}) * {w_taps} + {u}]"
+            x = lw.value(node.inputs[0], index[:-2] + (ih, iw))
+            terms.append(f"{h_stem}_weight[({oh}) * {h_taps} + {t}] * "
+                         f"{w_stem}_weight[({ow}) * {w_taps} + {u}] * (float)({x})")
+    total = " + ".join(terms)
+    masks = [f"{h_stem}_outside[{oh}]"] * h_out + [f"{w_stem}_outside[{ow}]"] * w_out
+    if masks:
+        total = f"(({' || '.join(masks)}) ? {literal(node.attrs['extrapolation_value'], 'float32')} : {total})"
+    return total
+
+
+RULES["resize2d"] = _resize2d
+
+
+def lowerable(op: str) -> bool:
+    return op in RULES or op in MULTI_OUTPUT_RULES

@@ -25,6 +25,15 @@ class LocalArray:
 
 
 @dataclass(frozen=True)
+class Table:
+    """A read-only lookup table baked into the program (e.g. resize taps and weights)."""
+
+    name: str
+    ctype: str
+    values: tuple
+
+
+@dataclass(frozen=True)
 class Launch:
     """Work-groups (blocks, threadgroups) per axis and work-items per group, per axis."""
 
@@ -44,6 +53,7 @@ class KernelSpec:
     launch: Launch
     local_arrays: tuple[LocalArray, ...] = ()
     helpers: str = ""  # device functions the body calls, in the neutral vocabulary
+    tables: tuple[Table, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class Renderer:
     const_qualifier: str = "const "
     restrict: str = ""
     local_qualifier: str = ""
+    table_qualifier: str = "const "
     barrier: str = ""
     group_id: tuple[str, str, str] = ("", "", "")
     local_id: tuple[str, str, str] = ("", "", "")
@@ -85,7 +96,8 @@ class Renderer:
                           for a in spec.local_arrays)
         body = self.translate(spec.body)
         helpers = self.translate(spec.helpers)
-        source = f"{self.preamble}\n{helpers}\n{signature} {{\n{locals_}{body}\n}}\n"
+        tables = "".join(self.table(t) for t in spec.tables)
+        source = f"{self.preamble}\n{tables}{helpers}\n{signature} {{\n{locals_}{body}\n}}\n"
         return RenderedKernel(self.dialect, source, spec.name, spec.launch,
                               tuple(b.name for b in spec.buffers))
 
@@ -99,6 +111,11 @@ class Renderer:
 
     def implicit_params(self) -> list[str]:
         return []
+
+    def table(self, table: Table) -> str:
+        values = ", ".join(map(str, table.values))
+        return (f"{self.table_qualifier}{self.ctype(table.ctype)} {table.name}"
+                f"[{len(table.values)}] = {{{values}}};\n")
 
     # ---- shared machinery ----------------------------------------------------------------
     def ctype(self, neutral: str) -> str:
@@ -130,6 +147,7 @@ class OpenCLRenderer(Renderer):
             global_qualifier="__global ",
             restrict="restrict ",
             local_qualifier="__local ",
+            table_qualifier="__constant ",
             barrier="barrier(CLK_LOCAL_MEM_FENCE)",
             group_id=("get_group_id(0)", "get_group_id(1)", "get_group_id(2)"),
             local_id=("get_local_id(0)", "get_local_id(1)", "get_local_id(2)"),
@@ -167,6 +185,7 @@ class CUDARenderer(Renderer):
             kernel_prefix='extern "C" __global__ void',
             restrict="__restrict__ ",
             local_qualifier="__shared__ ",
+            table_qualifier="__device__ const ",
             barrier="__syncthreads()",
             group_id=("blockIdx.x", "blockIdx.y", "blockIdx.z"),
             local_id=("threadIdx.x", "threadIdx.y", "threadIdx.z"),
@@ -210,6 +229,7 @@ class MetalRenderer(Renderer):
             kernel_prefix="kernel void",
             global_qualifier="device ",
             local_qualifier="threadgroup ",
+            table_qualifier="constant ",
             barrier="threadgroup_barrier(mem_flags::mem_threadgroup)",
             group_id=("_group.x", "_group.y", "_group.z"),
             local_id=("_local.x", "_local.y", "_local.z"),

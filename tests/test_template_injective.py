@@ -47,9 +47,24 @@ def mixed_types(n):
     return b.build(b.where(cond, b.cast(i, dtype="float32"), b.exp(x)))
 
 
+def resampling(shape, size, **attrs):
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    first, _ = b.split(x, sizes=(1, shape[1] - 1), axis=1)
+    return b.build(b.resize2d(b.relu(first), size=size, **attrs))
+
+
 WORKLOADS = [chain((1,), (1,)), chain((7, 13), (13,)), chain((33, 7, 1), (1, 13)),
-             movement((7, 13)), movement((1, 33)), mixed_types(13), mixed_types(1)]
-IDS = ["chain-1", "chain-7x13", "chain-33x7x13", "move-7x13", "move-1x33", "mixed-13", "mixed-1"]
+             movement((7, 13)), movement((1, 33)), mixed_types(13), mixed_types(1),
+             resampling((1, 3, 7, 13), (13, 7), method="linear"),
+             resampling((2, 2, 1, 7), (3, 33), method="nearest",
+                         coordinate_transformation_mode="asymmetric", rounding_method="floor"),
+             resampling((1, 4, 13, 7), (33, 13), method="cubic", exclude_outside=True),
+             resampling((1, 2, 7, 7), (13, 13), method="linear", extrapolation_value=-1.0,
+                        coordinate_transformation_mode="tf_crop_and_resize",
+                        roi=(0.1, -0.2, 1.2, 0.9))]
+IDS = ["chain-1", "chain-7x13", "chain-33x7x13", "move-7x13", "move-1x33", "mixed-13", "mixed-1",
+       "resize-linear", "resize-nearest", "resize-cubic", "resize-crop"]
 
 
 @pytest.mark.parametrize("graph", WORKLOADS, ids=IDS)
@@ -73,8 +88,12 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
         template.render({"work_group": 128, "items": 1, "lanes": 1}, "opencl", tiny)
 
 
+RENDER_CHECKED = [1, 2, 3, 9, 10]
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-@pytest.mark.parametrize("graph", WORKLOADS[1:4], ids=IDS[1:4])
+@pytest.mark.parametrize("graph", [WORKLOADS[i] for i in RENDER_CHECKED],
+                         ids=[IDS[i] for i in RENDER_CHECKED])
 def test_cuda_rendering_compiles_with_nvcc(graph, tmp_path):
     template = InjectiveTemplate(Workload.from_graph(graph))
     configs = [template.default_config(CUDA_SM80)]
@@ -85,7 +104,8 @@ def test_cuda_rendering_compiles_with_nvcc(graph, tmp_path):
                              config["work_group"])
 
 
-@pytest.mark.parametrize("graph", WORKLOADS[1:4], ids=IDS[1:4])
+@pytest.mark.parametrize("graph", [WORKLOADS[i] for i in RENDER_CHECKED],
+                         ids=[IDS[i] for i in RENDER_CHECKED])
 def test_metal_rendering_passes_a_syntax_check(graph, tmp_path):
     """Syntax check with a shim header and g++ -- not a Metal compile (no Metal here)."""
     template = InjectiveTemplate(Workload.from_graph(graph))

@@ -11,7 +11,7 @@ from coretune.graph.registry import Pattern, get_op
 
 from ..ctypes_ import BUFFER_TYPES, buffer_type
 from ..device import DeviceLimits
-from ..lower import RULES, ElementwiseLowering
+from ..lower import ElementwiseLowering, lowerable
 from ..render import Buffer, KernelSpec, Launch
 from ..space import Config, Knob, Restriction
 from .base import Template
@@ -24,7 +24,7 @@ class InjectiveTemplate(Template):
     def matches(cls, workload) -> bool:
         return (
             len(workload.outputs) == 1
-            and all(get_op(n.op).pattern <= Pattern.INJECTIVE and n.op in RULES
+            and all(get_op(n.op).pattern <= Pattern.INJECTIVE and lowerable(n.op)
                     for n in workload.nodes)
             and all(t.dtype in BUFFER_TYPES for t in workload.types.values())
         )
@@ -81,4 +81,5 @@ class InjectiveTemplate(Template):
         buffers = tuple(Buffer(n, buffer_type(t.dtype)) for n, t in w.inputs)
         buffers += (Buffer(out, store_type, output=True),)
         groups = max(1, -(-self.size // chunk))
-        return KernelSpec("injective", buffers, body, Launch((groups, 1, 1), (group, 1, 1)))
+        return KernelSpec("injective", buffers, body, Launch((groups, 1, 1), (group, 1, 1)),
+                          tables=tuple(lw.tables.values()))
