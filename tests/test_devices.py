@@ -1,0 +1,55 @@
+"""Device selection, fingerprints and the program cache on the default OpenCL device."""
+
+import numpy as np
+import pytest
+
+from coretune.kernels import DeviceError, open_device
+from coretune.kernels.opencl import KernelBuildError, list_devices
+from coretune.kernels.render import Buffer, KernelSpec, Launch, renderer_for
+
+
+def test_default_device_is_there_and_fingerprinted(device):
+    fingerprint = device.info.fingerprint()
+    assert set(fingerprint) >= {"platform", "name", "driver_version", "compute_units",
+                                "max_work_group_size", "local_mem_bytes"}
+    assert fingerprint == open_device("opencl:0").info.fingerprint()  # stable
+    assert device.limits.max_work_group_size >= 1
+
+
+def test_selection_by_index_and_name():
+    devices = list_devices()
+    assert open_device(devices[0].name.strip()[:6]).info.name == devices[0].name.strip()
+    with pytest.raises(DeviceError, match="does not exist"):
+        open_device(f"opencl:{len(devices)}")
+    with pytest.raises(DeviceError, match="no OpenCL device matches 'no-such-gpu'"):
+        open_device("no-such-gpu")
+
+
+def test_cuda_absence_is_a_clear_error():
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError:
+        with pytest.raises(DeviceError, match="pip install 'coretune\\[cuda\\]'"):
+            open_device("cuda")
+    else:  # pycuda installed: with no GPU it must still say so clearly
+        with pytest.raises(DeviceError):
+            open_device("cuda")
+
+
+def _copy_kernel(body):
+    return KernelSpec("copy", (Buffer("a", "float"), Buffer("b", "float", output=True)), body,
+                      Launch((1, 1, 1), (8, 1, 1)))
+
+
+def test_programs_are_cached_and_build_errors_are_reported(device):
+    rendered = renderer_for("opencl").render(_copy_kernel("  b[LOCAL_ID(0)] = 2.0f * a[LOCAL_ID(0)];"))
+    assert device.compile(rendered) is device.compile(rendered)
+    a = np.arange(1, 9, dtype=np.float32)
+    out = device.upload(np.full(8, np.nan, np.float32))
+    device.launch(device.compile(rendered), [device.upload(a), out]).wait()
+    np.testing.assert_array_equal(device.download(out, (8,), np.float32), 2 * a)
+    times = device.time(device.compile(rendered), [device.upload(a), out], number=2, repeat=3)
+    assert len(times) == 3 and all(t > 0 for t in times)
+    broken = renderer_for("opencl").render(_copy_kernel("  b[0] = undefined_thing;"))
+    with pytest.raises(KernelBuildError, match="undefined_thing"):
+        device.compile(broken)
