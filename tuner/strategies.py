@@ -1,0 +1,159 @@
+"""Search strategies, all behind one ask/tell interface.
+
+``propose(n)`` returns up to n new valid configs (fewer when the space is exhausted);
+``observe(configs, costs)`` reports their costs in seconds (``inf`` for a failed trial).
+Strategies never see an invalid config and never propose one twice. The measure/log/stop
+loop lives once, in the driver.
+"""
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from coretune.kernels.space import Config, ConfigSpace
+
+
+class Strategy:
+    name = ""
+
+    def __init__(self, space: ConfigSpace, seed: int = 0):
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+        self.seen: set[Config] = set()
+
+    def propose(self, n: int) -> list[Config]:
+        raise NotImplementedError
+
+    def observe(self, configs: Sequence[Config], costs: Sequence[float]) -> None:
+        self.seen.update(configs)
+
+
+class RandomSearch(Strategy):
+    name = "random"
+
+    def propose(self, n):
+        picked = []
+        for config in self.space.sample(n + len(self.seen), self.rng):
+            if config not in self.seen and len(picked) < n:
+                picked.append(config)
+                self.seen.add(config)
+        self.rng.shuffle(picked)
+        return picked
+
+
+class GridSearch(Strategy):
+    """Every valid config, in the space's order: exhaustive, for small spaces and baselines."""
+
+    name = "grid"
+
+    def __init__(self, space, seed=0):
+        super().__init__(space, seed)
+        self._order = space.all_valid()
+
+    def propose(self, n):
+        picked = []
+        for config in self._order:
+            if config not in self.seen:
+                picked.append(config)
+                self.seen.add(config)
+                if len(picked) == n:
+                    break
+        return picked
+
+
+class BayesianSearch(Strategy):
+    """scikit-optimize's Optimizer over the knobs, constrained to valid configs.
+
+    Numeric knobs are ordinal dimensions (the index of the choice, so the model sees that 64
+    lies between 32 and 128); others are categorical. The model is a Gaussian process with the
+    hedged acquisition (gp_hedge) or, for large categorical spaces, extra trees. Costs are
+    modelled as log(seconds); a failed trial counts as twice the worst cost seen.
+    """
+
+    name = "bayesian"
+
+    def __init__(self, space, seed=0, initial_points: int = 8):
+        super().__init__(space, seed)
+        from skopt import Optimizer
+        from skopt.space import Categorical, Integer
+
+        self._knobs = space.knobs
+        dims = []
+        for knob in self._knobs:
+            numeric = all(isinstance(c, int | float) and not isinstance(c, bool)
+                          for c in knob.choices)
+            if len(knob.choices) == 1:
+                dims.append(Categorical([0], name=knob.name))
+            elif numeric:
+                dims.append(Integer(0, len(knob.choices) - 1, name=knob.name))
+            else:
+                dims.append(Categorical(list(range(len(knob.choices))), name=knob.name))
+        categorical = sum(isinstance(d, Categorical) for d in dims)
+        estimator = "ET" if space.size > 50_000 and categorical > len(dims) // 2 else "GP"
+        self._optimizer = Optimizer(
+            dims, base_estimator=estimator, acq_func="gp_hedge" if estimator == "GP" else "EI",
+            acq_optimizer="sampling", n_initial_points=initial_points,
+            initial_point_generator="random", random_state=int(self.rng.integers(2**31)),
+            space_constraint=lambda point: self.space.is_valid(self._decode(point)),
+            acq_optimizer_kwargs={"n_points": 2000},
+        )
+        self._worst = None
+        self._failed: list[list[int]] = []
+
+    def _decode(self, point) -> Config:
+        return Config({k.name: k.choices[int(i)] for k, i in zip(self._knobs, point, strict=True)})
+
+    def _encode(self, config: Config) -> list[int]:
+        return [k.choices.index(config[k.name]) for k in self._knobs]
+
+    def propose(self, n):
+        picked: list[Config] = []
+        for _attempt in range(4):
+            if len(picked) >= n:
+                break
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # skopt warns when it repeats a point
+                points = self._optimizer.ask(n_points=n - len(picked))
+            for point in points:
+                config = self._decode(point)
+                if config not in self.seen and config not in picked:
+                    picked.append(config)
+        if len(picked) < n:  # the model keeps repeating itself: top up at random
+            extra = RandomSearch(self.space, int(self.rng.integers(2**31)))
+            extra.seen = self.seen | set(picked)
+            picked += extra.propose(n - len(picked))
+        self.seen.update(picked)
+        return picked
+
+    def observe(self, configs, costs):
+        super().observe(configs, costs)
+        good = [math.log(c) for c in costs if math.isfinite(c) and c > 0]
+        if good:
+            self._worst = max(good + ([self._worst] if self._worst is not None else []))
+        xs, ys = [], []
+        for config, cost in zip(configs, costs, strict=True):
+            if math.isfinite(cost) and cost > 0:
+                xs.append(self._encode(config))
+                ys.append(math.log(cost))
+            else:
+                self._failed.append(self._encode(config))
+        if self._worst is not None and self._failed:  # penalise failures once a scale exists
+            xs += self._failed
+            ys += [self._worst + math.log(2)] * len(self._failed)
+            self._failed = []
+        if xs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._optimizer.tell(xs, ys)
+
+
+STRATEGIES = {s.name: s for s in (BayesianSearch, RandomSearch, GridSearch)}
+
+
+def make_strategy(name: str, space: ConfigSpace, seed: int = 0) -> Strategy:
+    try:
+        return STRATEGIES[name](space, seed)
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}") from None
