@@ -59,6 +59,16 @@ class Workload:
                         for n in self.outputs],
         }
 
+    @classmethod
+    def from_key(cls, key: dict) -> "Workload":
+        """Rebuild a workload from its key (names in a key are already canonical)."""
+        inputs = tuple((name, TensorType(tuple(shape), dtype)) for name, shape, dtype in key["inputs"])
+        nodes = [Node(f"n{i}", op, list(ins), list(outs), dict(attrs))
+                 for i, (op, ins, outs, attrs) in enumerate(key["nodes"])]
+        outputs = [name for name, _, _ in key["outputs"]]
+        graph = Graph("workload", dict(inputs), {}, nodes, outputs).validate()
+        return cls(inputs, tuple(graph.nodes), tuple(outputs), dict(graph.types))
+
     def key_string(self) -> str:
         return json.dumps(self.key(), sort_keys=True, separators=(",", ":"))
 

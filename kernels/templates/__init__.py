@@ -1,0 +1,30 @@
+"""The template registry: every template by name, and the ones that compute a workload."""
+
+from .base import Template, TemplateMismatch
+from .injective import InjectiveTemplate
+
+TEMPLATES: dict[str, type[Template]] = {t.name: t for t in (InjectiveTemplate,)}
+
+
+def get_template(name: str) -> type[Template]:
+    """A template by registry name, or by 'package.module:Class' for templates kept outside
+    coretune (they are imported on demand, also in tuning worker processes)."""
+    if name in TEMPLATES:
+        return TEMPLATES[name]
+    if ":" in name:
+        import importlib
+
+        module, _, cls = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError) as exc:
+            raise TemplateMismatch(f"cannot load template {name!r}: {exc}") from None
+    raise TemplateMismatch(f"unknown template {name!r}; known: {', '.join(TEMPLATES)}")
+
+
+def templates_for(workload) -> list[type[Template]]:
+    """Every template that computes ``workload``, most specialised first."""
+    return [t for t in TEMPLATES.values() if t.matches(workload)][::-1]
+
+
+__all__ = ["TEMPLATES", "Template", "TemplateMismatch", "get_template", "templates_for"]

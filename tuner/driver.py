@@ -1,0 +1,116 @@
+"""The tuning loop, once: propose, measure, log, observe, until the budget or early stop.
+
+Warm start: the log's records for the same task on the same device are fed to the strategy
+first and never measured again (a killed run resumes where it stopped); the best configs of
+similar tasks (same template, other shapes) are proposed first.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coretune.kernels.space import Config
+
+from .measure import Measurer, MeasureOptions, MeasureResult
+from .records import Record, TuningLog, device_key, task_key
+from .strategies import make_strategy
+from .task import Task
+
+
+@dataclass
+class TuneResult:
+    task: Task
+    best_config: Config | None
+    best_cost: float
+    trials: int  # measured in this run
+    resumed: int  # taken from the log
+    errors: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = 64
+    seconds: float = math.inf
+    early_stop: int | None = None  # stop after this many trials without improvement
+    batch: int = 4  # configs built in parallel before they run
+
+
+def _version() -> str:
+    import coretune
+
+    return coretune.__version__
+
+
+def tune(task: Task, log: TuningLog, device_spec: str | None = None,
+         strategy: str = "bayesian", budget: Budget = Budget(), seed: int = 0,
+         options: MeasureOptions = MeasureOptions(),
+         on_trial: Callable[[Record], None] | None = None) -> TuneResult:
+    from coretune.kernels import open_device
+
+    device = open_device(device_spec)
+    fingerprint = device.info.fingerprint()
+    space = task.template().space(device.limits)
+    search = make_strategy(strategy, space, seed)
+    mine, similar = _history(log, task, fingerprint)
+    best_config, best_cost = None, math.inf
+    if mine:
+        configs = [Config(r.config) for r in mine]
+        search.observe(configs, [r.best_cost for r in mine])
+        for record, config in zip(mine, configs, strict=True):
+            if record.best_cost < best_cost:
+                best_config, best_cost = config, record.best_cost
+    seeds = [c for c in similar if space.is_valid(c) and c not in search.seen]
+    trial, errors, since_best = len(mine), 0, 0
+    started = time.monotonic()
+    with Measurer(task, device_spec, options, seed=seed) as measurer:
+        while trial < budget.trials and time.monotonic() - started < budget.seconds:
+            if budget.early_stop is not None and since_best >= budget.early_stop:
+                break
+            want = min(budget.batch, budget.trials - trial)
+            configs = seeds[:want]
+            seeds = seeds[want:]
+            search.seen.update(configs)
+            configs += search.propose(want - len(configs))
+            if not configs:
+                break  # the space is exhausted
+            results = measurer.measure(configs)
+            costs = [min(r.costs) if r.ok else math.inf for r in results]
+            search.observe(configs, costs)
+            for config, result, cost in zip(configs, results, costs, strict=True):
+                trial += 1
+                record = _record(task, config, result, fingerprint, strategy, trial)
+                log.append(record)
+                errors += not result.ok
+                if cost < best_cost:
+                    best_config, best_cost, since_best = config, cost, 0
+                else:
+                    since_best += 1
+                if on_trial:
+                    on_trial(record)
+    return TuneResult(task, best_config, best_cost, trial - len(mine), len(mine), errors)
+
+
+def _history(log: TuningLog, task: Task, fingerprint: dict):
+    """Records of this task on this device, and the best configs of its similar tasks."""
+    key, device = task_key(task.key()), device_key(fingerprint)
+    mine, best_of_similar = [], {}
+    version = _version()
+    for record in log.read() if log.path.exists() else []:
+        if device_key(record.device) != device or record.coretune_version != version:
+            continue  # other devices' and versions' timings say nothing about this one
+        if task_key(record.task) == key:
+            mine.append(record)
+        elif record.task.get("template") == task.template_name and record.ok:
+            other = task_key(record.task)
+            if other not in best_of_similar or record.best_cost < best_of_similar[other].best_cost:
+                best_of_similar[other] = record
+    similar = [Config(r.config) for r in sorted(best_of_similar.values(), key=lambda r: r.best_cost)]
+    return mine, list(dict.fromkeys(similar))
+
+
+def _record(task, config, result: MeasureResult, fingerprint, strategy, trial) -> Record:
+    return Record(task=task.key(), config=config.to_json(), costs=result.costs,
+                  error=result.error, message=result.message[:2000], device=fingerprint,
+                  dialect="opencl", strategy=strategy, trial=trial, started=result.started,
+                  finished=result.finished, coretune_version=_version())

@@ -1,0 +1,255 @@
+"""Measurement: build in parallel worker processes, run in one device worker with a timeout.
+
+A compiler crash, a driver crash or a hanging kernel costs one trial: it is recorded with its
+error kind and the worker is restarted; the tuning process itself never dies of a bad config.
+Each new config's output is checked once against the numpy reference before it is timed.
+"""
+
+import multiprocessing as mp
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import numpy as np
+
+from coretune.kernels.space import Config
+
+from .records import ErrorKind
+from .task import Task
+
+_CONTEXT = mp.get_context("spawn")  # never fork a process that holds an OpenCL context
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    number: int = 3  # launches averaged into one cost
+    repeat: int = 3  # costs recorded per config
+    min_repeat_ms: float = 0.0  # raise `number` until one repeat takes at least this long
+    warmup: int = 1
+    build_timeout: float = 60.0
+    run_timeout: float = 20.0
+    check_correctness: bool = True
+    rtol: float = 1e-4
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    costs: tuple[float, ...]
+    error: ErrorKind
+    message: str
+    started: float
+    finished: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is ErrorKind.NONE
+
+
+@dataclass(frozen=True)
+class _Built:
+    config: Config
+    source: str | None
+    error: ErrorKind
+    message: str
+
+
+# ---- build workers --------------------------------------------------------------------------
+def _build(task: Task, config: Config, device_spec: str | None) -> _Built:
+    """Render and compile one config (in a worker process); errors come back as values."""
+    from coretune.kernels.space import InvalidConfig
+
+    device = _worker_device(device_spec)
+    try:
+        rendered = task.template().render(config, "opencl", device.limits)
+    except InvalidConfig as exc:
+        return _Built(config, None, ErrorKind.INVALID, str(exc))
+    try:
+        device.compile(rendered)
+    except Exception as exc:  # the build log, whatever the driver raised
+        return _Built(config, None, ErrorKind.COMPILE, f"{type(exc).__name__}: {exc}")
+    return _Built(config, rendered.source, ErrorKind.NONE, "")
+
+
+_DEVICE = None
+
+
+def _worker_device(spec):
+    global _DEVICE
+    if _DEVICE is None:
+        from coretune.kernels import open_device
+
+        _DEVICE = open_device(spec)
+    return _DEVICE
+
+
+# ---- the device worker ----------------------------------------------------------------------
+def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: int):
+    """Owns the device: uploads the task's inputs once, then runs configs as they arrive."""
+    from coretune.kernels import open_device
+
+    device = open_device(device_spec)
+    template = task.template()
+    arrays = task.inputs(seed)
+    expected = task.workload.reference(arrays) if options.check_correctness else None
+    inputs = [device.upload(a) for a in arrays]
+    out_types = [task.workload.types[n] for n in task.workload.outputs]
+    conn.send("ready")
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        config, source = job
+        try:
+            rendered = template.render(config, "opencl", device.limits)
+            assert rendered.source == source, "the runner rendered different source"
+            compiled = device.compile(rendered)
+            outputs = [device.upload(np.full(t.shape, np.nan if t.dtype.startswith("float")
+                                             else 0x5A, t.dtype)) for t in out_types]
+            buffers = inputs + outputs
+            if expected is not None:
+                device.launch(compiled, buffers).wait()
+                got = [device.download(b, t.shape, t.dtype) for b, t in zip(outputs, out_types)]
+                problem = _compare(got, expected, options.rtol)
+                if problem:
+                    conn.send((ErrorKind.WRONG_RESULT, problem, ()))
+                    continue
+            number = options.number
+            costs = device.time(compiled, buffers, number=number, repeat=1, warmup=options.warmup)
+            while costs[0] * number * 1e3 < options.min_repeat_ms and number < 1 << 20:
+                number *= 2
+                costs = device.time(compiled, buffers, number=number, repeat=1, warmup=0)
+            costs += device.time(compiled, buffers, number=number, repeat=options.repeat - 1,
+                                 warmup=0)
+            conn.send((ErrorKind.NONE, "", tuple(costs)))
+        except Exception as exc:
+            conn.send((ErrorKind.RUNTIME, f"{type(exc).__name__}: {exc}\n"
+                       f"{traceback.format_exc(limit=3)}", ()))
+
+
+def _compare(got, expected, rtol) -> str:
+    for index, (g, w) in enumerate(zip(got, expected, strict=True)):
+        if w.dtype.kind == "f":
+            finite_w = np.isfinite(w)
+            if not np.array_equal(finite_w, np.isfinite(g)):
+                return f"output {index}: NaN/inf where the reference has none (or vice versa)"
+            scale = float(np.linalg.norm(w[finite_w].astype(np.float64))) or 1e-30
+            error = float(np.linalg.norm((g[finite_w] - w[finite_w]).astype(np.float64)))
+            if error > rtol * scale:
+                return f"output {index}: relative error {error / scale:.3g} > {rtol}"
+        elif not np.array_equal(g, w):
+            return f"output {index}: {int((g != w).sum())} elements differ"
+    return ""
+
+
+class Measurer:
+    """Measures configs of one task on one device; keep it open across a tuning run."""
+
+    def __init__(self, task: Task, device_spec: str | None = None,
+                 options: MeasureOptions = MeasureOptions(), build_workers: int = 2,
+                 seed: int = 0):
+        self.task = task
+        self.device_spec = device_spec
+        self.options = options
+        self.build_workers = build_workers
+        self.seed = seed
+        self._pool = None
+        self._runner = None
+        self._conn = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._stop_runner()
+        self._kill_pool()
+
+    def _pool_(self):
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.build_workers, mp_context=_CONTEXT)
+        return self._pool
+
+    def _kill_pool(self):
+        if self._pool is None:
+            return
+        for process in list(getattr(self._pool, "_processes", {}).values()):
+            process.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+    def _start_runner(self):
+        parent, child = _CONTEXT.Pipe()
+        self._runner = _CONTEXT.Process(
+            target=_runner_main, args=(child, self.task, self.device_spec, self.options,
+                                       self.seed), daemon=True)
+        self._runner.start()
+        child.close()
+        self._conn = parent
+        if not parent.poll(120) or parent.recv() != "ready":
+            raise RuntimeError("the device worker did not start")
+
+    def _stop_runner(self):
+        if self._runner is not None:
+            if self._runner.is_alive():
+                self._runner.kill()
+            self._runner.join(5)
+            self._conn.close()
+        self._runner = None
+
+    # ---- measuring -------------------------------------------------------------------------
+    def measure(self, configs: list[Config]) -> list[MeasureResult]:
+        """Build all in parallel, then run one by one; one result per config, in order."""
+        started = time.time()
+        built = self._build_all(configs, started)
+        return [self._run(b, started) if b.error is ErrorKind.NONE
+                else MeasureResult((), b.error, b.message, started, time.time()) for b in built]
+
+    def _build_all(self, configs, started) -> list[_Built]:
+        try:
+            futures = [self._pool_().submit(_build, self.task, c, self.device_spec)
+                       for c in configs]
+        except BrokenProcessPool:
+            self._kill_pool()
+            futures = [self._pool_().submit(_build, self.task, c, self.device_spec)
+                       for c in configs]
+        results = []
+        deadline = time.monotonic() + self.options.build_timeout
+        for config, future in zip(configs, futures, strict=True):
+            try:
+                results.append(future.result(timeout=max(0.1, deadline - time.monotonic())))
+            except FutureTimeout:
+                results.append(_Built(config, None, ErrorKind.COMPILE,
+                                      f"build timed out after {self.options.build_timeout} s"))
+                self._kill_pool()  # the stuck compiler dies with its pool
+            except BrokenProcessPool as exc:
+                results.append(_Built(config, None, ErrorKind.COMPILE,
+                                      f"the build worker crashed: {exc}"))
+                self._kill_pool()
+            except Exception as exc:
+                results.append(_Built(config, None, ErrorKind.COMPILE, f"{type(exc).__name__}: {exc}"))
+        return results
+
+    def _run(self, built: _Built, started) -> MeasureResult:
+        if self._runner is None or not self._runner.is_alive():
+            self._start_runner()
+        run_started = time.time()
+        try:
+            self._conn.send((built.config, built.source))
+            if not self._conn.poll(self.options.run_timeout):
+                self._stop_runner()
+                return MeasureResult((), ErrorKind.TIMEOUT,
+                                     f"no result within {self.options.run_timeout} s (hung "
+                                     "kernel?); device worker restarted", run_started, time.time())
+            error, message, costs = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
+            code = self._runner.exitcode if self._runner else None
+            self._stop_runner()
+            return MeasureResult((), ErrorKind.RUNTIME, f"the device worker died (exit code "
+                                 f"{code}): {type(exc).__name__}", run_started, time.time())
+        return MeasureResult(tuple(costs), ErrorKind(error), message, run_started, time.time())
