@@ -127,5 +127,6 @@ class GraphBuilder:
         return lambda *inputs, **attrs: self.op(op_name, *inputs, **attrs)
 
     def build(self, *outputs: Value) -> Graph:
-        return Graph(self.name, dict(self._inputs), dict(self._params), list(self._nodes),
-                     [v.name for v in outputs]).validate()
+        graph = Graph(self.name, dict(self._inputs), dict(self._params), list(self._nodes),
+                      [v.name for v in outputs])
+        return graph.copy().validate()  # later builds must not share mutable nodes

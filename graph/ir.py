@@ -52,6 +52,13 @@ class Graph:
     outputs: list[str]
     types: dict[str, TensorType] = field(default_factory=dict)
 
+    def copy(self) -> "Graph":
+        """A copy whose nodes and dicts can be changed freely (parameter arrays are shared)."""
+        nodes = [Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs))
+                 for n in self.nodes]
+        return Graph(self.name, dict(self.inputs), dict(self.params), nodes, list(self.outputs),
+                     dict(self.types))
+
     # ---- checking -------------------------------------------------------------------------
     def validate(self) -> "Graph":
         """Check the graph, order its nodes and infer all types; raise one GraphError listing

@@ -1,0 +1,123 @@
+"""Graph passes: each keeps the reference outputs and does what it says."""
+
+import numpy as np
+
+from coretune.graph import GraphBuilder, run_reference
+from coretune.graph.passes import (
+    fold_batch_norm,
+    fold_constants,
+    fuse,
+    optimize,
+    plan_memory,
+    remove_identities,
+)
+from coretune.graph.random import random_inputs
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def cnn(channels=8):
+    """conv-bn-relu, conv-bn + residual add + relu, global pool, flatten, dense, softmax."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("cnn")
+    x = b.input("x", (1, 3, 13, 13))
+
+    def bn(v):
+        c = v.shape[1]
+        return b.batch_norm(v, b.param(f"g{v.name}", 1 + 0.1 * _rand(rng, c)),
+                            b.param(f"b{v.name}", _rand(rng, c)),
+                            b.param(f"m{v.name}", _rand(rng, c)),
+                            b.param(f"v{v.name}", np.abs(_rand(rng, c)) + 0.5))
+
+    w1 = b.param("w1", _rand(rng, channels, 3, 3, 3))
+    h = b.relu(bn(b.conv2d(x, w1, b.param("c1", _rand(rng, channels)), padding=(1, 1, 1, 1))))
+    w2 = b.param("w2", _rand(rng, channels, channels, 3, 3))
+    r = b.relu(bn(b.conv2d(h, w2, padding=(1, 1, 1, 1))) + h)
+    pooled = b.flatten(b.global_avg_pool2d(r))
+    logits = b.dense(pooled, b.param("fc", _rand(rng, 5, channels)), b.param("fcb", _rand(rng, 5)))
+    return b.build(b.softmax(logits))
+
+
+def _same_outputs(before, after, rtol=1e-5):
+    inputs = random_inputs(before, seed=1)
+    for x, y in zip(run_reference(before, inputs), run_reference(after, inputs), strict=True):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-6)
+
+
+def test_batch_norm_folds_into_conv_weights():
+    before = cnn()
+    after = fold_batch_norm(cnn())
+    assert "batch_norm" not in [n.op for n in after.nodes]
+    assert sum(n.op == "conv2d" and len(n.inputs) == 3 for n in after.nodes) == 2
+    _same_outputs(before, after)
+
+
+def test_constant_subgraphs_fold_and_identities_go():
+    b = GraphBuilder()
+    x = b.input("x", (4, 6))
+    w = b.param("w", np.arange(24, dtype=np.float32).reshape(6, 4))
+    wt = b.transpose(b.relu(w))  # parameter-only: folds
+    y = b.reshape(b.cast(b.dense(x, wt), dtype="float32"), newshape=(4, 4))  # two identities
+    before = b.build(y)
+    after = remove_identities(fold_constants(b.build(y)))
+    assert [n.op for n in after.nodes] == ["dense"]
+    assert after.outputs == before.outputs
+    _same_outputs(before, after)
+
+
+def test_fusion_groups_follow_patterns():
+    graph = optimize(cnn())
+    groups = fuse(graph)
+    ops = [[n.op for n in g.nodes] for g in groups]
+    assert ops[0] == ["conv2d", "relu"]  # conv + bias + bn (folded) + relu: one kernel
+    assert ops[1] == ["conv2d", "add", "relu"]  # + residual add
+    assert ["global_avg_pool2d"] in ops
+    assert ops[-1] == ["softmax"] or ops[-1][-1] == "softmax"
+    kinds = {g.kind for g in groups}
+    assert "view" in kinds  # flatten needs no kernel
+    every = [n.name for g in groups for n in g.nodes]
+    assert sorted(every) == sorted(n.name for n in graph.nodes)  # each node exactly once
+
+
+def test_reductions_take_their_injective_prologue():
+    b = GraphBuilder()
+    x = b.input("x", (7, 13))
+    y = b.input("y", (13,))
+    s = b.sum(b.exp(b.transpose(x - y)), axes=(1,))
+    graph = b.build(b.sqrt(s))
+    groups = fuse(graph)
+    assert len(groups) == 1
+    assert [n.op for n in groups[0].nodes] == ["subtract", "transpose", "exp", "sum", "sqrt"]
+    assert groups[0].kind == "reduction"
+
+
+def test_shared_tensors_are_not_fused_twice():
+    b = GraphBuilder()
+    x = b.input("x", (8,))
+    e = b.exp(x)
+    together = fuse(b.build(b.relu(e) + b.tanh(e)))
+    assert len(together) == 1  # both readers in one kernel: e is computed once per element
+    graph = b.build(b.sum(e), b.relu(e))
+    groups = fuse(graph)
+    names = [n.name for g in groups for n in g.nodes]
+    assert len(names) == len(set(names)) == len(graph.nodes)
+    assert any(g.outputs == [e.name] for g in groups)  # read by two kernels: materialised
+
+
+def test_memory_plan_reuses_buffers_safely():
+    graph = optimize(cnn())
+    groups = fuse(graph)
+    plan = plan_memory(graph, groups)
+    assert plan.planned_bytes < plan.unshared_bytes(graph)
+    # Simulate: a buffer may be rewritten only after every reader of its old tensor ran.
+    holder: dict[int, str] = {}
+    for step, group in enumerate(groups):
+        for name in group.inputs:
+            name = plan.alias_of.get(name, name)
+            if name in plan.buffer_of:
+                assert holder[plan.buffer_of[name]] == name, f"{name} overwritten before step {step}"
+        for name in group.outputs:
+            if name in plan.buffer_of:
+                holder[plan.buffer_of[name]] = name
