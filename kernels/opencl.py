@@ -123,6 +123,18 @@ class OpenCLDevice:
             self._cl.enqueue_copy(self.queue, out, buffer)
         return out
 
+    def write(self, buffer, array: np.ndarray) -> None:
+        if array.nbytes:
+            self._cl.enqueue_copy(self.queue, buffer, np.ascontiguousarray(array))
+
+    def copy(self, source, target, nbytes: int) -> None:
+        self._cl.enqueue_copy(self.queue, target, source, byte_count=nbytes)
+
+    @staticmethod
+    def event_seconds(event) -> float:
+        event.wait()
+        return (event.profile.end - event.profile.start) * 1e-9
+
     def launch(self, compiled: CompiledKernel, buffers: list):
         """Enqueue once; returns the profiling event."""
         launch = compiled.rendered.launch
