@@ -25,6 +25,12 @@ def export_onnx(graph, opset=None):
 
 
 __all__ = [
-    "CoretuneError", "GraphError", "InputError", "ModelLoadError", "UnsupportedModelError",
-    "__version__", "export_onnx", "import_onnx",
+    "CoretuneError",
+    "GraphError",
+    "InputError",
+    "ModelLoadError",
+    "UnsupportedModelError",
+    "__version__",
+    "export_onnx",
+    "import_onnx",
 ]

@@ -3,7 +3,6 @@
 Exit codes: 0 success, 1 a user error (one line, no traceback unless --verbose), 2 usage.
 """
 
-
 import click
 import numpy as np
 
@@ -59,8 +58,13 @@ def ops(markdown):
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--run", "run_it", is_flag=True, help="Run it with the numpy reference executor "
-              "on random inputs and print the outputs' summary.")
+@click.option(
+    "--run",
+    "run_it",
+    is_flag=True,
+    help="Run it with the numpy reference executor "
+    "on random inputs and print the outputs' summary.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed for the random inputs.")
 def show(model, run_it, seed):
     """Import an ONNX model and print its core-op graph.
@@ -82,6 +86,3 @@ def show(model, run_it, seed):
             flat = value.astype(np.float64).ravel()
             head = ", ".join(f"{v:.4g}" for v in flat[:6]) + (", ..." if flat.size > 6 else "")
             click.echo(f"  {name}: {value.dtype}{list(value.shape)} [{head}]")
-
-
-

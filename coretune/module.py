@@ -61,21 +61,45 @@ class Module:
         steps = []
         for step in self.plan.steps:
             if isinstance(step, KernelStep):
-                steps.append({"kind": "kernel", "nodes": [n.name for n in step.group.nodes],
-                              "inputs": step.group.inputs, "outputs": step.group.outputs,
-                              "template": step.template, "config": step.config,
-                              "tuned": step.tuned, "source": step.source, "entry": step.entry,
-                              "launch": step.launch})
+                steps.append(
+                    {
+                        "kind": "kernel",
+                        "nodes": [n.name for n in step.group.nodes],
+                        "inputs": step.group.inputs,
+                        "outputs": step.group.outputs,
+                        "template": step.template,
+                        "config": step.config,
+                        "tuned": step.tuned,
+                        "source": step.source,
+                        "entry": step.entry,
+                        "launch": step.launch,
+                    }
+                )
             elif isinstance(step, ViewStep):
                 steps.append({"kind": "view", "source": step.source, "target": step.target})
             elif isinstance(step, HostStep):
-                steps.append({"kind": "host", "nodes": [n.name for n in step.group.nodes],
-                              "inputs": step.group.inputs, "outputs": step.group.outputs,
-                              "reason": step.reason})
-        plan = {"steps": steps, "buffer_bytes": self.plan.buffer_bytes,
-                "buffer_of": self.plan.buffer_of, "unshared_bytes": self.plan.unshared_bytes}
-        manifest = {"format": FORMAT, "version": FORMAT_VERSION, "coretune_version": __version__,
-                    "device": self.device.info.fingerprint(), "logs_digest": self.logs_digest}
+                steps.append(
+                    {
+                        "kind": "host",
+                        "nodes": [n.name for n in step.group.nodes],
+                        "inputs": step.group.inputs,
+                        "outputs": step.group.outputs,
+                        "reason": step.reason,
+                    }
+                )
+        plan = {
+            "steps": steps,
+            "buffer_bytes": self.plan.buffer_bytes,
+            "buffer_of": self.plan.buffer_of,
+            "unshared_bytes": self.plan.unshared_bytes,
+        }
+        manifest = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "coretune_version": __version__,
+            "device": self.device.info.fingerprint(),
+            "logs_digest": self.logs_digest,
+        }
         params = io.BytesIO()
         np.savez(params, **self.plan.graph.params)
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -130,7 +154,7 @@ def _read_entries(archive: zipfile.ZipFile, path) -> dict[str, bytes]:
 
 def _module_from_entries(entries, device, path) -> Module:
     from . import __version__
-    from .graph.executor import HostStep, KernelStep, Plan, ViewStep
+    from .graph.executor import HostStep, Plan, ViewStep
     from .graph.ir import Graph
     from .graph.passes import FusedGroup
 
@@ -139,22 +163,29 @@ def _module_from_entries(entries, device, path) -> Module:
         if manifest.get("format") != FORMAT:
             raise ModelLoadError(f"{path}: not a coretune module")
         if manifest.get("version") != FORMAT_VERSION:
-            raise ModelLoadError(f"{path}: format version {manifest.get('version')!r}; this "
-                                 f"coretune {__version__} reads version {FORMAT_VERSION}")
+            raise ModelLoadError(
+                f"{path}: format version {manifest.get('version')!r}; this "
+                f"coretune {__version__} reads version {FORMAT_VERSION}"
+            )
         with np.load(io.BytesIO(entries["params.npz"]), allow_pickle=False) as npz:
             params = {name: npz[name] for name in npz.files}
         graph = Graph.from_json(json.loads(entries["graph.json"]), params)
         plan_data = json.loads(entries["plan.json"])
         nodes = {n.name: n for n in graph.nodes}
-        plan = Plan(graph, [], [int(b) for b in plan_data["buffer_bytes"]],
-                    {str(k): int(v) for k, v in plan_data["buffer_of"].items()},
-                    int(plan_data["unshared_bytes"]))
+        plan = Plan(
+            graph,
+            [],
+            [int(b) for b in plan_data["buffer_bytes"]],
+            {str(k): int(v) for k, v in plan_data["buffer_of"].items()},
+            int(plan_data["unshared_bytes"]),
+        )
         for step in plan_data["steps"]:
             if step["kind"] == "view":
                 plan.steps.append(ViewStep(str(step["source"]), str(step["target"])))
                 continue
-            group = FusedGroup([nodes[n] for n in step["nodes"]], list(step["outputs"]),
-                               list(step["inputs"]))
+            group = FusedGroup(
+                [nodes[n] for n in step["nodes"]], list(step["outputs"]), list(step["inputs"])
+            )
             if step["kind"] == "host":
                 plan.steps.append(HostStep(group, str(step["reason"])))
             else:
@@ -181,12 +212,22 @@ def _checked_kernel_step(graph, group, step, device):
     config = template.space(device.limits).check(step["config"])
     rendered = renderer_for(device.info.backend).render(template.spec(config))
     if rendered.source != step["source"]:
-        raise ModelLoadError(f"kernel for {group.name} differs from what this coretune renders "
-                             f"for template {step['template']} (edited, or another version)")
+        raise ModelLoadError(
+            f"kernel for {group.name} differs from what this coretune renders "
+            f"for template {step['template']} (edited, or another version)"
+        )
     launch = {"groups": list(rendered.launch.groups), "local": list(rendered.launch.local)}
-    return KernelStep(group, template.name, dict(config), bool(step["tuned"]), template.key(),
-                      rendered.source, rendered.entry, launch,
-                      list(group.inputs) + list(group.outputs))
+    return KernelStep(
+        group,
+        template.name,
+        dict(config),
+        bool(step["tuned"]),
+        template.key(),
+        rendered.source,
+        rendered.entry,
+        launch,
+        list(group.inputs) + list(group.outputs),
+    )
 
 
 def _import(model):

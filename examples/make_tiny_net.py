@@ -36,35 +36,60 @@ def build() -> onnx.ModelProto:
         ]
 
     nodes = [
-        helper.make_node("Conv", ["input", weight("stem.w", 16, 3, 3, 3)], ["stem.conv"],
-                         pads=[1, 1, 1, 1], strides=[2, 2], name="stem_conv"),
-        helper.make_node("BatchNormalization", ["stem.conv", *bn("stem.bn", 16)], ["stem.bn"],
-                         name="stem_bn"),
+        helper.make_node(
+            "Conv",
+            ["input", weight("stem.w", 16, 3, 3, 3)],
+            ["stem.conv"],
+            pads=[1, 1, 1, 1],
+            strides=[2, 2],
+            name="stem_conv",
+        ),
+        helper.make_node(
+            "BatchNormalization", ["stem.conv", *bn("stem.bn", 16)], ["stem.bn"], name="stem_bn"
+        ),
         helper.make_node("Relu", ["stem.bn"], ["stem.out"], name="stem_relu"),
-        helper.make_node("Conv", ["stem.out", weight("dw.w", 16, 1, 3, 3)], ["dw.conv"],
-                         pads=[1, 1, 1, 1], group=16, name="dw_conv"),
-        helper.make_node("BatchNormalization", ["dw.conv", *bn("dw.bn", 16)], ["dw.bn"],
-                         name="dw_bn"),
+        helper.make_node(
+            "Conv",
+            ["stem.out", weight("dw.w", 16, 1, 3, 3)],
+            ["dw.conv"],
+            pads=[1, 1, 1, 1],
+            group=16,
+            name="dw_conv",
+        ),
+        helper.make_node(
+            "BatchNormalization", ["dw.conv", *bn("dw.bn", 16)], ["dw.bn"], name="dw_bn"
+        ),
         helper.make_node("Clip", ["dw.bn", "six.lo", "six.hi"], ["dw.out"], name="dw_relu6"),
-        helper.make_node("Conv", ["dw.out", weight("pw.w", 16, 16, 1, 1), weight("pw.b", 16)],
-                         ["pw.conv"], name="pw_conv"),
+        helper.make_node(
+            "Conv",
+            ["dw.out", weight("pw.w", 16, 16, 1, 1), weight("pw.b", 16)],
+            ["pw.conv"],
+            name="pw_conv",
+        ),
         helper.make_node("Add", ["pw.conv", "stem.out"], ["block.out"], name="residual"),
         helper.make_node("GlobalAveragePool", ["block.out"], ["pooled"], name="pool"),
         helper.make_node("Flatten", ["pooled"], ["features"], name="flatten"),
-        helper.make_node("Gemm", ["features", weight("fc.w", 10, 16), weight("fc.b", 10)],
-                         ["logits"], transB=1, name="fc"),
+        helper.make_node(
+            "Gemm",
+            ["features", weight("fc.w", 10, 16), weight("fc.b", 10)],
+            ["logits"],
+            transB=1,
+            name="fc",
+        ),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1, name="softmax"),
     ]
     const("six.lo", 0.0)
     const("six.hi", 6.0)
     graph = helper.make_graph(
-        nodes, "tiny_net",
+        nodes,
+        "tiny_net",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 10])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="coretune-examples")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="coretune-examples"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model

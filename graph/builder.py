@@ -115,8 +115,12 @@ class GraphBuilder:
         attrs = op.normalize_attrs(attrs)
         outs = op.infer([v.shape for v in inputs], [v.dtype for v in inputs], attrs)
         node_name = name or self._fresh(op_name)
-        out_names = [node_name] if len(outs) == 1 else [f"{node_name}:{i}" for i in range(len(outs))]
-        values = [self._claim(n, TensorType(s, t)) for n, (s, t) in zip(out_names, outs, strict=True)]
+        out_names = (
+            [node_name] if len(outs) == 1 else [f"{node_name}:{i}" for i in range(len(outs))]
+        )
+        values = [
+            self._claim(n, TensorType(s, t)) for n, (s, t) in zip(out_names, outs, strict=True)
+        ]
         self._nodes.append(Node(node_name, op_name, [v.name for v in inputs], out_names, attrs))
         return values[0] if len(values) == 1 else tuple(values)
 
@@ -127,6 +131,11 @@ class GraphBuilder:
         return lambda *inputs, **attrs: self.op(op_name, *inputs, **attrs)
 
     def build(self, *outputs: Value) -> Graph:
-        graph = Graph(self.name, dict(self._inputs), dict(self._params), list(self._nodes),
-                      [v.name for v in outputs])
+        graph = Graph(
+            self.name,
+            dict(self._inputs),
+            dict(self._params),
+            list(self._nodes),
+            [v.name for v in outputs],
+        )
         return graph.copy().validate()  # later builds must not share mutable nodes

@@ -7,8 +7,14 @@ _HEADER = ("op", "level", "pattern", "inputs", "attributes", "meaning")
 
 def _rows():
     for op in all_ops():
-        yield (op.name, str(op.level), op.pattern.name.lower(), ", ".join(op.inputs),
-               "; ".join(a.describe() for a in op.attrs) or "-", op.doc)
+        yield (
+            op.name,
+            str(op.level),
+            op.pattern.name.lower(),
+            ", ".join(op.inputs),
+            "; ".join(a.describe() for a in op.attrs) or "-",
+            op.doc,
+        )
 
 
 def ops_table():

@@ -27,8 +27,18 @@ _NARROW = {
     if hasattr(ml_dtypes, name)
 }
 _STANDARD = [
-    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float16", "float32", "float64",
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
 ]
 DTYPES: dict[str, np.dtype] = {name: np.dtype(name) for name in _STANDARD} | _NARROW
 

@@ -59,23 +59,38 @@ class Plan:
 
     def summary(self) -> dict:
         kernels = self.kernels
-        return {"kernels": len(kernels), "tuned": sum(k.tuned for k in kernels),
-                "untuned": [k.group.name for k in kernels if not k.tuned],
-                "host_steps": [s.group.name for s in self.steps if isinstance(s, HostStep)],
-                "planned_bytes": sum(self.buffer_bytes), "unshared_bytes": self.unshared_bytes}
+        return {
+            "kernels": len(kernels),
+            "tuned": sum(k.tuned for k in kernels),
+            "untuned": [k.group.name for k in kernels if not k.tuned],
+            "host_steps": [s.group.name for s in self.steps if isinstance(s, HostStep)],
+            "planned_bytes": sum(self.buffer_bytes),
+            "unshared_bytes": self.unshared_bytes,
+        }
 
 
 def group_workload(graph: Graph, group: FusedGroup):
     """The group as a Workload; its inputs, in order, are ``group.inputs``."""
     from coretune.kernels.workload import Workload
 
-    sub = Graph(group.name, {t: graph.types[t] for t in group.inputs}, {},
-                [n for n in group.nodes], list(group.outputs))
+    sub = Graph(
+        group.name,
+        {t: graph.types[t] for t in group.inputs},
+        {},
+        [n for n in group.nodes],
+        list(group.outputs),
+    )
     return Workload.from_graph(sub.copy())
 
 
-def build_plan(graph: Graph, limits, fingerprint: dict, database=None, version: str = "",
-               dialect: str = "opencl") -> Plan:
+def build_plan(
+    graph: Graph,
+    limits,
+    fingerprint: dict,
+    database=None,
+    version: str = "",
+    dialect: str = "opencl",
+) -> Plan:
     from coretune.kernels.render import renderer_for
     from coretune.kernels.templates import templates_for
 
@@ -97,16 +112,25 @@ def build_plan(graph: Graph, limits, fingerprint: dict, database=None, version: 
         if not candidates:
             plan.steps.append(HostStep(group, "no kernel template computes this group"))
             continue
-        template_cls, config, tuned = _choose(candidates, workload, limits, fingerprint,
-                                              database, version)
+        template_cls, config, tuned = _choose(
+            candidates, workload, limits, fingerprint, database, version
+        )
         template = template_cls(workload)
         spec = template.spec(template.space(limits).check(config))
         rendered = renderer.render(spec)
-        plan.steps.append(KernelStep(
-            group, template_cls.name, dict(config), tuned, template.key(), rendered.source,
-            rendered.entry, {"groups": list(rendered.launch.groups),
-                             "local": list(rendered.launch.local)},
-            list(group.inputs) + list(group.outputs)))
+        plan.steps.append(
+            KernelStep(
+                group,
+                template_cls.name,
+                dict(config),
+                tuned,
+                template.key(),
+                rendered.source,
+                rendered.entry,
+                {"groups": list(rendered.launch.groups), "local": list(rendered.launch.local)},
+                list(group.inputs) + list(group.outputs),
+            )
+        )
     return plan
 
 
@@ -140,14 +164,15 @@ class Executor:
         for step in plan.steps:
             if isinstance(step, KernelStep):
                 launch = Launch(tuple(step.launch["groups"]), tuple(step.launch["local"]))
-                rendered = RenderedKernel(device.info.backend, step.source, step.entry, launch,
-                                          tuple(step.args))
+                rendered = RenderedKernel(
+                    device.info.backend, step.source, step.entry, launch, tuple(step.args)
+                )
                 self._compiled.append(device.compile(rendered))
             else:
                 self._compiled.append(None)
 
     def _buffers(self, inputs):
-        graph, plan = self.plan.graph, self.plan
+        graph = self.plan.graph
         buffers = dict(self._params)
         for name, array in inputs.items():
             buffers[name] = self.device.upload(array)
@@ -211,10 +236,13 @@ class Executor:
             self.run(inputs, events)
             wall_times.append(time.perf_counter() - start)
             device_times.append(sum(self.device.event_seconds(e) for e in events))
-        return {"device_median": float(np.median(device_times)),
-                "wall_median": float(np.median(wall_times)),
-                "wall_min": float(np.min(wall_times)), "repeat": repeat,
-                "kernels_per_run": len(self.plan.kernels)}
+        return {
+            "device_median": float(np.median(device_times)),
+            "wall_median": float(np.median(wall_times)),
+            "wall_min": float(np.min(wall_times)),
+            "repeat": repeat,
+            "kernels_per_run": len(self.plan.kernels),
+        }
 
 
 def _nbytes(graph, name):

@@ -54,10 +54,17 @@ class Graph:
 
     def copy(self) -> "Graph":
         """A copy whose nodes and dicts can be changed freely (parameter arrays are shared)."""
-        nodes = [Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs))
-                 for n in self.nodes]
-        return Graph(self.name, dict(self.inputs), dict(self.params), nodes, list(self.outputs),
-                     dict(self.types))
+        nodes = [
+            Node(n.name, n.op, list(n.inputs), list(n.outputs), dict(n.attrs)) for n in self.nodes
+        ]
+        return Graph(
+            self.name,
+            dict(self.inputs),
+            dict(self.params),
+            nodes,
+            list(self.outputs),
+            dict(self.types),
+        )
 
     # ---- checking -------------------------------------------------------------------------
     def validate(self) -> "Graph":
@@ -82,14 +89,17 @@ class Graph:
             node_names.add(node.name)
             for out in node.outputs:
                 if out in known:
-                    problems.append(f"node {node.name!r}: output {out!r} already defined by "
-                                    f"{known[out]}")
+                    problems.append(
+                        f"node {node.name!r}: output {out!r} already defined by {known[out]}"
+                    )
                 known[out] = f"node {node.name!r}"
         for node in self.nodes:
             missing = [i for i in node.inputs if i not in known]
             if missing:
-                problems.append(f"node {node.name!r} ({node.op}): dangling input(s) "
-                                f"{', '.join(map(repr, missing))}")
+                problems.append(
+                    f"node {node.name!r} ({node.op}): dangling input(s) "
+                    f"{', '.join(map(repr, missing))}"
+                )
         for out in self.outputs:
             if out not in known:
                 problems.append(f"graph output {out!r} is not defined")
@@ -112,8 +122,10 @@ class Graph:
                 ins = [types[i] for i in node.inputs]
                 outs = op.infer([t.shape for t in ins], [t.dtype for t in ins], node.attrs)
                 if len(outs) != len(node.outputs):
-                    raise GraphError(f"{node.op}: produces {len(outs)} outputs, the node names "
-                                     f"{len(node.outputs)}")
+                    raise GraphError(
+                        f"{node.op}: produces {len(outs)} outputs, the node names "
+                        f"{len(node.outputs)}"
+                    )
             except GraphError as exc:
                 problems.append(f"node {node.name!r} ({node.op}): {exc}")
                 continue
@@ -152,8 +164,13 @@ class Graph:
             "inputs": [spec(n, t) for n, t in self.inputs.items()],
             "params": [spec(n, TensorType.of(a)) for n, a in self.params.items()],
             "nodes": [
-                {"name": n.name, "op": n.op, "inputs": n.inputs, "outputs": n.outputs,
-                 "attrs": {k: _jsonable(v) for k, v in n.attrs.items()}}
+                {
+                    "name": n.name,
+                    "op": n.op,
+                    "inputs": n.inputs,
+                    "outputs": n.outputs,
+                    "attrs": {k: _jsonable(v) for k, v in n.attrs.items()},
+                }
                 for n in self.nodes
             ],
             "outputs": list(self.outputs),
@@ -169,24 +186,44 @@ class Graph:
             if data.get("format") != FORMAT:
                 raise GraphError(f"not a coretune graph (format {data.get('format')!r})")
             if data.get("version") != FORMAT_VERSION:
-                raise GraphError(f"graph format version {data.get('version')!r} is not "
-                                 f"supported (this coretune reads version {FORMAT_VERSION})")
-            declared = {p["name"]: TensorType(tuple(p["shape"]), p["dtype"]) for p in data["params"]}
+                raise GraphError(
+                    f"graph format version {data.get('version')!r} is not "
+                    f"supported (this coretune reads version {FORMAT_VERSION})"
+                )
+            declared = {
+                p["name"]: TensorType(tuple(p["shape"]), p["dtype"]) for p in data["params"]
+            }
             if set(declared) != set(params):
-                raise GraphError(f"parameters differ from the graph's list: missing "
-                                 f"{sorted(set(declared) - set(params))}, extra "
-                                 f"{sorted(set(params) - set(declared))}")
+                raise GraphError(
+                    f"parameters differ from the graph's list: missing "
+                    f"{sorted(set(declared) - set(params))}, extra "
+                    f"{sorted(set(params) - set(declared))}"
+                )
             for name, ttype in declared.items():
                 if TensorType.of(params[name]) != ttype:
-                    raise GraphError(f"parameter {name!r} is {TensorType.of(params[name])}, the "
-                                     f"graph says {ttype}")
+                    raise GraphError(
+                        f"parameter {name!r} is {TensorType.of(params[name])}, the "
+                        f"graph says {ttype}"
+                    )
             graph = cls(
                 name=str(data["name"]),
-                inputs={i["name"]: TensorType(tuple(int(d) for d in i["shape"]),
-                                              check_dtype(i["dtype"])) for i in data["inputs"]},
+                inputs={
+                    i["name"]: TensorType(
+                        tuple(int(d) for d in i["shape"]), check_dtype(i["dtype"])
+                    )
+                    for i in data["inputs"]
+                },
                 params={n: params[n] for n in declared},
-                nodes=[Node(str(n["name"]), str(n["op"]), list(n["inputs"]), list(n["outputs"]),
-                            dict(n["attrs"])) for n in data["nodes"]],
+                nodes=[
+                    Node(
+                        str(n["name"]),
+                        str(n["op"]),
+                        list(n["inputs"]),
+                        list(n["outputs"]),
+                        dict(n["attrs"]),
+                    )
+                    for n in data["nodes"]
+                ],
                 outputs=list(data["outputs"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -202,8 +239,11 @@ class Graph:
         for name, array in self.params.items():
             lines.append(f"  param {name}: {TensorType.of(array)}")
         for node in self.nodes:
-            attrs = ", ".join(f"{k}={_short(v)}" for k, v in node.attrs.items()
-                              if v != get_op(node.op).attr_index[k].default)
+            attrs = ", ".join(
+                f"{k}={_short(v)}"
+                for k, v in node.attrs.items()
+                if v != get_op(node.op).attr_index[k].default
+            )
             args = ", ".join(node.inputs) + (f"; {attrs}" if attrs else "")
             outs = ", ".join(f"{o}: {self.types[o]}" for o in node.outputs)
             lines.append(f"  {outs} = {node.op}({args})")

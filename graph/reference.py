@@ -15,8 +15,10 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np
     problems = []
     unknown = sorted(set(inputs) - set(graph.inputs))
     if unknown:
-        problems.append(f"unknown input(s) {', '.join(unknown)}; the graph takes "
-                        f"{', '.join(graph.inputs) or 'none'}")
+        problems.append(
+            f"unknown input(s) {', '.join(unknown)}; the graph takes "
+            f"{', '.join(graph.inputs) or 'none'}"
+        )
     arrays = {}
     for name, want in graph.inputs.items():
         if name not in inputs:
@@ -33,8 +35,9 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np
     return arrays
 
 
-def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray] | None = None,
-                  **kw_inputs: np.ndarray) -> list[np.ndarray]:
+def run_reference(
+    graph: Graph, inputs: Mapping[str, np.ndarray] | None = None, **kw_inputs: np.ndarray
+) -> list[np.ndarray]:
     """Evaluate ``graph`` with numpy; returns its outputs in graph order."""
     if not graph.types:
         graph.validate()
@@ -50,7 +53,9 @@ def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray] | None = None,
         for name, value in zip(node.outputs, results, strict=True):
             expected = graph.types[name]
             if TensorType.of(value) != expected:
-                raise CoretuneError(f"node {node.name!r} ({node.op}): reference produced "
-                                    f"{TensorType.of(value)}, its rules promised {expected}")
+                raise CoretuneError(
+                    f"node {node.name!r} ({node.op}): reference produced "
+                    f"{TensorType.of(value)}, its rules promised {expected}"
+                )
             env[name] = value
     return [env[name] for name in graph.outputs]

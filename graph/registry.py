@@ -158,7 +158,9 @@ class OpDef:
         out_dtypes = self.dtype([a.dtype.name for a in arrays], **attrs)
         with np.errstate(all="ignore"):
             results = self.reference(*arrays, **attrs)
-        return [np.asarray(r).astype(t, copy=False) for r, t in zip(results, out_dtypes, strict=True)]
+        return [
+            np.asarray(r).astype(t, copy=False) for r, t in zip(results, out_dtypes, strict=True)
+        ]
 
 
 _REGISTRY: dict[str, OpDef] = {}

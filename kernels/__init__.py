@@ -15,5 +15,13 @@ def open_device(spec: str | None = None):
     return OpenCLDevice(spec)
 
 
-__all__ = ["RENDERERS", "DeviceError", "DeviceInfo", "DeviceLimits", "KernelBuildError",
-           "OpenCLDevice", "open_device", "renderer_for"]
+__all__ = [
+    "RENDERERS",
+    "DeviceError",
+    "DeviceInfo",
+    "DeviceLimits",
+    "KernelBuildError",
+    "OpenCLDevice",
+    "open_device",
+    "renderer_for",
+]

@@ -5,8 +5,14 @@ import math
 from coretune.errors import CoretuneError
 
 # dtype -> neutral C type of a buffer element. bool travels as uchar: OpenCL forbids bool buffers.
-BUFFER_TYPES = {"float32": "float", "int32": "int", "int64": "long", "bool": "uchar",
-                "uint8": "uchar", "int8": "char"}
+BUFFER_TYPES = {
+    "float32": "float",
+    "int32": "int",
+    "int64": "long",
+    "bool": "uchar",
+    "uint8": "uchar",
+    "int8": "char",
+}
 # dtype -> C type of a value in registers
 VALUE_TYPES = {**BUFFER_TYPES, "bool": "bool"}
 

@@ -50,16 +50,29 @@ class CUDADevice:
         a = driver.device_attribute
         limits = DeviceLimits(
             max_work_group_size=attrs[a.MAX_THREADS_PER_BLOCK],
-            max_work_item_sizes=(attrs[a.MAX_BLOCK_DIM_X], attrs[a.MAX_BLOCK_DIM_Y],
-                                 attrs[a.MAX_BLOCK_DIM_Z]),
+            max_work_item_sizes=(
+                attrs[a.MAX_BLOCK_DIM_X],
+                attrs[a.MAX_BLOCK_DIM_Y],
+                attrs[a.MAX_BLOCK_DIM_Z],
+            ),
             local_mem_bytes=attrs[a.MAX_SHARED_MEMORY_PER_BLOCK],
             compute_units=attrs[a.MULTIPROCESSOR_COUNT],
             warp_size=attrs[a.WARP_SIZE],
         )
-        self.info = DeviceInfo("cuda", "CUDA", self.device.name(),
-                               ".".join(map(str, driver.get_driver_version_tuple()
-                                            if hasattr(driver, "get_driver_version_tuple")
-                                            else (driver.get_driver_version(),))), limits)
+        self.info = DeviceInfo(
+            "cuda",
+            "CUDA",
+            self.device.name(),
+            ".".join(
+                map(
+                    str,
+                    driver.get_driver_version_tuple()
+                    if hasattr(driver, "get_driver_version_tuple")
+                    else (driver.get_driver_version(),),
+                )
+            ),
+            limits,
+        )
         self._kernels: dict[str, CompiledCudaKernel] = {}
 
     @property
@@ -75,8 +88,9 @@ class CUDADevice:
                 module = SourceModule(rendered.source, options=list(options), no_extern_c=True)
             except Exception as exc:
                 raise KernelBuildError(f"nvcc build of {rendered.entry} failed:\n{exc}") from None
-            self._kernels[key] = CompiledCudaKernel(rendered, module.get_function(rendered.entry),
-                                                    module)
+            self._kernels[key] = CompiledCudaKernel(
+                rendered, module.get_function(rendered.entry), module
+            )
         return self._kernels[key]
 
     def upload(self, array: np.ndarray):

@@ -61,7 +61,15 @@ class DeviceInfo:
 
 
 # Limits of the targets we render for without being able to run on them here.
-CUDA_SM80 = DeviceLimits(1024, (1024, 1024, 64), 48 * 1024, compute_units=108,
-                         preferred_vector_width=4, warp_size=32, max_registers_per_thread=255)
-APPLE_M1 = DeviceLimits(1024, (1024, 1024, 1024), 32 * 1024, compute_units=8,
-                        preferred_vector_width=4, warp_size=32)
+CUDA_SM80 = DeviceLimits(
+    1024,
+    (1024, 1024, 64),
+    48 * 1024,
+    compute_units=108,
+    preferred_vector_width=4,
+    warp_size=32,
+    max_registers_per_thread=255,
+)
+APPLE_M1 = DeviceLimits(
+    1024, (1024, 1024, 1024), 32 * 1024, compute_units=8, preferred_vector_width=4, warp_size=32
+)

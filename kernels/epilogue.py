@@ -20,8 +20,12 @@ def epilogue_fusable(workload: Workload, anchor_ops: set[str]) -> bool:
         return False
     shape = workload.types[nodes[0].outputs[0]].shape
     return (
-        all(get_op(n.op).pattern <= Pattern.BROADCAST and n.op in RULES
-            and workload.types[n.outputs[0]].shape == shape for n in nodes[1:])
+        all(
+            get_op(n.op).pattern <= Pattern.BROADCAST
+            and n.op in RULES
+            and workload.types[n.outputs[0]].shape == shape
+            for n in nodes[1:]
+        )
         and all(t.dtype in BUFFER_TYPES for t in workload.types.values())
         and workload.outputs[0] == nodes[-1].outputs[0]
     )
@@ -50,4 +54,6 @@ class Epilogue:
         lw.bind(self.anchor_out, index, acc)
         value = lw.value(self.output, index)
         out_type = buffer_type(w.types[self.output].dtype)
-        return lw.lines + [f"{self.output}[{linear_index(index, self.shape)}] = ({out_type})({value});"]
+        return lw.lines + [
+            f"{self.output}[{linear_index(index, self.shape)}] = ({out_type})({value});"
+        ]

@@ -32,19 +32,29 @@ def row_major_strides(shape) -> list[int]:
 
 
 def linear_index(index, shape) -> str:
-    terms = [f"({i}) * {s}" if s != 1 else f"({i})"
-             for i, s, d in zip(index, row_major_strides(shape), shape, strict=True) if d != 1]
+    terms = [
+        f"({i}) * {s}" if s != 1 else f"({i})"
+        for i, s, d in zip(index, row_major_strides(shape), shape, strict=True)
+        if d != 1
+    ]
     return " + ".join(terms) or "0"
 
 
 class ElementwiseLowering:
-    def __init__(self, types: dict[str, TensorType], producers: dict[str, Node],
-                 load: Callable[[str, str], str], prefix: str = "v"):
+    def __init__(
+        self,
+        types: dict[str, TensorType],
+        producers: dict[str, Node],
+        load: Callable[[str, str], str],
+        prefix: str = "v",
+    ):
         """``producers`` maps the tensors computed inside the kernel to their nodes; any other
         tensor is read from a buffer with ``load(name, linear_index_expr)``."""
         self.types = types
         # 32-bit index arithmetic is much cheaper on GPUs; 64-bit only when a tensor needs it.
-        self.index_type = "long" if max(math.prod(t.shape) for t in types.values()) >= 2**31 else "int"
+        self.index_type = (
+            "long" if max(math.prod(t.shape) for t in types.values()) >= 2**31 else "int"
+        )
         self.producers = producers
         self.load = load
         self.prefix = prefix  # temporaries are prefix1, prefix2...: distinct per lowering
@@ -101,8 +111,9 @@ class ElementwiseLowering:
         """``tensor`` read at an output index of a broadcasting op (numpy rules)."""
         shape = self.types[tensor].shape
         offset = len(out_index) - len(shape)
-        return self.value(tensor, tuple("0" if d == 1 else out_index[offset + i]
-                                        for i, d in enumerate(shape)))
+        return self.value(
+            tensor, tuple("0" if d == 1 else out_index[offset + i] for i, d in enumerate(shape))
+        )
 
     def dtype(self, tensor: str) -> str:
         return self.types[tensor].dtype
@@ -127,8 +138,11 @@ def _elementwise(float_expr: str, int_expr: str | None = None):
 
 def _attr_literals(lw, node):
     dtype = lw.dtype(node.inputs[0])
-    return {k: literal(v, dtype) for k, v in node.attrs.items() if isinstance(v, int | float)
-            and not isinstance(v, bool)}
+    return {
+        k: literal(v, dtype)
+        for k, v in node.attrs.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 # numpy's maximum/minimum propagate NaN: written so a NaN on either side wins.
@@ -157,8 +171,9 @@ RULES: dict[str, Callable] = {
     "erf": _elementwise("erf({0})"),
     "relu": _elementwise("({0} < 0.0f ? 0.0f : {0})", "({0} < 0 ? 0 : {0})"),
     "leaky_relu": _elementwise("({0} < 0.0f ? {0} * {alpha} : {0})"),
-    "where": lambda lw, node, index: "({0} ? {1} : {2})".format(
-        *(lw.operand(t, index) for t in node.inputs)),
+    "where": lambda lw, node, index: "({} ? {} : {})".format(
+        *(lw.operand(t, index) for t in node.inputs)
+    ),
 }
 
 
@@ -167,7 +182,8 @@ def _clip(lw, node, index):
     dtype = lw.dtype(node.inputs[0])
     expr = x
     if node.attrs["a_min"] is not None:
-        expr = f"({x} < {literal(node.attrs['a_min'], dtype)} ? {literal(node.attrs['a_min'], dtype)} : {expr})"
+        lo = literal(node.attrs["a_min"], dtype)
+        expr = f"({x} < {lo} ? {lo} : {expr})"
     if node.attrs["a_max"] is not None:
         hi = literal(node.attrs["a_max"], dtype)
         expr = f"({expr} > {hi} ? {hi} : {expr})"
@@ -218,12 +234,12 @@ def _take(lw, node, index):
     data, indices = node.inputs
     axis = node.attrs["axis"] % len(lw.types[data].shape)
     k = len(lw.types[indices].shape)
-    picked = lw.value(indices, index[axis: axis + k])
+    picked = lw.value(indices, index[axis : axis + k])
     n = lw.types[data].shape[axis]
     # Negative indices count from the end; out-of-range ones are clamped, never read past.
     position = lw.int_temp(f"({picked} < 0 ? {picked} + {n} : {picked})")
     position = lw.int_temp(f"({position} < 0 ? 0 : ({position} >= {n} ? {n - 1} : {position}))")
-    return lw.value(data, index[:axis] + (position,) + index[axis + k:])
+    return lw.value(data, index[:axis] + (position,) + index[axis + k :])
 
 
 def _strided_slice(lw, node, index):
@@ -232,7 +248,9 @@ def _strided_slice(lw, node, index):
     source = list(index)
     shape = lw.types[node.inputs[0]].shape
     a = node.attrs
-    for axis, begin, _, _, stride in _slice_args(shape, a["begin"], a["end"], a["strides"], a["axes"]):
+    for axis, begin, _, _, stride in _slice_args(
+        shape, a["begin"], a["end"], a["strides"], a["axes"]
+    ):
         source[axis] = f"({begin} + ({index[axis]}) * {stride})"
     return lw.value(node.inputs[0], tuple(source))
 
@@ -277,26 +295,36 @@ def _concatenate(lw, node, index):
         # Every piece is read (clamped into its bounds) and the right one selected: branch-free.
         local = lw.int_temp(f"({index[axis]}) - {start}")
         local = lw.int_temp(f"({local} < 0 ? 0 : ({local} >= {size} ? {size - 1} : {local}))")
-        local = index[:axis] + (local,) + index[axis + 1:]
+        local = index[:axis] + (local,) + index[axis + 1 :]
         value = lw.value(tensor, local)
-        result = value if result is None else f"(({index[axis]}) < {start + size} ? {value} : {result})"
+        result = (
+            value if result is None else f"(({index[axis]}) < {start + size} ? {value} : {result})"
+        )
     return result
 
 
 for _op in ("reshape", "flatten", "expand_dims", "squeeze"):
     RULES[_op] = _reshaped
-RULES.update({
-    "clip": _clip, "cast": _cast, "batch_norm": _batch_norm, "transpose": _transpose,
-    "broadcast_to": _broadcast_to, "take": _take, "strided_slice": _strided_slice, "pad": _pad,
-    "concatenate": _concatenate,
-})
+RULES.update(
+    {
+        "clip": _clip,
+        "cast": _cast,
+        "batch_norm": _batch_norm,
+        "transpose": _transpose,
+        "broadcast_to": _broadcast_to,
+        "take": _take,
+        "strided_slice": _strided_slice,
+        "pad": _pad,
+        "concatenate": _concatenate,
+    }
+)
 
 
 def _split(lw, node, index, tensor):
     axis = node.attrs["axis"] % len(index)
     start = sum(node.attrs["sizes"][: node.outputs.index(tensor)])
     shifted = f"({index[axis]}) + {start}" if start else index[axis]
-    return lw.value(node.inputs[0], index[:axis] + (shifted,) + index[axis + 1:])
+    return lw.value(node.inputs[0], index[:axis] + (shifted,) + index[axis + 1 :])
 
 
 MULTI_OUTPUT_RULES = {"split": _split}
@@ -313,26 +341,37 @@ def _resize_taps(lw, node, axis_from_end):
     scale = _resize_scale(in_shape, a["size"], a["scale"])[i]
     roi = a["roi"] or (0.0, 0.0, 1.0, 1.0)
     matrix, outside = interpolation_matrix(
-        in_shape[-axis_from_end], a["size"][i], scale, a["method"],
-        a["coordinate_transformation_mode"], a["rounding_method"], a["cubic_alpha"],
-        a["exclude_outside"], (roi[i], roi[i + 2]))
+        in_shape[-axis_from_end],
+        a["size"][i],
+        scale,
+        a["method"],
+        a["coordinate_transformation_mode"],
+        a["rounding_method"],
+        a["cubic_alpha"],
+        a["exclude_outside"],
+        (roi[i], roi[i + 2]),
+    )
     taps = max(1, int((matrix != 0).sum(axis=1).max()))
     index, weight = [], []
     for row in matrix:  # rows outside a crop box are all zero: index 0 with weight 0
         nonzero = list(np.flatnonzero(row))
         index += nonzero + [0] * (taps - len(nonzero))
         weight += [row[j] for j in nonzero] + [0.0] * (taps - len(nonzero))
-    for table in (Table(f"{stem}_index", "int", tuple(map(int, index))),
-                  Table(f"{stem}_weight", "float", tuple(literal(x, "float32") for x in weight)),
-                  Table(f"{stem}_outside", "int", tuple(map(int, outside)))):
+    for table in (
+        Table(f"{stem}_index", "int", tuple(map(int, index))),
+        Table(f"{stem}_weight", "float", tuple(literal(x, "float32") for x in weight)),
+        Table(f"{stem}_outside", "int", tuple(map(int, outside))),
+    ):
         lw.tables[table.name] = table
     return stem, taps, bool(outside.any())
 
 
 def _resize2d(lw, node, index):
     rank = len(index)
-    (h_stem, h_taps, h_out), (w_stem, w_taps, w_out) = (_resize_taps(lw, node, 2),
-                                                        _resize_taps(lw, node, 1))
+    (h_stem, h_taps, h_out), (w_stem, w_taps, w_out) = (
+        _resize_taps(lw, node, 2),
+        _resize_taps(lw, node, 1),
+    )
     oh, ow = index[rank - 2], index[rank - 1]
     terms = []
     for t in range(h_taps):
@@ -340,12 +379,15 @@ def _resize2d(lw, node, index):
             ih = f"{h_stem}_index[({oh}) * {h_taps} + {t}]"
             iw = f"{w_stem}_index[({ow}) * {w_taps} + {u}]"
             x = lw.value(node.inputs[0], index[:-2] + (ih, iw))
-            terms.append(f"{h_stem}_weight[({oh}) * {h_taps} + {t}] * "
-                         f"{w_stem}_weight[({ow}) * {w_taps} + {u}] * (float)({x})")
+            terms.append(
+                f"{h_stem}_weight[({oh}) * {h_taps} + {t}] * "
+                f"{w_stem}_weight[({ow}) * {w_taps} + {u}] * (float)({x})"
+            )
     total = " + ".join(terms)
     masks = [f"{h_stem}_outside[{oh}]"] * h_out + [f"{w_stem}_outside[{ow}]"] * w_out
     if masks:
-        total = f"(({' || '.join(masks)}) ? {literal(node.attrs['extrapolation_value'], 'float32')} : {total})"
+        fill = literal(node.attrs["extrapolation_value"], "float32")
+        total = f"(({' || '.join(masks)}) ? {fill} : {total})"
     return total
 
 

@@ -33,7 +33,9 @@ def list_devices() -> list:
     try:
         platforms = cl.get_platforms()
     except cl.Error as exc:
-        raise DeviceError(f"no OpenCL platform found ({exc}); install pocl-binary-distribution")
+        raise DeviceError(
+            f"no OpenCL platform found ({exc}); install pocl-binary-distribution"
+        ) from None
     return [d for p in platforms for d in p.get_devices()]
 
 
@@ -66,8 +68,13 @@ def device_info(device) -> DeviceInfo:
         compute_units=int(device.max_compute_units),
         preferred_vector_width=int(widths),
     )
-    return DeviceInfo("opencl", device.platform.name.strip(), device.name.strip(),
-                      device.driver_version.strip(), limits)
+    return DeviceInfo(
+        "opencl",
+        device.platform.name.strip(),
+        device.name.strip(),
+        device.driver_version.strip(),
+        limits,
+    )
 
 
 @dataclass
@@ -86,7 +93,8 @@ class OpenCLDevice:
         self.info = device_info(self.device)
         self.context = cl.Context([self.device])
         self.queue = cl.CommandQueue(
-            self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+            self.context, properties=cl.command_queue_properties.PROFILING_ENABLE
+        )
         self._kernels: dict[str, CompiledKernel] = {}
 
     @property
@@ -111,8 +119,7 @@ class OpenCLDevice:
         array = np.ascontiguousarray(array)
         if array.nbytes == 0:
             return self._cl.Buffer(self.context, flags.READ_WRITE, 1)
-        return self._cl.Buffer(self.context, flags.READ_WRITE | flags.COPY_HOST_PTR,
-                               hostbuf=array)
+        return self._cl.Buffer(self.context, flags.READ_WRITE | flags.COPY_HOST_PTR, hostbuf=array)
 
     def empty(self, nbytes: int):
         return self._cl.Buffer(self.context, self._cl.mem_flags.READ_WRITE, max(nbytes, 1))
@@ -139,11 +146,18 @@ class OpenCLDevice:
         """Enqueue once; returns the profiling event."""
         launch = compiled.rendered.launch
         compiled.kernel.set_args(*buffers)
-        return self._cl.enqueue_nd_range_kernel(self.queue, compiled.kernel, launch.global_size,
-                                                launch.local)
+        return self._cl.enqueue_nd_range_kernel(
+            self.queue, compiled.kernel, launch.global_size, launch.local
+        )
 
-    def time(self, compiled: CompiledKernel, buffers: list, number: int = 1, repeat: int = 3,
-             warmup: int = 1) -> list[float]:
+    def time(
+        self,
+        compiled: CompiledKernel,
+        buffers: list,
+        number: int = 1,
+        repeat: int = 3,
+        warmup: int = 1,
+    ) -> list[float]:
         """Seconds per launch, from device events: ``repeat`` means of ``number`` launches."""
         for _ in range(warmup):
             self.launch(compiled, buffers).wait()

@@ -2,8 +2,8 @@
 
 Templates write a kernel once, as a ``KernelSpec`` whose body uses a neutral vocabulary:
 ``GROUP_ID(d)``, ``LOCAL_ID(d)``, ``BARRIER()``, ``INF``, vector helpers ``VLOAD2/4(ptr, i)``,
-``VSTORE2/4(v, ptr, i)``, constructors ``VEC2/4(...)``, and math names spelled as in C99 (``expf`` is
-written ``exp``). Rendering substitutes the dialect's spelling; it never imports a GPU library.
+``VSTORE2/4(v, ptr, i)``, constructors ``VEC2/4(...)``, and math names spelled as in C99
+(``expf`` is written ``exp``). Rendering substitutes the dialect's spelling; it never imports a GPU library.
 """
 
 import re
@@ -65,8 +65,21 @@ class RenderedKernel:
     arg_order: tuple[str, ...]
 
 
-_MATH = ("exp", "log", "sqrt", "tanh", "erf", "fabs", "fmax", "fmin", "floor", "ceil", "pow",
-         "fma", "rsqrt")
+_MATH = (
+    "exp",
+    "log",
+    "sqrt",
+    "tanh",
+    "erf",
+    "fabs",
+    "fmax",
+    "fmin",
+    "floor",
+    "ceil",
+    "pow",
+    "fma",
+    "rsqrt",
+)
 
 
 @dataclass
@@ -92,14 +105,17 @@ class Renderer:
         params = [self.param(b, i) for i, b in enumerate(spec.buffers)]
         params += self.implicit_params()
         signature = f"{self.kernel_signature(spec)} {spec.name}(" + ",\n    ".join(params) + ")"
-        locals_ = "".join(f"  {self.local_qualifier}{self.ctype(a.ctype)} {a.name}[{a.size}];\n"
-                          for a in spec.local_arrays)
+        locals_ = "".join(
+            f"  {self.local_qualifier}{self.ctype(a.ctype)} {a.name}[{a.size}];\n"
+            for a in spec.local_arrays
+        )
         body = self.translate(spec.body)
         helpers = self.translate(spec.helpers)
         tables = "".join(self.table(t) for t in spec.tables)
         source = f"{self.preamble}\n{tables}{helpers}\n{signature} {{\n{locals_}{body}\n}}\n"
-        return RenderedKernel(self.dialect, source, spec.name, spec.launch,
-                              tuple(b.name for b in spec.buffers))
+        return RenderedKernel(
+            self.dialect, source, spec.name, spec.launch, tuple(b.name for b in spec.buffers)
+        )
 
     # ---- hooks that differ by more than a table entry ------------------------------------
     def kernel_signature(self, spec: KernelSpec) -> str:
@@ -107,15 +123,18 @@ class Renderer:
 
     def param(self, buffer: Buffer, index: int) -> str:
         const = "" if buffer.output else self.const_qualifier
-        return f"{self.global_qualifier}{const}{self.ctype(buffer.ctype)}* {self.restrict}{buffer.name}"
+        ctype = self.ctype(buffer.ctype)
+        return f"{self.global_qualifier}{const}{ctype}* {self.restrict}{buffer.name}"
 
     def implicit_params(self) -> list[str]:
         return []
 
     def table(self, table: Table) -> str:
         values = ", ".join(map(str, table.values))
-        return (f"{self.table_qualifier}{self.ctype(table.ctype)} {table.name}"
-                f"[{len(table.values)}] = {{{values}}};\n")
+        return (
+            f"{self.table_qualifier}{self.ctype(table.ctype)} {table.name}"
+            f"[{len(table.values)}] = {{{values}}};\n"
+        )
 
     # ---- shared machinery ----------------------------------------------------------------
     def ctype(self, neutral: str) -> str:
@@ -126,8 +145,9 @@ class Renderer:
         code = re.sub(r"\bLOCAL_ID\((\d)\)", lambda m: self.local_id[int(m[1])], code)
         code = re.sub(r"\bBARRIER\(\)", self.barrier, code)
         code = re.sub(r"\bINF\b", self.infinity, code)
-        code = re.sub(r"\b(" + "|".join(_MATH) + r")\(",
-                      lambda m: self.math.get(m[1], m[1]) + "(", code)
+        code = re.sub(
+            r"\b(" + "|".join(_MATH) + r")\(", lambda m: self.math.get(m[1], m[1]) + "(", code
+        )
         for neutral, spelled in self.types.items():
             code = re.sub(rf"\b{neutral}(\d?)\b(?!\()", lambda m, s=spelled: s + m[1], code)
         return code
@@ -138,11 +158,11 @@ class OpenCLRenderer(Renderer):
         super().__init__(
             dialect="opencl",
             preamble="#define VEC2(a, b) ((float2)((a), (b)))\n"
-                     "#define VEC4(a, b, c, d) ((float4)((a), (b), (c), (d)))\n"
-                     "#define VLOAD2(p, i) vload2(0, (p) + (i))\n"
-                     "#define VLOAD4(p, i) vload4(0, (p) + (i))\n"
-                     "#define VSTORE2(v, p, i) vstore2((v), 0, (p) + (i))\n"
-                     "#define VSTORE4(v, p, i) vstore4((v), 0, (p) + (i))\n",
+            "#define VEC4(a, b, c, d) ((float4)((a), (b), (c), (d)))\n"
+            "#define VLOAD2(p, i) vload2(0, (p) + (i))\n"
+            "#define VLOAD4(p, i) vload4(0, (p) + (i))\n"
+            "#define VSTORE2(v, p, i) vstore2((v), 0, (p) + (i))\n"
+            "#define VSTORE4(v, p, i) vstore4((v), 0, (p) + (i))\n",
             kernel_prefix="__kernel void",
             global_qualifier="__global ",
             restrict="restrict ",
@@ -191,9 +211,21 @@ class CUDARenderer(Renderer):
             local_id=("threadIdx.x", "threadIdx.y", "threadIdx.z"),
             infinity="INFINITY_F",
             types={"long": "long long", "uchar": "unsigned char", "char": "signed char"},
-            math={"exp": "expf", "log": "logf", "sqrt": "sqrtf", "tanh": "tanhf", "erf": "erff",
-                  "fabs": "fabsf", "fmax": "fmaxf", "fmin": "fminf", "floor": "floorf",
-                  "ceil": "ceilf", "pow": "powf", "fma": "fmaf", "rsqrt": "rsqrtf"},
+            math={
+                "exp": "expf",
+                "log": "logf",
+                "sqrt": "sqrtf",
+                "tanh": "tanhf",
+                "erf": "erff",
+                "fabs": "fabsf",
+                "fmax": "fmaxf",
+                "fmin": "fminf",
+                "floor": "floorf",
+                "ceil": "ceilf",
+                "pow": "powf",
+                "fma": "fmaf",
+                "rsqrt": "rsqrtf",
+            },
         )
 
     def kernel_signature(self, spec):
@@ -240,8 +272,10 @@ class MetalRenderer(Renderer):
         return f"{super().param(buffer, index)} [[buffer({index})]]"
 
     def implicit_params(self):
-        return ["uint3 _group [[threadgroup_position_in_grid]]",
-                "uint3 _local [[thread_position_in_threadgroup]]"]
+        return [
+            "uint3 _group [[threadgroup_position_in_grid]]",
+            "uint3 _local [[thread_position_in_threadgroup]]",
+        ]
 
 
 RENDERERS = {"opencl": OpenCLRenderer, "cuda": CUDARenderer, "metal": MetalRenderer}

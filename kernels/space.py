@@ -73,9 +73,14 @@ class Restriction:
 
 
 class ConfigSpace:
-    def __init__(self, knobs: list[Knob], restrictions: list[Restriction], limits: DeviceLimits,
-                 work_group: Callable[[Config], tuple[int, ...]],
-                 local_mem_bytes: Callable[[Config], int] = lambda c: 0):
+    def __init__(
+        self,
+        knobs: list[Knob],
+        restrictions: list[Restriction],
+        limits: DeviceLimits,
+        work_group: Callable[[Config], tuple[int, ...]],
+        local_mem_bytes: Callable[[Config], int] = lambda c: 0,
+    ):
         self.knobs = tuple(knobs)
         self.restrictions = tuple(restrictions)
         self.limits = limits
@@ -100,8 +105,9 @@ class ConfigSpace:
         for restriction in self.restrictions:
             if not restriction.holds(config, self.limits):
                 return restriction.reason
-        return (self.limits.fits_work_group(self._work_group(config))
-                or self.limits.fits_local_memory(self._local_mem_bytes(config)))
+        return self.limits.fits_work_group(
+            self._work_group(config)
+        ) or self.limits.fits_local_memory(self._local_mem_bytes(config))
 
     def check(self, config: Mapping[str, Any]) -> Config:
         reason = self.why_invalid(config)
@@ -119,8 +125,9 @@ class ConfigSpace:
             if self.is_valid(config):
                 yield config
 
-    def sample(self, count: int, rng: np.random.Generator, max_tries: int = 100_000
-               ) -> list[Config]:
+    def sample(
+        self, count: int, rng: np.random.Generator, max_tries: int = 100_000
+    ) -> list[Config]:
         """Up to ``count`` distinct valid configs drawn uniformly from the product."""
         seen: set[Config] = set()
         for _ in range(max_tries):

@@ -41,30 +41,47 @@ class Workload:
                     rename[name] = f"t{count}"
                     count += 1
         types = {rename[n]: t for n, t in graph.types.items() if n in rename}
-        nodes = tuple(Node(f"n{i}", n.op, [rename[x] for x in n.inputs],
-                           [rename[x] for x in n.outputs], dict(n.attrs))
-                      for i, n in enumerate(graph.nodes))
-        inputs = tuple((rename[n], graph.types[n]) for n in rename
-                       if n in graph.inputs or n in graph.params)
+        nodes = tuple(
+            Node(
+                f"n{i}",
+                n.op,
+                [rename[x] for x in n.inputs],
+                [rename[x] for x in n.outputs],
+                dict(n.attrs),
+            )
+            for i, n in enumerate(graph.nodes)
+        )
+        inputs = tuple(
+            (rename[n], graph.types[n]) for n in rename if n in graph.inputs or n in graph.params
+        )
         return cls(inputs, nodes, tuple(rename[n] for n in graph.outputs), types)
 
     def key(self) -> dict:
         """Stable, JSON-able identity: ops, attributes, shapes and dtypes."""
         return {
             "inputs": [[n, list(t.shape), t.dtype] for n, t in self.inputs],
-            "nodes": [[n.op, n.inputs, n.outputs, {k: list(v) if isinstance(v, tuple) else v
-                                                  for k, v in sorted(n.attrs.items())}]
-                      for n in self.nodes],
-            "outputs": [[n, list(self.types[n].shape), self.types[n].dtype]
-                        for n in self.outputs],
+            "nodes": [
+                [
+                    n.op,
+                    n.inputs,
+                    n.outputs,
+                    {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(n.attrs.items())},
+                ]
+                for n in self.nodes
+            ],
+            "outputs": [[n, list(self.types[n].shape), self.types[n].dtype] for n in self.outputs],
         }
 
     @classmethod
     def from_key(cls, key: dict) -> "Workload":
         """Rebuild a workload from its key (names in a key are already canonical)."""
-        inputs = tuple((name, TensorType(tuple(shape), dtype)) for name, shape, dtype in key["inputs"])
-        nodes = [Node(f"n{i}", op, list(ins), list(outs), dict(attrs))
-                 for i, (op, ins, outs, attrs) in enumerate(key["nodes"])]
+        inputs = tuple(
+            (name, TensorType(tuple(shape), dtype)) for name, shape, dtype in key["inputs"]
+        )
+        nodes = [
+            Node(f"n{i}", op, list(ins), list(outs), dict(attrs))
+            for i, (op, ins, outs, attrs) in enumerate(key["nodes"])
+        ]
         outputs = [name for name, _, _ in key["outputs"]]
         graph = Graph("workload", dict(inputs), {}, nodes, outputs).validate()
         return cls(inputs, tuple(graph.nodes), tuple(outputs), dict(graph.types))
@@ -73,8 +90,9 @@ class Workload:
         return json.dumps(self.key(), sort_keys=True, separators=(",", ":"))
 
     def as_graph(self) -> Graph:
-        return Graph("workload", dict(self.inputs), {}, list(self.nodes),
-                     list(self.outputs)).validate()
+        return Graph(
+            "workload", dict(self.inputs), {}, list(self.nodes), list(self.outputs)
+        ).validate()
 
     def reference(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """The numpy reference outputs for input arrays given in ``inputs`` order."""

@@ -27,8 +27,12 @@ def run_on_device(device, template, config, arrays):
     compiled = device.compile(rendered)
     w = template.workload
     out_types = [w.types[name] for name in w.outputs]
-    outs = [device.upload(np.full(t.shape, np.nan if t.dtype.startswith("float") else 0x5A,
-                                  dtype=t.dtype)) for t in out_types]
+    outs = [
+        device.upload(
+            np.full(t.shape, np.nan if t.dtype.startswith("float") else 0x5A, dtype=t.dtype)
+        )
+        for t in out_types
+    ]
     device.launch(compiled, [device.upload(a) for a in arrays] + outs).wait()
     return [device.download(b, t.shape, t.dtype) for b, t in zip(outs, out_types, strict=True)]
 
@@ -55,13 +59,27 @@ def nvcc_compile(rendered: RenderedKernel, tmp_path) -> dict:
     source = tmp_path / f"{rendered.entry}.cu"
     source.write_text(rendered.source)
     result = subprocess.run(
-        [NVCC, f"-arch={CUDA_ARCH}", "-cubin", "-Xptxas", "-v", "-o", str(source.with_suffix(".cubin")),
-         str(source)], capture_output=True, text=True, timeout=120)
+        [
+            NVCC,
+            f"-arch={CUDA_ARCH}",
+            "-cubin",
+            "-Xptxas",
+            "-v",
+            "-o",
+            str(source.with_suffix(".cubin")),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, f"nvcc failed:\n{result.stderr}\n{rendered.source}"
     registers = re.search(r"Used (\d+) registers", result.stderr)
     shared = re.search(r"(\d+) bytes smem", result.stderr)
-    return {"registers": int(registers[1]) if registers else 0,
-            "shared_bytes": int(shared[1]) if shared else 0}
+    return {
+        "registers": int(registers[1]) if registers else 0,
+        "shared_bytes": int(shared[1]) if shared else 0,
+    }
 
 
 def check_cuda_resources(report: dict, limits: DeviceLimits, local_bytes: int, threads: int):
@@ -76,6 +94,18 @@ def metal_syntax_check(rendered: RenderedKernel, tmp_path):
     source = tmp_path / f"{rendered.entry}.metal"
     source.write_text(rendered.source)
     result = subprocess.run(
-        ["g++", "-std=c++17", "-fsyntax-only", "-Wno-attributes", f"-I{SHIM}", "-x", "c++",
-         str(source)], capture_output=True, text=True, timeout=60)
+        [
+            "g++",
+            "-std=c++17",
+            "-fsyntax-only",
+            "-Wno-attributes",
+            f"-I{SHIM}",
+            "-x",
+            "c++",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, f"Metal syntax check failed:\n{result.stderr}\n{rendered.source}"

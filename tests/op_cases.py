@@ -25,14 +25,18 @@ class OpCase:
         for shape, dtype in self.inputs:
             array = random_array(shape, dtype, rng)
             positive = self.op in ("log", "sqrt", "rsqrt") or (self.op, len(out)) in (
-                ("batch_norm", 4), ("power", 0))
+                ("batch_norm", 4),
+                ("power", 0),
+            )
             if positive and dtype.startswith("float"):
                 array = np.abs(array) + np.asarray(0.5, dtype)  # keep the domain valid
             out.append(array)
         if self.op == "take":
-            out[1] = rng.integers(-self.inputs[0][0][self.attrs.get("axis", 0)],
-                                  self.inputs[0][0][self.attrs.get("axis", 0)],
-                                  size=self.inputs[1][0]).astype(self.inputs[1][1])
+            out[1] = rng.integers(
+                -self.inputs[0][0][self.attrs.get("axis", 0)],
+                self.inputs[0][0][self.attrs.get("axis", 0)],
+                size=self.inputs[1][0],
+            ).astype(self.inputs[1][1])
         return out
 
     def __str__(self):
@@ -45,27 +49,96 @@ def f(*shape):
 
 
 UNARY = ["negative", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf", "relu"]
-BINARY = ["add", "subtract", "multiply", "divide", "maximum", "minimum", "greater", "less",
-          "equal", "power"]
+BINARY = [
+    "add",
+    "subtract",
+    "multiply",
+    "divide",
+    "maximum",
+    "minimum",
+    "greater",
+    "less",
+    "equal",
+    "power",
+]
 
 CASES = (
     [OpCase(op, (f(7, 13),)) for op in UNARY]
-    + [OpCase(op, (f(1,),)) for op in UNARY]
+    + [
+        OpCase(
+            op,
+            (
+                f(
+                    1,
+                ),
+            ),
+        )
+        for op in UNARY
+    ]
     + [OpCase(op, (f(3, 1, 33), f(7, 1))) for op in BINARY]
     + [OpCase(op, (((13,), "int32"), ((13,), "int32"))) for op in ("add", "divide", "maximum")]
     + [
-        OpCase("leaky_relu", (f(33,),), {"alpha": 0.2}),
+        OpCase(
+            "leaky_relu",
+            (
+                f(
+                    33,
+                ),
+            ),
+            {"alpha": 0.2},
+        ),
         OpCase("clip", (f(7, 13),), {"a_min": -0.5, "a_max": 0.5}),
-        OpCase("clip", (f(7,),), {"a_max": 0.1}),
+        OpCase(
+            "clip",
+            (
+                f(
+                    7,
+                ),
+            ),
+            {"a_max": 0.1},
+        ),
         OpCase("cast", (f(7, 13),), {"dtype": "int32"}),
-        OpCase("cast", (f(13,),), {"dtype": "float16"}),
-        OpCase("cast", (f(13,),), {"dtype": "float8_e4m3fn"}),
+        OpCase(
+            "cast",
+            (
+                f(
+                    13,
+                ),
+            ),
+            {"dtype": "float16"},
+        ),
+        OpCase(
+            "cast",
+            (
+                f(
+                    13,
+                ),
+            ),
+            {"dtype": "float8_e4m3fn"},
+        ),
         OpCase("where", (((7, 1), "bool"), f(1, 13), f(7, 13))),
-        OpCase("dense", (f(7, 13), f(33, 13), f(33,))),
+        OpCase(
+            "dense",
+            (
+                f(7, 13),
+                f(33, 13),
+                f(
+                    33,
+                ),
+            ),
+        ),
         OpCase("dense", (f(2, 3, 13), f(1, 13))),
         OpCase("matmul", (f(7, 13), f(13, 33))),
         OpCase("matmul", (f(2, 1, 7, 13), f(3, 13, 1))),
-        OpCase("matmul", (f(13,), f(2, 13, 7))),
+        OpCase(
+            "matmul",
+            (
+                f(
+                    13,
+                ),
+                f(2, 13, 7),
+            ),
+        ),
         OpCase("softmax", (f(7, 33),), {"axis": -1}),
         OpCase("softmax", (f(3, 13, 7),), {"axis": 1}),
         OpCase("log_softmax", (f(7, 33),), {}),
@@ -79,46 +152,98 @@ CASES = (
         OpCase("squeeze", (f(1, 7, 1, 13),), {"axes": (2,)}),
         OpCase("squeeze", (f(1, 7, 1, 13),), {}),
         OpCase("conv2d", (f(1, 3, 13, 13), f(7, 3, 3, 3), f(7)), {"padding": (1, 1, 1, 1)}),
-        OpCase("conv2d", (f(2, 4, 13, 7), f(6, 2, 3, 2)),
-               {"strides": (2, 1), "padding": (0, 1, 2, 0), "dilation": (1, 2), "groups": 2}),
-        OpCase("conv2d", (f(1, 7, 33, 33), f(7, 1, 3, 3)),
-               {"groups": 7, "strides": (2, 2), "padding": (1, 1, 1, 1)}),
+        OpCase(
+            "conv2d",
+            (f(2, 4, 13, 7), f(6, 2, 3, 2)),
+            {"strides": (2, 1), "padding": (0, 1, 2, 0), "dilation": (1, 2), "groups": 2},
+        ),
+        OpCase(
+            "conv2d",
+            (f(1, 7, 33, 33), f(7, 1, 3, 3)),
+            {"groups": 7, "strides": (2, 2), "padding": (1, 1, 1, 1)},
+        ),
         OpCase("conv2d", (f(1, 13, 7, 7), f(33, 13, 1, 1)), {}),
-        OpCase("conv2d_transpose", (f(1, 4, 7, 5), f(4, 3, 3, 3), f(3)),
-               {"strides": (2, 2), "padding": (1, 1, 1, 1), "output_padding": (1, 0)}),
-        OpCase("conv2d_transpose", (f(2, 4, 5, 5), f(4, 1, 2, 3)),
-               {"groups": 2, "dilation": (2, 1)}),
+        OpCase(
+            "conv2d_transpose",
+            (f(1, 4, 7, 5), f(4, 3, 3, 3), f(3)),
+            {"strides": (2, 2), "padding": (1, 1, 1, 1), "output_padding": (1, 0)},
+        ),
+        OpCase(
+            "conv2d_transpose", (f(2, 4, 5, 5), f(4, 1, 2, 3)), {"groups": 2, "dilation": (2, 1)}
+        ),
         OpCase("max_pool2d", (f(1, 3, 13, 13),), {"pool_size": (3, 3), "strides": (2, 2)}),
-        OpCase("max_pool2d", (f(2, 3, 7, 33),),
-               {"pool_size": (2, 3), "strides": (2, 2), "padding": (1, 1, 0, 1),
-                "ceil_mode": True}),
-        OpCase("avg_pool2d", (f(1, 3, 13, 13),),
-               {"pool_size": (3, 3), "strides": (2, 2), "padding": (1, 1, 1, 1)}),
-        OpCase("avg_pool2d", (f(1, 3, 7, 7),),
-               {"pool_size": (3, 3), "strides": (2, 2), "padding": (1, 1, 1, 1),
-                "count_include_pad": True, "ceil_mode": True}),
+        OpCase(
+            "max_pool2d",
+            (f(2, 3, 7, 33),),
+            {"pool_size": (2, 3), "strides": (2, 2), "padding": (1, 1, 0, 1), "ceil_mode": True},
+        ),
+        OpCase(
+            "avg_pool2d",
+            (f(1, 3, 13, 13),),
+            {"pool_size": (3, 3), "strides": (2, 2), "padding": (1, 1, 1, 1)},
+        ),
+        OpCase(
+            "avg_pool2d",
+            (f(1, 3, 7, 7),),
+            {
+                "pool_size": (3, 3),
+                "strides": (2, 2),
+                "padding": (1, 1, 1, 1),
+                "count_include_pad": True,
+                "ceil_mode": True,
+            },
+        ),
         OpCase("global_avg_pool2d", (f(2, 7, 13, 1),)),
         OpCase("global_max_pool2d", (f(1, 33, 7, 7),)),
         OpCase("resize2d", (f(1, 3, 7, 13),), {"size": (14, 26)}),
         OpCase("resize2d", (f(1, 3, 7, 13),), {"size": (3, 33), "method": "linear"}),
-        OpCase("resize2d", (f(1, 1, 13, 7),),
-               {"size": (7, 13), "method": "cubic", "coordinate_transformation_mode":
-                "align_corners"}),
+        OpCase(
+            "resize2d",
+            (f(1, 1, 13, 7),),
+            {"size": (7, 13), "method": "cubic", "coordinate_transformation_mode": "align_corners"},
+        ),
         OpCase("reshape", (f(7, 13),), {"newshape": (13, -1)}),
         OpCase("transpose", (f(2, 7, 13),), {"axes": (2, 0, 1)}),
         OpCase("transpose", (f(7, 13),), {}),
         OpCase("take", (f(7, 13), ((3, 2), "int64")), {"axis": 1}),
-        OpCase("take", (f(33,), ((1,), "int32")), {}),
-        OpCase("strided_slice", (f(13, 33),), {"begin": (1, -3), "end": (12, 0), "strides": (3, -2)}),
+        OpCase(
+            "take",
+            (
+                f(
+                    33,
+                ),
+                ((1,), "int32"),
+            ),
+            {},
+        ),
+        OpCase(
+            "strided_slice", (f(13, 33),), {"begin": (1, -3), "end": (12, 0), "strides": (3, -2)}
+        ),
         OpCase("strided_slice", (f(7, 13),), {"begin": (2,), "end": (100,), "axes": (1,)}),
         OpCase("pad", (f(7, 13),), {"pad_width": (1, 2, 0, 3), "pad_value": 1.5}),
         OpCase("pad", (f(7, 13),), {"pad_width": (2, 1, 3, 0), "mode": "reflect"}),
         OpCase("pad", (f(1, 7),), {"pad_width": (0, 0, 3, 3), "mode": "edge"}),
         OpCase("broadcast_to", (f(7, 1),), {"shape": (2, 7, 13)}),
     ]
-    + [OpCase(op, (f(7, 13, 3),), {"axes": (0, 2), "keepdims": True})
-       for op in ("sum", "mean", "max", "min", "prod")]
-    + [OpCase(op, (f(33,),), {}) for op in ("sum", "mean", "max", "min", "prod")]
-    + [OpCase(op, (f(7, 13),), {"axis": 1, "keepdims": k})
-       for op in ("argmax", "argmin") for k in (False, True)]
+    + [
+        OpCase(op, (f(7, 13, 3),), {"axes": (0, 2), "keepdims": True})
+        for op in ("sum", "mean", "max", "min", "prod")
+    ]
+    + [
+        OpCase(
+            op,
+            (
+                f(
+                    33,
+                ),
+            ),
+            {},
+        )
+        for op in ("sum", "mean", "max", "min", "prod")
+    ]
+    + [
+        OpCase(op, (f(7, 13),), {"axis": 1, "keepdims": k})
+        for op in ("argmax", "argmin")
+        for k in (False, True)
+    ]
 )

@@ -12,7 +12,8 @@ class RiggedTemplate(InjectiveTemplate):
 
     def knobs(self):
         return super().knobs() + [
-            Knob("fault", ("none", "compile", "hang", "wrong", "crash"), "the failure to inject")]
+            Knob("fault", ("none", "compile", "hang", "wrong", "crash"), "the failure to inject")
+        ]
 
     def spec(self, config):
         spec = super().spec(config)
@@ -28,6 +29,9 @@ class RiggedTemplate(InjectiveTemplate):
             "crash": "  __builtin_trap();\n",
         }[fault] + spec.body
         if fault == "wrong":
-            body += f"\n  if (GROUP_ID(0) == 0 && LOCAL_ID(0) == 0) {spec.buffers[-1].name}[0] += 1.0f;"
-        return KernelSpec(spec.name, spec.buffers, body, spec.launch, spec.local_arrays,
-                          spec.helpers, spec.tables)
+            body += (
+                f"\n  if (GROUP_ID(0) == 0 && LOCAL_ID(0) == 0) {spec.buffers[-1].name}[0] += 1.0f;"
+            )
+        return KernelSpec(
+            spec.name, spec.buffers, body, spec.launch, spec.local_arrays, spec.helpers, spec.tables
+        )

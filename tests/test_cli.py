@@ -9,15 +9,21 @@ EXAMPLE = ROOT / "examples" / "tiny_net.onnx"
 
 
 def coretune(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "coretune", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "coretune", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_docs_ops_md_is_current():
     result = coretune("ops", "--markdown")
     assert result.returncode == 0, result.stderr
     assert (ROOT / "docs" / "ops.md").read_text() == result.stdout, (
-        "docs/ops.md is stale: run `coretune ops --markdown > docs/ops.md`")
+        "docs/ops.md is stale: run `coretune ops --markdown > docs/ops.md`"
+    )
 
 
 def test_ops_table_lists_every_op():
@@ -38,8 +44,11 @@ def test_show_runs_the_example(tmp_path):
 
 def test_example_model_is_reproducible(tmp_path):
     out = tmp_path / "tiny_net.onnx"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_tiny_net.py"), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_tiny_net.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
     assert out.read_bytes() == EXAMPLE.read_bytes()
 
 

@@ -10,8 +10,14 @@ from coretune.kernels.render import Buffer, KernelSpec, Launch, renderer_for
 
 def test_default_device_is_there_and_fingerprinted(device):
     fingerprint = device.info.fingerprint()
-    assert set(fingerprint) >= {"platform", "name", "driver_version", "compute_units",
-                                "max_work_group_size", "local_mem_bytes"}
+    assert set(fingerprint) >= {
+        "platform",
+        "name",
+        "driver_version",
+        "compute_units",
+        "max_work_group_size",
+        "local_mem_bytes",
+    }
     assert fingerprint == open_device("opencl:0").info.fingerprint()  # stable
     assert device.limits.max_work_group_size >= 1
 
@@ -37,12 +43,18 @@ def test_cuda_absence_is_a_clear_error():
 
 
 def _copy_kernel(body):
-    return KernelSpec("copy", (Buffer("a", "float"), Buffer("b", "float", output=True)), body,
-                      Launch((1, 1, 1), (8, 1, 1)))
+    return KernelSpec(
+        "copy",
+        (Buffer("a", "float"), Buffer("b", "float", output=True)),
+        body,
+        Launch((1, 1, 1), (8, 1, 1)),
+    )
 
 
 def test_programs_are_cached_and_build_errors_are_reported(device):
-    rendered = renderer_for("opencl").render(_copy_kernel("  b[LOCAL_ID(0)] = 2.0f * a[LOCAL_ID(0)];"))
+    rendered = renderer_for("opencl").render(
+        _copy_kernel("  b[LOCAL_ID(0)] = 2.0f * a[LOCAL_ID(0)];")
+    )
     assert device.compile(rendered) is device.compile(rendered)
     a = np.arange(1, 9, dtype=np.float32)
     out = device.upload(np.full(8, np.nan, np.float32))

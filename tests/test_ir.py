@@ -70,20 +70,34 @@ def test_validation_lists_every_problem_with_its_node():
     with pytest.raises(GraphError) as err:
         graph.validate()
     text = str(err.value)
-    for expected in ("node 'n1' (frobnicate): unknown core op", "node 'n3' (softmax): softmax: axis 7",
-                     "node 'n4' (matmul): matmul: inner dimensions", "node 'n5' (leaky_relu)",
-                     "4 problems"):
+    for expected in (
+        "node 'n1' (frobnicate): unknown core op",
+        "node 'n3' (softmax): softmax: axis 7",
+        "node 'n4' (matmul): matmul: inner dimensions",
+        "node 'n5' (leaky_relu)",
+        "4 problems",
+    ):
         assert expected in text
 
 
 def test_cycles_are_reported_and_order_is_topological():
     x = {"x": TensorType((2,), "float32")}
-    cyclic = Graph("loop", x, {}, [Node("a", "add", ["x", "b_out"], ["a_out"]),
-                                   Node("b", "relu", ["a_out"], ["b_out"])], ["b_out"])
+    cyclic = Graph(
+        "loop",
+        x,
+        {},
+        [Node("a", "add", ["x", "b_out"], ["a_out"]), Node("b", "relu", ["a_out"], ["b_out"])],
+        ["b_out"],
+    )
     with pytest.raises(GraphError, match="cycle through node.*a, b"):
         cyclic.validate()
-    shuffled = Graph("order", x, {}, [Node("second", "relu", ["first_out"], ["y"]),
-                                      Node("first", "exp", ["x"], ["first_out"])], ["y"])
+    shuffled = Graph(
+        "order",
+        x,
+        {},
+        [Node("second", "relu", ["first_out"], ["y"]), Node("first", "exp", ["x"], ["first_out"])],
+        ["y"],
+    )
     assert [n.name for n in shuffled.validate().nodes] == ["first", "second"]
 
 

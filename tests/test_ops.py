@@ -20,10 +20,10 @@ def test_every_op_has_cases():
 def test_the_core_set_is_complete():
     expected = {
         1: "dense matmul add subtract multiply divide power maximum minimum negative abs exp log "
-           "sqrt rsqrt tanh sigmoid erf relu leaky_relu clip softmax log_softmax batch_norm "
-           "layer_norm flatten concatenate split expand_dims squeeze cast where greater less equal",
+        "sqrt rsqrt tanh sigmoid erf relu leaky_relu clip softmax log_softmax batch_norm "
+        "layer_norm flatten concatenate split expand_dims squeeze cast where greater less equal",
         2: "conv2d conv2d_transpose max_pool2d avg_pool2d global_avg_pool2d global_max_pool2d "
-           "resize2d",
+        "resize2d",
         3: "reshape transpose take strided_slice pad broadcast_to",
         4: "sum mean max min prod argmax argmin",
     }
@@ -97,9 +97,12 @@ def _naive_conv2d(x, w, strides, padding, dilation, groups):
         g = oc // per_group
         for i in range(oh):
             for j in range(ow):
-                patch = xp[:, g * cg:(g + 1) * cg,
-                           i * strides[0]: i * strides[0] + dilation[0] * (kh - 1) + 1: dilation[0],
-                           j * strides[1]: j * strides[1] + dilation[1] * (kw - 1) + 1: dilation[1]]
+                patch = xp[
+                    :,
+                    g * cg : (g + 1) * cg,
+                    i * strides[0] : i * strides[0] + dilation[0] * (kh - 1) + 1 : dilation[0],
+                    j * strides[1] : j * strides[1] + dilation[1] * (kw - 1) + 1 : dilation[1],
+                ]
                 out[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3))
     return out
 
@@ -109,8 +112,14 @@ def test_conv2d_matches_a_direct_loop(case):
     x, w, *bias = case.arrays(seed=3)
     attrs = get_op("conv2d").normalize_attrs(case.attrs)
     got = get_op("conv2d").evaluate([x, w, *bias], attrs)[0]
-    want = _naive_conv2d(x.astype(np.float64), w.astype(np.float64), attrs["strides"],
-                         attrs["padding"], attrs["dilation"], attrs["groups"])
+    want = _naive_conv2d(
+        x.astype(np.float64),
+        w.astype(np.float64),
+        attrs["strides"],
+        attrs["padding"],
+        attrs["dilation"],
+        attrs["groups"],
+    )
     if bias:
         want += bias[0].reshape(1, -1, 1, 1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
@@ -127,10 +136,20 @@ def test_conv2d_transpose_is_the_adjoint_of_conv2d():
     probe = rng.standard_normal(y.shape)
     tconv = get_op("conv2d_transpose")
     # conv2d weight (O, I/g, kh, kw) is conv2d_transpose weight (in=O, out/g=I/g, kh, kw).
-    out_pad = tuple(x.shape[2 + i] - ((y.shape[2 + i] - 1) * geometry["strides"][i]
-                    + geometry["dilation"][i] * 2 + 1 - geometry["padding"][i]
-                    - geometry["padding"][i + 2]) for i in range(2))
-    back = tconv.evaluate([probe, w], tconv.normalize_attrs({**geometry, "output_padding": out_pad}))[0]
+    out_pad = tuple(
+        x.shape[2 + i]
+        - (
+            (y.shape[2 + i] - 1) * geometry["strides"][i]
+            + geometry["dilation"][i] * 2
+            + 1
+            - geometry["padding"][i]
+            - geometry["padding"][i + 2]
+        )
+        for i in range(2)
+    )
+    back = tconv.evaluate(
+        [probe, w], tconv.normalize_attrs({**geometry, "output_padding": out_pad})
+    )[0]
     assert back.shape == x.shape
     np.testing.assert_allclose((y * probe).sum(), (x * back).sum(), rtol=1e-9)
 
@@ -155,8 +174,9 @@ def test_cast_saturates_narrow_floats():
 def test_erf_and_sigmoid_references():
     x = np.linspace(-4, 4, 33).astype(np.float32)
     np.testing.assert_allclose(get_op("erf").evaluate([x], {})[0], scipy.special.erf(x), rtol=1e-6)
-    np.testing.assert_allclose(get_op("sigmoid").evaluate([x], {})[0], 1 / (1 + np.exp(-x)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        get_op("sigmoid").evaluate([x], {})[0], 1 / (1 + np.exp(-x)), rtol=1e-6
+    )
 
 
 def test_empty_reductions_use_identities():

@@ -26,10 +26,13 @@ def cnn(channels=8):
 
     def bn(v):
         c = v.shape[1]
-        return b.batch_norm(v, b.param(f"g{v.name}", 1 + 0.1 * _rand(rng, c)),
-                            b.param(f"b{v.name}", _rand(rng, c)),
-                            b.param(f"m{v.name}", _rand(rng, c)),
-                            b.param(f"v{v.name}", np.abs(_rand(rng, c)) + 0.5))
+        return b.batch_norm(
+            v,
+            b.param(f"g{v.name}", 1 + 0.1 * _rand(rng, c)),
+            b.param(f"b{v.name}", _rand(rng, c)),
+            b.param(f"m{v.name}", _rand(rng, c)),
+            b.param(f"v{v.name}", np.abs(_rand(rng, c)) + 0.5),
+        )
 
     w1 = b.param("w1", _rand(rng, channels, 3, 3, 3))
     h = b.relu(bn(b.conv2d(x, w1, b.param("c1", _rand(rng, channels)), padding=(1, 1, 1, 1))))
@@ -117,7 +120,9 @@ def test_memory_plan_reuses_buffers_safely():
         for name in group.inputs:
             name = plan.alias_of.get(name, name)
             if name in plan.buffer_of:
-                assert holder[plan.buffer_of[name]] == name, f"{name} overwritten before step {step}"
+                assert holder[plan.buffer_of[name]] == name, (
+                    f"{name} overwritten before step {step}"
+                )
         for name in group.outputs:
             if name in plan.buffer_of:
                 holder[plan.buffer_of[name]] = name

@@ -54,17 +54,45 @@ def resampling(shape, size, **attrs):
     return b.build(b.resize2d(b.relu(first), size=size, **attrs))
 
 
-WORKLOADS = [chain((1,), (1,)), chain((7, 13), (13,)), chain((33, 7, 1), (1, 13)),
-             movement((7, 13)), movement((1, 33)), mixed_types(13), mixed_types(1),
-             resampling((1, 3, 7, 13), (13, 7), method="linear"),
-             resampling((2, 2, 1, 7), (3, 33), method="nearest",
-                         coordinate_transformation_mode="asymmetric", rounding_method="floor"),
-             resampling((1, 4, 13, 7), (33, 13), method="cubic", exclude_outside=True),
-             resampling((1, 2, 7, 7), (13, 13), method="linear", extrapolation_value=-1.0,
-                        coordinate_transformation_mode="tf_crop_and_resize",
-                        roi=(0.1, -0.2, 1.2, 0.9))]
-IDS = ["chain-1", "chain-7x13", "chain-33x7x13", "move-7x13", "move-1x33", "mixed-13", "mixed-1",
-       "resize-linear", "resize-nearest", "resize-cubic", "resize-crop"]
+WORKLOADS = [
+    chain((1,), (1,)),
+    chain((7, 13), (13,)),
+    chain((33, 7, 1), (1, 13)),
+    movement((7, 13)),
+    movement((1, 33)),
+    mixed_types(13),
+    mixed_types(1),
+    resampling((1, 3, 7, 13), (13, 7), method="linear"),
+    resampling(
+        (2, 2, 1, 7),
+        (3, 33),
+        method="nearest",
+        coordinate_transformation_mode="asymmetric",
+        rounding_method="floor",
+    ),
+    resampling((1, 4, 13, 7), (33, 13), method="cubic", exclude_outside=True),
+    resampling(
+        (1, 2, 7, 7),
+        (13, 13),
+        method="linear",
+        extrapolation_value=-1.0,
+        coordinate_transformation_mode="tf_crop_and_resize",
+        roi=(0.1, -0.2, 1.2, 0.9),
+    ),
+]
+IDS = [
+    "chain-1",
+    "chain-7x13",
+    "chain-33x7x13",
+    "move-7x13",
+    "move-1x33",
+    "mixed-13",
+    "mixed-1",
+    "resize-linear",
+    "resize-nearest",
+    "resize-cubic",
+    "resize-crop",
+]
 
 
 @pytest.mark.parametrize("graph", WORKLOADS, ids=IDS)
@@ -82,8 +110,9 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
     template = InjectiveTemplate(Workload.from_graph(chain((7, 13), (13,))))
     space = template.space(device.limits)
     assert "lanes must divide" in space.why_invalid({"work_group": 64, "items": 1, "lanes": 2})
-    tiny = type(device.limits)(max_work_group_size=64, max_work_item_sizes=(64, 64, 64),
-                               local_mem_bytes=1024)
+    tiny = type(device.limits)(
+        max_work_group_size=64, max_work_item_sizes=(64, 64, 64), local_mem_bytes=1024
+    )
     with pytest.raises(InvalidConfig, match="work-group axis 0 is 128 > 64"):
         template.render({"work_group": 128, "items": 1, "lanes": 1}, "opencl", tiny)
 
@@ -92,23 +121,28 @@ RENDER_CHECKED = [1, 2, 3, 9, 10]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-@pytest.mark.parametrize("graph", [WORKLOADS[i] for i in RENDER_CHECKED],
-                         ids=[IDS[i] for i in RENDER_CHECKED])
+@pytest.mark.parametrize(
+    "graph", [WORKLOADS[i] for i in RENDER_CHECKED], ids=[IDS[i] for i in RENDER_CHECKED]
+)
 def test_cuda_rendering_compiles_with_nvcc(graph, tmp_path):
     template = InjectiveTemplate(Workload.from_graph(graph))
     configs = [template.default_config(CUDA_SM80)]
     configs += template.space(CUDA_SM80).sample(2, np.random.default_rng(1))
     for config in configs:
         report = nvcc_compile(template.render(config, "cuda", CUDA_SM80), tmp_path)
-        check_cuda_resources(report, CUDA_SM80, template.local_mem_bytes(config),
-                             config["work_group"])
+        check_cuda_resources(
+            report, CUDA_SM80, template.local_mem_bytes(config), config["work_group"]
+        )
 
 
-@pytest.mark.parametrize("graph", [WORKLOADS[i] for i in RENDER_CHECKED],
-                         ids=[IDS[i] for i in RENDER_CHECKED])
+@pytest.mark.parametrize(
+    "graph", [WORKLOADS[i] for i in RENDER_CHECKED], ids=[IDS[i] for i in RENDER_CHECKED]
+)
 def test_metal_rendering_passes_a_syntax_check(graph, tmp_path):
     """Syntax check with a shim header and g++ -- not a Metal compile (no Metal here)."""
     template = InjectiveTemplate(Workload.from_graph(graph))
-    for config in [template.default_config(APPLE_M1),
-                   *template.space(APPLE_M1).sample(2, np.random.default_rng(2))]:
+    for config in [
+        template.default_config(APPLE_M1),
+        *template.space(APPLE_M1).sample(2, np.random.default_rng(2)),
+    ]:
         metal_syntax_check(template.render(config, "metal", APPLE_M1), tmp_path)

@@ -50,9 +50,14 @@ def test_each_failure_kind_is_recorded_and_the_run_goes_on(tmp_path):
     with Measurer(task, options=MeasureOptions(run_timeout=5)) as measurer:
         results = measurer.measure(configs)
     kinds = [r.error for r in results]
-    assert kinds == [ErrorKind.COMPILE, ErrorKind.TIMEOUT, ErrorKind.WRONG_RESULT,
-                     ErrorKind.RUNTIME, ErrorKind.NONE, ErrorKind.INVALID], \
-        [(k, r.message[:100]) for k, r in zip(kinds, results)]
+    assert kinds == [
+        ErrorKind.COMPILE,
+        ErrorKind.TIMEOUT,
+        ErrorKind.WRONG_RESULT,
+        ErrorKind.RUNTIME,
+        ErrorKind.NONE,
+        ErrorKind.INVALID,
+    ], [(k, r.message[:100]) for k, r in zip(kinds, results, strict=True)]
     assert "this is not C" in results[0].message or "error" in results[0].message.lower()
     assert results[4].costs and all(c > 0 for c in results[4].costs)
     del log
@@ -74,8 +79,9 @@ def test_sigkill_then_rerun_resumes_without_remeasuring(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RESUMABLE_RUN)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    first = subprocess.Popen([sys.executable, str(script), str(path)], env=env,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, str(script), str(path)], env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().count("\n") >= 4:

@@ -40,8 +40,9 @@ class TuningDatabase:
             db.records += [(str(path), n, r) for n, r in log.read_numbered()]
         return db
 
-    def best(self, task_dict: dict, fingerprint: dict, version: str,
-             limits: DeviceLimits | None = None) -> Lookup:
+    def best(
+        self, task_dict: dict, fingerprint: dict, version: str, limits: DeviceLimits | None = None
+    ) -> Lookup:
         """The fastest valid record of this task on this device and version."""
         key, device = task_key(task_dict), device_key(fingerprint)
         lookup = Lookup(None, None)

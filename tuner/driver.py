@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from coretune.kernels.space import Config
 
-from .measure import Measurer, MeasureOptions, MeasureResult
+from .measure import MeasureOptions, Measurer, MeasureResult
 from .records import Record, TuningLog, device_key, task_key
 from .strategies import make_strategy
 from .task import Task
@@ -42,10 +42,16 @@ def _version() -> str:
     return coretune.__version__
 
 
-def tune(task: Task, log: TuningLog, device_spec: str | None = None,
-         strategy: str = "bayesian", budget: Budget = Budget(), seed: int = 0,
-         options: MeasureOptions = MeasureOptions(),
-         on_trial: Callable[[Record], None] | None = None) -> TuneResult:
+def tune(
+    task: Task,
+    log: TuningLog,
+    device_spec: str | None = None,
+    strategy: str = "bayesian",
+    budget: Budget = Budget(),
+    seed: int = 0,
+    options: MeasureOptions | None = None,
+    on_trial: Callable[[Record], None] | None = None,
+) -> TuneResult:
     from coretune.kernels import open_device
 
     device = open_device(device_spec)
@@ -63,7 +69,7 @@ def tune(task: Task, log: TuningLog, device_spec: str | None = None,
     seeds = [c for c in similar if space.is_valid(c) and c not in search.seen]
     trial, errors, since_best = len(mine), 0, 0
     started = time.monotonic()
-    with Measurer(task, device_spec, options, seed=seed) as measurer:
+    with Measurer(task, device_spec, options or MeasureOptions(), seed=seed) as measurer:
         while trial < budget.trials and time.monotonic() - started < budget.seconds:
             if budget.early_stop is not None and since_best >= budget.early_stop:
                 break
@@ -105,12 +111,24 @@ def _history(log: TuningLog, task: Task, fingerprint: dict):
             other = task_key(record.task)
             if other not in best_of_similar or record.best_cost < best_of_similar[other].best_cost:
                 best_of_similar[other] = record
-    similar = [Config(r.config) for r in sorted(best_of_similar.values(), key=lambda r: r.best_cost)]
+    similar = [
+        Config(r.config) for r in sorted(best_of_similar.values(), key=lambda r: r.best_cost)
+    ]
     return mine, list(dict.fromkeys(similar))
 
 
 def _record(task, config, result: MeasureResult, fingerprint, strategy, trial) -> Record:
-    return Record(task=task.key(), config=config.to_json(), costs=result.costs,
-                  error=result.error, message=result.message[:2000], device=fingerprint,
-                  dialect="opencl", strategy=strategy, trial=trial, started=result.started,
-                  finished=result.finished, coretune_version=_version())
+    return Record(
+        task=task.key(),
+        config=config.to_json(),
+        costs=result.costs,
+        error=result.error,
+        message=result.message[:2000],
+        device=fingerprint,
+        dialect="opencl",
+        strategy=strategy,
+        trial=trial,
+        started=result.started,
+        finished=result.finished,
+        coretune_version=_version(),
+    )

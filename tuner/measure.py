@@ -106,12 +106,19 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
             rendered = template.render(config, "opencl", device.limits)
             assert rendered.source == source, "the runner rendered different source"
             compiled = device.compile(rendered)
-            outputs = [device.upload(np.full(t.shape, np.nan if t.dtype.startswith("float")
-                                             else 0x5A, t.dtype)) for t in out_types]
+            outputs = [
+                device.upload(
+                    np.full(t.shape, np.nan if t.dtype.startswith("float") else 0x5A, t.dtype)
+                )
+                for t in out_types
+            ]
             buffers = inputs + outputs
             if expected is not None:
                 device.launch(compiled, buffers).wait()
-                got = [device.download(b, t.shape, t.dtype) for b, t in zip(outputs, out_types)]
+                got = [
+                    device.download(b, t.shape, t.dtype)
+                    for b, t in zip(outputs, out_types, strict=True)
+                ]
                 problem = _compare(got, expected, options.rtol)
                 if problem:
                     conn.send((ErrorKind.WRONG_RESULT, problem, ()))
@@ -121,12 +128,18 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
             while costs[0] * number * 1e3 < options.min_repeat_ms and number < 1 << 20:
                 number *= 2
                 costs = device.time(compiled, buffers, number=number, repeat=1, warmup=0)
-            costs += device.time(compiled, buffers, number=number, repeat=options.repeat - 1,
-                                 warmup=0)
+            costs += device.time(
+                compiled, buffers, number=number, repeat=options.repeat - 1, warmup=0
+            )
             conn.send((ErrorKind.NONE, "", tuple(costs)))
         except Exception as exc:
-            conn.send((ErrorKind.RUNTIME, f"{type(exc).__name__}: {exc}\n"
-                       f"{traceback.format_exc(limit=3)}", ()))
+            conn.send(
+                (
+                    ErrorKind.RUNTIME,
+                    f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}",
+                    (),
+                )
+            )
 
 
 def _compare(got, expected, rtol) -> str:
@@ -147,12 +160,17 @@ def _compare(got, expected, rtol) -> str:
 class Measurer:
     """Measures configs of one task on one device; keep it open across a tuning run."""
 
-    def __init__(self, task: Task, device_spec: str | None = None,
-                 options: MeasureOptions = MeasureOptions(), build_workers: int = 2,
-                 seed: int = 0):
+    def __init__(
+        self,
+        task: Task,
+        device_spec: str | None = None,
+        options: MeasureOptions | None = None,
+        build_workers: int = 2,
+        seed: int = 0,
+    ):
         self.task = task
         self.device_spec = device_spec
-        self.options = options
+        self.options = options or MeasureOptions()
         self.build_workers = build_workers
         self.seed = seed
         self._pool = None
@@ -186,8 +204,10 @@ class Measurer:
     def _start_runner(self):
         parent, child = _CONTEXT.Pipe()
         self._runner = _CONTEXT.Process(
-            target=_runner_main, args=(child, self.task, self.device_spec, self.options,
-                                       self.seed), daemon=True)
+            target=_runner_main,
+            args=(child, self.task, self.device_spec, self.options, self.seed),
+            daemon=True,
+        )
         self._runner.start()
         child.close()
         self._conn = parent
@@ -207,32 +227,47 @@ class Measurer:
         """Build all in parallel, then run one by one; one result per config, in order."""
         started = time.time()
         built = self._build_all(configs, started)
-        return [self._run(b, started) if b.error is ErrorKind.NONE
-                else MeasureResult((), b.error, b.message, started, time.time()) for b in built]
+        return [
+            self._run(b, started)
+            if b.error is ErrorKind.NONE
+            else MeasureResult((), b.error, b.message, started, time.time())
+            for b in built
+        ]
 
     def _build_all(self, configs, started) -> list[_Built]:
         try:
-            futures = [self._pool_().submit(_build, self.task, c, self.device_spec)
-                       for c in configs]
+            futures = [
+                self._pool_().submit(_build, self.task, c, self.device_spec) for c in configs
+            ]
         except BrokenProcessPool:
             self._kill_pool()
-            futures = [self._pool_().submit(_build, self.task, c, self.device_spec)
-                       for c in configs]
+            futures = [
+                self._pool_().submit(_build, self.task, c, self.device_spec) for c in configs
+            ]
         results = []
         deadline = time.monotonic() + self.options.build_timeout
         for config, future in zip(configs, futures, strict=True):
             try:
                 results.append(future.result(timeout=max(0.1, deadline - time.monotonic())))
             except FutureTimeout:
-                results.append(_Built(config, None, ErrorKind.COMPILE,
-                                      f"build timed out after {self.options.build_timeout} s"))
+                results.append(
+                    _Built(
+                        config,
+                        None,
+                        ErrorKind.COMPILE,
+                        f"build timed out after {self.options.build_timeout} s",
+                    )
+                )
                 self._kill_pool()  # the stuck compiler dies with its pool
             except BrokenProcessPool as exc:
-                results.append(_Built(config, None, ErrorKind.COMPILE,
-                                      f"the build worker crashed: {exc}"))
+                results.append(
+                    _Built(config, None, ErrorKind.COMPILE, f"the build worker crashed: {exc}")
+                )
                 self._kill_pool()
             except Exception as exc:
-                results.append(_Built(config, None, ErrorKind.COMPILE, f"{type(exc).__name__}: {exc}"))
+                results.append(
+                    _Built(config, None, ErrorKind.COMPILE, f"{type(exc).__name__}: {exc}")
+                )
         return results
 
     def _run(self, built: _Built, started) -> MeasureResult:
@@ -243,13 +278,23 @@ class Measurer:
             self._conn.send((built.config, built.source))
             if not self._conn.poll(self.options.run_timeout):
                 self._stop_runner()
-                return MeasureResult((), ErrorKind.TIMEOUT,
-                                     f"no result within {self.options.run_timeout} s (hung "
-                                     "kernel?); device worker restarted", run_started, time.time())
+                return MeasureResult(
+                    (),
+                    ErrorKind.TIMEOUT,
+                    f"no result within {self.options.run_timeout} s (hung "
+                    "kernel?); device worker restarted",
+                    run_started,
+                    time.time(),
+                )
             error, message, costs = self._conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError) as exc:
             code = self._runner.exitcode if self._runner else None
             self._stop_runner()
-            return MeasureResult((), ErrorKind.RUNTIME, f"the device worker died (exit code "
-                                 f"{code}): {type(exc).__name__}", run_started, time.time())
+            return MeasureResult(
+                (),
+                ErrorKind.RUNTIME,
+                f"the device worker died (exit code {code}): {type(exc).__name__}",
+                run_started,
+                time.time(),
+            )
         return MeasureResult(tuple(costs), ErrorKind(error), message, run_started, time.time())

@@ -25,7 +25,7 @@ class LogError(CoretuneError):
     """A tuning log that cannot be trusted (damaged, wrong schema, invalid record)."""
 
 
-class ErrorKind(str, enum.Enum):
+class ErrorKind(enum.StrEnum):
     """The closed set of ways a trial can fail (cf. AutoTVM's MeasureErrorNo)."""
 
     NONE = "none"
@@ -72,8 +72,9 @@ class Record:
         if not isinstance(data, dict):
             raise ValueError("a record must be a JSON object")
         if data.get("schema") != SCHEMA_VERSION:
-            raise ValueError(f"schema version {data.get('schema')!r}, this coretune reads "
-                             f"{SCHEMA_VERSION}")
+            raise ValueError(
+                f"schema version {data.get('schema')!r}, this coretune reads {SCHEMA_VERSION}"
+            )
         data["error"] = ErrorKind(data.get("error", "none"))
         data["costs"] = tuple(float(c) for c in data.get("costs", ()))
         known = set(cls.__dataclass_fields__)
@@ -144,8 +145,11 @@ class TuningLog:
                     continue
                 raise LogError(f"{self.path}:{number}: invalid record: {exc}") from None
         if tail.strip():
-            warnings.warn(f"{self.path}:{len(lines)}: skipping a torn last record (the run "
-                          "writing it was killed)", stacklevel=2)
+            warnings.warn(
+                f"{self.path}:{len(lines)}: skipping a torn last record (the run "
+                "writing it was killed)",
+                stacklevel=2,
+            )
         return records
 
 

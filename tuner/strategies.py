@@ -82,8 +82,9 @@ class BayesianSearch(Strategy):
         self._knobs = space.knobs
         dims = []
         for knob in self._knobs:
-            numeric = all(isinstance(c, int | float) and not isinstance(c, bool)
-                          for c in knob.choices)
+            numeric = all(
+                isinstance(c, int | float) and not isinstance(c, bool) for c in knob.choices
+            )
             if len(knob.choices) == 1:
                 dims.append(Categorical([0], name=knob.name))
             elif numeric:
@@ -93,9 +94,13 @@ class BayesianSearch(Strategy):
         categorical = sum(isinstance(d, Categorical) for d in dims)
         estimator = "ET" if space.size > 50_000 and categorical > len(dims) // 2 else "GP"
         self._optimizer = Optimizer(
-            dims, base_estimator=estimator, acq_func="gp_hedge" if estimator == "GP" else "EI",
-            acq_optimizer="sampling", n_initial_points=initial_points,
-            initial_point_generator="random", random_state=int(self.rng.integers(2**31)),
+            dims,
+            base_estimator=estimator,
+            acq_func="gp_hedge" if estimator == "GP" else "EI",
+            acq_optimizer="sampling",
+            n_initial_points=initial_points,
+            initial_point_generator="random",
+            random_state=int(self.rng.integers(2**31)),
             space_constraint=lambda point: self.space.is_valid(self._decode(point)),
             acq_optimizer_kwargs={"n_points": 2000},
         )

@@ -15,5 +15,14 @@ def optimize(graph):
     return fold_batch_norm(graph)
 
 
-__all__ = ["FusedGroup", "MemoryPlan", "fold_batch_norm", "fold_constants", "fuse", "optimize",
-           "plan_memory", "remove_dead_code", "remove_identities"]
+__all__ = [
+    "FusedGroup",
+    "MemoryPlan",
+    "fold_batch_norm",
+    "fold_constants",
+    "fuse",
+    "optimize",
+    "plan_memory",
+    "remove_dead_code",
+    "remove_identities",
+]

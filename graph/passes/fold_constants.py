@@ -13,8 +13,9 @@ def fold_constants(graph: Graph, max_bytes: int = 64 << 20) -> Graph:
     for node in graph.nodes:
         if all(i in graph.params for i in node.inputs) and node.inputs:
             if all(graph.types[o].dtype and _nbytes(graph, o) <= max_bytes for o in node.outputs):
-                values = get_op(node.op).evaluate([graph.params[i] for i in node.inputs],
-                                                  node.attrs)
+                values = get_op(node.op).evaluate(
+                    [graph.params[i] for i in node.inputs], node.attrs
+                )
                 graph.params.update(zip(node.outputs, values, strict=True))
                 continue
         kept.append(node)

@@ -54,8 +54,11 @@ class _Builder:
             if len(readers) != 1:
                 break
             node = readers[0]
-            if (_pattern(node) > Pattern.BROADCAST or len(node.outputs) != 1
-                    or self.graph.types[node.outputs[0]].shape != shape):
+            if (
+                _pattern(node) > Pattern.BROADCAST
+                or len(node.outputs) != 1
+                or self.graph.types[node.outputs[0]].shape != shape
+            ):
                 break
             members.append(node)
             tensor = node.outputs[0]
@@ -66,8 +69,11 @@ class _Builder:
 
     def group_from(self, root: Node) -> FusedGroup:
         members = [root]
-        kind = "anchor" if _pattern(root) == Pattern.OUT_ELEMWISE_FUSABLE else (
-            "reduction" if _pattern(root) == Pattern.REDUCTION else "injective")
+        kind = (
+            "anchor"
+            if _pattern(root) == Pattern.OUT_ELEMWISE_FUSABLE
+            else ("reduction" if _pattern(root) == Pattern.REDUCTION else "injective")
+        )
         if _pattern(root) == Pattern.OPAQUE or len(root.outputs) > 1:
             kind = "opaque"
         frontier = [] if kind in ("anchor", "opaque") else list(root.inputs)
@@ -84,9 +90,11 @@ class _Builder:
                 continue
             pattern = _pattern(node)
             if not heavy_found and pattern in (Pattern.OUT_ELEMWISE_FUSABLE, Pattern.REDUCTION):
-                epilogue_ok = all(_pattern(m) <= Pattern.BROADCAST
-                                  and self.graph.types[m.outputs[0]].shape == shape
-                                  for m in members)
+                epilogue_ok = all(
+                    _pattern(m) <= Pattern.BROADCAST
+                    and self.graph.types[m.outputs[0]].shape == shape
+                    for m in members
+                )
                 if not epilogue_ok or self.graph.types[node.outputs[0]].shape != shape:
                     continue
                 members.insert(0, node)
@@ -97,16 +105,21 @@ class _Builder:
                 continue
             if pattern > Pattern.INJECTIVE:
                 continue
-            if kind == "anchor" and (pattern > Pattern.BROADCAST
-                                     or self.graph.types[tensor].shape != shape):
+            if kind == "anchor" and (
+                pattern > Pattern.BROADCAST or self.graph.types[tensor].shape != shape
+            ):
                 continue  # an anchor's epilogue computes other operands only elementwise
             members.append(node)
             frontier.extend(node.inputs)
         order = {n.name: i for i, n in enumerate(self.graph.nodes)}
         # Topological order, but an anchor first: its epilogue's other operands never depend
         # on it, and templates expect the anchor to open the kernel.
-        members.sort(key=lambda n: (not (kind == "anchor" and _pattern(n) ==
-                                         Pattern.OUT_ELEMWISE_FUSABLE), order[n.name]))
+        members.sort(
+            key=lambda n: (
+                not (kind == "anchor" and _pattern(n) == Pattern.OUT_ELEMWISE_FUSABLE),
+                order[n.name],
+            )
+        )
         self.assigned.update(n.name for n in members)
         if kind == "injective" and all(n.op in VIEWS for n in members) and len(members) == 1:
             kind = "view"
@@ -121,8 +134,9 @@ def fuse(graph: Graph) -> list[FusedGroup]:
     builder = _Builder(graph)
     # Anchors claim their epilogues first, so a reduction downstream cannot take them as its
     # prologue: conv + bias + activation + residual add is worth more as one kernel.
-    groups = [builder.anchor_group(n) for n in graph.nodes
-              if _pattern(n) == Pattern.OUT_ELEMWISE_FUSABLE]
+    groups = [
+        builder.anchor_group(n) for n in graph.nodes if _pattern(n) == Pattern.OUT_ELEMWISE_FUSABLE
+    ]
     for node in reversed(graph.nodes):
         if node.name not in builder.assigned:
             groups.append(builder.group_from(node))

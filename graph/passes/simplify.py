@@ -38,8 +38,10 @@ def remove_identities(graph: Graph) -> Graph:
             rename[node.outputs[0]] = node.inputs[0]
         elif _can_take_name(node.inputs[0], producer, readers, outputs):
             # The identity makes a graph output: its producer takes the output's name instead.
-            producer[node.inputs[0]].outputs = [node.outputs[0] if o == node.inputs[0] else o
-                                                for o in producer[node.inputs[0]].outputs]
+            producer[node.inputs[0]].outputs = [
+                node.outputs[0] if o == node.inputs[0] else o
+                for o in producer[node.inputs[0]].outputs
+            ]
         else:
             kept.append(node)
     graph.nodes = kept

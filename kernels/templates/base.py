@@ -53,8 +53,9 @@ class Template:
         return {"template": self.name, "workload": self.workload.key()}
 
     def space(self, limits: DeviceLimits) -> ConfigSpace:
-        return ConfigSpace(self.knobs(), self.restrictions(), limits, self.work_group,
-                           self.local_mem_bytes)
+        return ConfigSpace(
+            self.knobs(), self.restrictions(), limits, self.work_group, self.local_mem_bytes
+        )
 
     def render(self, config, dialect: str, limits: DeviceLimits) -> RenderedKernel:
         """Render a config for a dialect; an invalid config is rejected with its reason."""

@@ -24,8 +24,10 @@ class InjectiveTemplate(Template):
     def matches(cls, workload) -> bool:
         return (
             len(workload.outputs) == 1
-            and all(get_op(n.op).pattern <= Pattern.INJECTIVE and lowerable(n.op)
-                    for n in workload.nodes)
+            and all(
+                get_op(n.op).pattern <= Pattern.INJECTIVE and lowerable(n.op)
+                for n in workload.nodes
+            )
             and all(t.dtype in BUFFER_TYPES for t in workload.types.values())
         )
 
@@ -41,8 +43,11 @@ class InjectiveTemplate(Template):
         ]
 
     def restrictions(self):
-        return [Restriction("lanes must divide the element count",
-                            lambda c, _: self.size % c["lanes"] == 0)]
+        return [
+            Restriction(
+                "lanes must divide the element count", lambda c, _: self.size % c["lanes"] == 0
+            )
+        ]
 
     def work_group(self, config: Config):
         return (config["work_group"], 1, 1)
@@ -81,5 +86,10 @@ class InjectiveTemplate(Template):
         buffers = tuple(Buffer(n, buffer_type(t.dtype)) for n, t in w.inputs)
         buffers += (Buffer(out, store_type, output=True),)
         groups = max(1, -(-self.size // chunk))
-        return KernelSpec("injective", buffers, body, Launch((groups, 1, 1), (group, 1, 1)),
-                          tables=tuple(lw.tables.values()))
+        return KernelSpec(
+            "injective",
+            buffers,
+            body,
+            Launch((groups, 1, 1), (group, 1, 1)),
+            tables=tuple(lw.tables.values()),
+        )
