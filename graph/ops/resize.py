@@ -15,20 +15,24 @@ _TAPS = {"nearest": 2, "linear": 2, "cubic": 4}
 
 
 def _source_coordinate(x, in_size, out_size, scale, mode, roi):
+    # ONNX measures the resized length as scale * in_size, which is fractional when the
+    # output size was floored from a scale; only half_pixel_symmetric uses the integer size.
+    length = scale * in_size
+    length = out_size if math.isclose(length, out_size) else length  # size / in * in, exactly
     if mode == "align_corners":
-        return 0.0 if out_size == 1 else x * (in_size - 1) / (out_size - 1)
+        return 0.0 if length == 1 else x * (in_size - 1) / (length - 1)
     if mode == "asymmetric":
         return x / scale
     if mode == "pytorch_half_pixel":
-        return -0.5 if out_size == 1 else (x + 0.5) / scale - 0.5
+        return -0.5 if length == 1 else (x + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
-        offset = in_size / 2 * (1 - out_size / (scale * in_size))
+        offset = in_size / 2 * (1 - out_size / length)
         return offset + (x + 0.5) / scale - 0.5
     if mode == "tf_crop_and_resize":
         start, end = roi
-        if out_size == 1:
+        if length == 1:
             return (end - start) * (in_size - 1) / 2 + start * (in_size - 1)
-        return x * (end - start) * (in_size - 1) / (out_size - 1) + start * (in_size - 1)
+        return x * (end - start) * (in_size - 1) / (length - 1) + start * (in_size - 1)
     return (x + 0.5) / scale - 0.5  # half_pixel
 
 

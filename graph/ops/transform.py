@@ -22,8 +22,9 @@ def injective(name, inputs, shape, reference, attrs, doc, level=3, dtype=first_d
 
 def _flatten_shape(shapes, axis):
     shape = shapes[0]
-    axis = normalize_axis("flatten", axis, len(shape) + 1)
-    return [(math.prod(shape[:axis]), math.prod(shape[axis:]))]
+    if not -len(shape) <= axis <= len(shape):
+        raise shape_error("flatten", f"axis {axis} out of range [{-len(shape)}, {len(shape)}]")
+    return [(math.prod(shape[:axis]), math.prod(shape[axis:]))]  # a negative axis counts back
 
 
 injective("flatten", ("x",), _flatten_shape,

@@ -1,0 +1,272 @@
+"""The converter table, and the context through which ONNX-node converters emit core ops.
+
+A converter is one small function per ONNX op type. It reads its node's inputs and attributes
+through a ``ConvertContext`` and returns the core Value(s) of the node's outputs. Every core op
+it emits whose operands are all constants is evaluated at once with that op's numpy reference
+(constant folding), so exporter-style shape subgraphs (Shape -> Gather -> Concat -> Reshape)
+leave no node behind.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from coretune.errors import GraphError
+
+from ..builder import Value
+from ..dtypes import DTYPES
+from ..ir import Node, TensorType
+from ..registry import get_op
+
+Check = Callable[[onnx.NodeProto, dict[str, Any]], str | None]
+
+
+@dataclass(frozen=True)
+class Converter:
+    """``convert(ctx)`` emits the node; ``check(node, attrs)`` names an unsupported attribute
+    value before anything is converted (so one error can list every offending node);
+    ``constant_inputs`` are the input slots whose values the core IR needs at import time."""
+
+    convert: Callable[["ConvertContext"], Any]
+    check: Check | None = None
+    constant_inputs: tuple[int, ...] = ()
+
+
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converts(*op_types: str, check: Check | None = None, constant_inputs: tuple[int, ...] = ()):
+    """Register the decorated function as the converter of the given ONNX op types."""
+
+    def register(fn):
+        for op_type in op_types:
+            CONVERTERS[op_type] = Converter(fn, check, constant_inputs)
+        return fn
+
+    return register
+
+
+class Unsupported(Exception):  # noqa: N818  (an internal signal, never reaches the user)
+    """A node uses a feature outside the core op set; the importer reports all such nodes."""
+
+
+def onnx_dtype(elem_type: int) -> str | None:
+    """The coretune dtype of an ONNX element type, or None when coretune has no such type."""
+    try:
+        name = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, TypeError, ValueError):
+        return None
+    return name if name in DTYPES else None
+
+
+def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
+    """The node's attributes as python values: str, int, float, lists, numpy arrays."""
+    values = {}
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]
+        values[attr.name] = value
+    return values
+
+
+_REQUIRED = object()
+
+
+class ConvertContext:
+    """Core tensors, constants and nodes made so far, plus the ONNX node being converted.
+
+    Constants stay numpy arrays until a node that is not folded reads them; only then do they
+    become graph params, so folded-away intermediates never reach the graph.
+    """
+
+    def __init__(self, taken_names: set[str], use_counts: dict[str, int]):
+        self.inputs: dict[str, TensorType] = {}
+        self.consts: dict[str, np.ndarray] = {}
+        self.params: dict[str, np.ndarray] = {}
+        self.nodes: list[Node] = []
+        self.values: dict[str, Value] = {}  # ONNX tensor name -> core value
+        self._types: dict[str, TensorType] = {}
+        self._taken = set(taken_names)
+        self._use_counts = use_counts
+        self._producers: dict[str, Node] = {}
+        self._first_new = 0  # index of the first node made for the current ONNX node
+        self.node = onnx.NodeProto()
+        self.name = ""
+        self.opset = 0
+        self.attrs: dict[str, Any] = {}
+
+    # ---- declaring graph inputs and constants ----------------------------------------------
+    def add_input(self, name: str, ttype: TensorType) -> None:
+        self.inputs[name] = ttype
+        self._types[name] = ttype
+        self.values[name] = Value(name, ttype, self)
+
+    def add_constant(self, name: str, array: np.ndarray) -> Value:
+        array = np.asarray(array)
+        if array.dtype.name not in DTYPES:
+            raise Unsupported(f"{array.dtype.name} tensors")
+        self._taken.add(name)
+        self.consts[name] = array
+        self._types[name] = TensorType.of(array)
+        value = self.values[name] = Value(name, self._types[name], self)
+        return value
+
+    # ---- the node being converted ----------------------------------------------------------
+    def begin(self, node: onnx.NodeProto, name: str, opset: int) -> None:
+        self.node, self.name, self.opset = node, name, opset
+        self.attrs = attribute_values(node)
+        self._first_new = len(self.nodes)
+
+    def attr(self, key: str, default: Any = _REQUIRED) -> Any:
+        if key in self.attrs:
+            return self.attrs[key]
+        if default is _REQUIRED:
+            raise self.error(f"missing required attribute {key!r}")
+        return default
+
+    def has_input(self, i: int) -> bool:
+        return i < len(self.node.input) and self.node.input[i] != ""
+
+    def input(self, i: int) -> Value:
+        if not self.has_input(i):
+            raise self.error(f"input {i} is required")
+        return self.value(self.node.input[i])
+
+    def inputs_present(self) -> list[Value]:
+        return [self.input(i) for i in range(len(self.node.input)) if self.has_input(i)]
+
+    def constant(self, i: int, what: str) -> np.ndarray:
+        """Input ``i``, which must be known at import time (a shape, axes, pads...)."""
+        value = self.input(i)
+        if value.name not in self.consts:
+            source = ("is a graph input (give its value with input_values)"
+                      if value.name in self.inputs else "is computed by the graph")
+            raise self.error(f"{what} (input {i}, {self.node.input[i]!r}) must be a constant "
+                             f"known at import time, but it {source}")
+        return self.consts[value.name]
+
+    def optional_constant(self, i: int, what: str) -> np.ndarray | None:
+        return self.constant(i, what) if self.has_input(i) else None
+
+    def wants_output(self, i: int) -> bool:
+        return i < len(self.node.output) and self.node.output[i] != ""
+
+    def error(self, message: str) -> GraphError:
+        return GraphError(f"node {self.name!r} ({self.node.op_type}): {message}")
+
+    def unsupported(self, reason: str) -> Unsupported:
+        return Unsupported(reason)
+
+    # ---- values -----------------------------------------------------------------------------
+    def value(self, onnx_name: str) -> Value:
+        try:
+            return self.values[onnx_name]
+        except KeyError:
+            raise self.error(f"input {onnx_name!r} is not defined before this node") from None
+
+    def is_constant(self, value: Value) -> bool:
+        return value.name in self.consts
+
+    def producer(self, value: Value) -> Node | None:
+        return self._producers.get(value.name)
+
+    def core_value(self, name: str) -> Value:
+        return Value(name, self._types[name], self)
+
+    def single_use(self, value: Value) -> bool:
+        """Only one ONNX node reads this tensor and it is no graph output (so a rewrite that
+        replaces its producer loses nothing)."""
+        return self._use_counts.get(value.name, 0) == 1
+
+    # ---- emitting (the GraphBuilder-like part) ----------------------------------------------
+    def const(self, value, dtype: str | None = None, stem: str = "const") -> Value:
+        array = np.asarray(value, dtype=None if dtype is None else DTYPES[dtype])
+        return self.add_constant(self.fresh(f"{self.name}_{stem}"), array)
+
+    def op(self, op_name: str, *operands: Value, **attrs: Any):
+        """Add one core op (or fold it when every operand is a constant); returns a Value, or a
+        tuple of Values for multi-output ops."""
+        opdef = get_op(op_name)
+        try:
+            attrs = opdef.normalize_attrs(attrs)
+            outs = opdef.infer([v.shape for v in operands], [v.dtype for v in operands], attrs)
+        except GraphError as exc:
+            raise self.error(str(exc)) from None
+        if all(v.name in self.consts for v in operands):
+            try:
+                arrays = opdef.evaluate([self.consts[v.name] for v in operands], attrs)
+            except (ValueError, IndexError, TypeError) as exc:  # e.g. a constant index too big
+                raise self.error(f"folding {op_name} failed: {exc}") from None
+            values = [self.const(a, stem=op_name) for a in arrays]
+        else:
+            for v in operands:
+                if v.name in self.consts:
+                    self.params[v.name] = self.consts[v.name]
+            node = Node(self.fresh(f"{self.name}_{op_name}"), op_name,
+                        [v.name for v in operands], [], attrs)
+            for shape, dtype in outs:
+                out = self.fresh(f"{self.name}_{op_name}")
+                self._types[out] = TensorType(shape, dtype)
+                node.outputs.append(out)
+                self._producers[out] = node
+            self.nodes.append(node)
+            values = [Value(n, self._types[n], self) for n in node.outputs]
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def __getattr__(self, op_name: str):
+        if op_name.startswith("_"):
+            raise AttributeError(op_name)
+        get_op(op_name)  # raises for an unknown op
+        return lambda *operands, **attrs: self.op(op_name, *operands, **attrs)
+
+    def fresh(self, stem: str) -> str:
+        name, count = stem, 0
+        while name in self._taken:
+            count += 1
+            name = f"{stem}_{count}"
+        self._taken.add(name)
+        return name
+
+    # ---- binding a converter's results to the node's ONNX outputs ---------------------------
+    def finish(self, results) -> None:
+        """Bind the converter's results to the node's outputs; the core node that computes the
+        first output takes the ONNX node's name."""
+        if not isinstance(results, tuple | list):
+            results = (results,)
+        outputs = [(i, name) for i, name in enumerate(self.node.output) if name]
+        for i, onnx_name in outputs:
+            if i >= len(results) or results[i] is None:
+                raise self.unsupported(f"output {i}")
+            self._bind(onnx_name, results[i])
+        new_nodes = self.nodes[self._first_new:]
+        if new_nodes and outputs:
+            primary = self._producers.get(self.values[outputs[0][1]].name)
+            is_new = any(primary is node for node in new_nodes)
+            (primary if is_new else new_nodes[-1]).name = self.name
+
+    def _bind(self, onnx_name: str, value: Value) -> None:
+        """Constants and tensors made by this node take the ONNX name; anything older
+        (Identity, Dropout) becomes an alias of the older value."""
+        if value.name in self.consts:
+            self.add_constant(onnx_name, self.consts[value.name])
+            return
+        new_nodes = self.nodes[self._first_new:]
+        producer = self._producers.get(value.name)
+        if not any(producer is node for node in new_nodes) or value.name == onnx_name:
+            self.values[onnx_name] = value
+            return
+        self._types[onnx_name] = self._types.pop(value.name)
+        self._producers[onnx_name] = self._producers.pop(value.name)
+        for node in new_nodes:
+            node.inputs = [onnx_name if n == value.name else n for n in node.inputs]
+            node.outputs = [onnx_name if n == value.name else n for n in node.outputs]
+        self.values[onnx_name] = Value(onnx_name, value.type, self)

@@ -1,0 +1,144 @@
+"""ONNX Conv, ConvTranspose and pooling -> the core's 2-D NCHW ops.
+
+1-D ops run as the 2-D op on an inserted height-1 axis (expand_dims + op + squeeze); 3-D ops
+have no core counterpart and are reported as unsupported.
+"""
+
+from .convert_base import ConvertContext, converts
+
+
+def _spatial_check(node, attrs):
+    """Find 3-D (or higher) ops from their attributes before anything is converted."""
+    ranks = {len(attrs[k]) for k in ("kernel_shape", "strides", "dilations") if k in attrs}
+    ranks |= {len(attrs[k]) // 2 for k in ("pads",) if k in attrs}
+    too_big = [r for r in ranks if r > 2]
+    return f"{too_big[0]}-D data" if too_big else None
+
+
+def _spatial_rank(ctx: ConvertContext, x) -> int:
+    rank = x.ndim - 2
+    if rank not in (1, 2):
+        raise ctx.unsupported(f"{rank}-D data")
+    return rank
+
+
+def _auto_pads(ctx: ConvertContext, sizes, kernel, strides, dilations):
+    """(begins, ends) from auto_pad or the pads attribute, as ONNX's reference computes them."""
+    rank = len(sizes)
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for size, k, s, d in zip(sizes, kernel, strides, dilations, strict=True):
+            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        return begins, ends
+    if auto_pad == "VALID":
+        return [0] * rank, [0] * rank
+    pads = list(ctx.attr("pads", [0] * 2 * rank))
+    return pads[:rank], pads[rank:]
+
+
+def _window_attrs(ctx: ConvertContext, x, kernel):
+    rank = len(kernel)
+    strides = list(ctx.attr("strides", [1] * rank))
+    dilations = list(ctx.attr("dilations", [1] * rank))
+    begins, ends = _auto_pads(ctx, x.shape[2:], kernel, strides, dilations)
+    return strides, dilations, begins, ends
+
+
+def _as_2d(ctx: ConvertContext, x):
+    return ctx.expand_dims(x, axes=(2,))
+
+
+def _window_2d(strides, dilations, begins, ends):
+    """Core attributes; a 1-D window gains a height-1 axis in front."""
+    if len(strides) == 1:
+        strides, dilations, begins, ends = [1, *strides], [1, *dilations], [0, *begins], [0, *ends]
+    return {"strides": strides, "dilation": dilations, "padding": (*begins, *ends)}
+
+
+@converts("Conv", check=_spatial_check)
+def conv(ctx: ConvertContext):
+    x, weight = ctx.input(0), ctx.input(1)
+    rank = _spatial_rank(ctx, x)
+    bias = [ctx.input(2)] if ctx.has_input(2) else []
+    window = _window_2d(*_window_attrs(ctx, x, weight.shape[2:]))
+    if rank == 1:
+        x, weight = _as_2d(ctx, x), _as_2d(ctx, weight)
+    y = ctx.conv2d(x, weight, *bias, groups=ctx.attr("group", 1), **window)
+    return ctx.squeeze(y, axes=(2,)) if rank == 1 else y
+
+
+@converts("ConvTranspose", check=_spatial_check)
+def conv_transpose(ctx: ConvertContext):
+    x, weight = ctx.input(0), ctx.input(1)
+    rank = _spatial_rank(ctx, x)
+    bias = [ctx.input(2)] if ctx.has_input(2) else []
+    kernel = weight.shape[2:]
+    strides = list(ctx.attr("strides", [1] * rank))
+    dilations = list(ctx.attr("dilations", [1] * rank))
+    extra = list(ctx.attr("output_padding", [0] * rank))
+    begins, ends = _transpose_pads(ctx, x.shape[2:], kernel, strides, dilations, extra)
+    # An output larger than the full result (negative end padding) is output padding.
+    extra = [p + max(0, -e) for p, e in zip(extra, ends, strict=True)]
+    ends = [max(0, e) for e in ends]
+    if min(begins) < 0:
+        raise ctx.error(f"output_shape {ctx.attr('output_shape')} needs negative padding")
+    window = _window_2d(strides, dilations, begins, ends)
+    if rank == 1:
+        x, weight, extra = _as_2d(ctx, x), _as_2d(ctx, weight), [0, *extra]
+    y = ctx.conv2d_transpose(x, weight, *bias, groups=ctx.attr("group", 1),
+                             output_padding=extra, **window)
+    return ctx.squeeze(y, axes=(2,)) if rank == 1 else y
+
+
+def _transpose_pads(ctx: ConvertContext, sizes, kernel, strides, dilations, extra):
+    """ConvTranspose padding: from output_shape or SAME auto_pad the total is split as ONNX
+    specifies; otherwise it is the pads attribute."""
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    target = ctx.attr("output_shape", None)
+    if target is None and auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return _auto_pads(ctx, sizes, kernel, strides, dilations)
+    if target is None:
+        target = [n * s for n, s in zip(sizes, strides, strict=True)]
+    target = list(target)[-len(sizes):]
+    begins, ends = [], []
+    for n, k, s, d, p, out in zip(sizes, kernel, strides, dilations, extra, target, strict=True):
+        total = s * (n - 1) + p + (k - 1) * d + 1 - out
+        small, large = total // 2, total - total // 2
+        begins.append(small if auto_pad == "SAME_UPPER" else large)
+        ends.append(large if auto_pad == "SAME_UPPER" else small)
+    return begins, ends
+
+
+def _pool_check(node, attrs):
+    if len(node.output) > 1 and node.output[1]:
+        return "the Indices output"
+    return _spatial_check(node, attrs)
+
+
+@converts("MaxPool", "AveragePool", check=_pool_check)
+def pool(ctx: ConvertContext):
+    x = ctx.input(0)
+    rank = _spatial_rank(ctx, x)
+    kernel = list(ctx.attr("kernel_shape"))
+    attrs = _window_2d(*_window_attrs(ctx, x, kernel))
+    attrs["pool_size"] = [1, *kernel] if rank == 1 else kernel
+    attrs["ceil_mode"] = bool(ctx.attr("ceil_mode", 0))
+    op = "max_pool2d"
+    if ctx.node.op_type == "AveragePool":
+        op, attrs["count_include_pad"] = "avg_pool2d", bool(ctx.attr("count_include_pad", 0))
+    y = ctx.op(op, _as_2d(ctx, x) if rank == 1 else x, **attrs)
+    return ctx.squeeze(y, axes=(2,)) if rank == 1 else y
+
+
+@converts("GlobalAveragePool", "GlobalMaxPool")
+def global_pool(ctx: ConvertContext):
+    x = ctx.input(0)
+    average = ctx.node.op_type == "GlobalAveragePool"
+    if x.ndim == 4:
+        return ctx.op("global_avg_pool2d" if average else "global_max_pool2d", x)
+    # Any other rank is a plain reduction over the spatial axes.
+    return ctx.op("mean" if average else "max", x, axes=tuple(range(2, x.ndim)), keepdims=True)

@@ -1,0 +1,146 @@
+"""ONNX ops that move or make data: reshaping, slicing, joining, padding, constants, Shape.
+
+Shape, Constant and ConstantOfShape produce constants, so the shape arithmetic exporters emit
+around them folds away during import.
+"""
+
+import numpy as np
+
+from .convert_base import ConvertContext, converts
+
+
+@converts("Identity")
+def identity(ctx: ConvertContext):
+    return ctx.input(0)
+
+
+def _constant_check(node, attrs):
+    kinds = set(attrs) - {"value", "value_float", "value_floats", "value_int", "value_ints"}
+    return f"a {kinds.pop()} attribute" if kinds else None
+
+
+@converts("Constant", check=_constant_check)
+def constant(ctx: ConvertContext):
+    attrs = ctx.attrs
+    if "value" in attrs:
+        return ctx.const(attrs["value"])
+    dtype = "float32" if ("value_float" in attrs or "value_floats" in attrs) else "int64"
+    (value,) = attrs.values()
+    return ctx.const(value, dtype)
+
+
+@converts("ConstantOfShape", constant_inputs=(0,))
+def constant_of_shape(ctx: ConvertContext):
+    shape = tuple(int(d) for d in ctx.constant(0, "the shape"))
+    fill = ctx.attr("value", np.zeros(1, dtype=np.float32))
+    return ctx.const(np.full(shape, fill.reshape(())[()], dtype=fill.dtype))
+
+
+@converts("Shape")
+def shape(ctx: ConvertContext):
+    dims = ctx.input(0).shape
+    return ctx.const(np.array(dims[ctx.attr("start", 0):ctx.attr("end", len(dims))], np.int64))
+
+
+@converts("Flatten")
+def flatten(ctx: ConvertContext):
+    return ctx.flatten(ctx.input(0), axis=ctx.attr("axis", 1))
+
+
+@converts("Reshape", constant_inputs=(1,))
+def reshape(ctx: ConvertContext):
+    x = ctx.input(0)
+    newshape = [int(d) for d in ctx.constant(1, "the target shape")]
+    if not ctx.attr("allowzero", 0):
+        # ONNX's 0 copies the input's dimension; the core's 0 means size 0.
+        if any(d == 0 and i >= x.ndim for i, d in enumerate(newshape)):
+            raise ctx.error(f"shape {newshape} copies a dimension {x.shape} does not have")
+        newshape = [x.shape[i] if d == 0 else d for i, d in enumerate(newshape)]
+    return ctx.reshape(x, newshape=newshape)
+
+
+@converts("Transpose")
+def transpose(ctx: ConvertContext):
+    return ctx.transpose(ctx.input(0), axes=ctx.attr("perm", None))
+
+
+@converts("Squeeze", constant_inputs=(1,))
+def squeeze(ctx: ConvertContext):
+    axes = ctx.optional_constant(1, "axes")
+    return ctx.squeeze(ctx.input(0), axes=None if axes is None else axes.tolist())
+
+
+@converts("Unsqueeze", constant_inputs=(1,))
+def unsqueeze(ctx: ConvertContext):
+    return ctx.expand_dims(ctx.input(0), axes=ctx.constant(1, "axes").tolist())
+
+
+@converts("Concat")
+def concat(ctx: ConvertContext):
+    return ctx.concatenate(*ctx.inputs_present(), axis=ctx.attr("axis"))
+
+
+@converts("Split", constant_inputs=(1,))
+def split(ctx: ConvertContext):
+    x = ctx.input(0)
+    axis = ctx.attr("axis", 0)
+    if not -x.ndim <= axis < x.ndim:
+        raise ctx.error(f"axis {axis} out of range for shape {x.shape}")
+    sizes = ctx.optional_constant(1, "the split sizes")
+    if sizes is None:
+        # Equal parts; the last is smaller when the axis does not divide (opset 18).
+        parts, dim = ctx.attr("num_outputs", len(ctx.node.output)), x.shape[axis]
+        chunk = -(-dim // parts)
+        sizes = [min(chunk, max(0, dim - i * chunk)) for i in range(parts)]
+    return ctx.split(x, sizes=[int(s) for s in sizes], axis=axis)
+
+
+@converts("Slice", constant_inputs=(1, 2, 3, 4))
+def slice_(ctx: ConvertContext):
+    def ints(i, what):
+        array = ctx.optional_constant(i, what)
+        return None if array is None else array.tolist()
+
+    return ctx.strided_slice(ctx.input(0), begin=ctx.constant(1, "starts").tolist(),
+                             end=ctx.constant(2, "ends").tolist(),
+                             axes=ints(3, "axes"), strides=ints(4, "steps"))
+
+
+@converts("Gather")
+def gather(ctx: ConvertContext):
+    return ctx.take(ctx.input(0), ctx.input(1), axis=ctx.attr("axis", 0))
+
+
+@converts("Expand", constant_inputs=(1,))
+def expand(ctx: ConvertContext):
+    x = ctx.input(0)
+    target = tuple(int(d) for d in ctx.constant(1, "the shape"))
+    try:
+        shape = np.broadcast_shapes(x.shape, target)  # ONNX Expand broadcasts both ways
+    except ValueError:
+        raise ctx.error(f"{x.shape} does not broadcast with {target}") from None
+    return ctx.broadcast_to(x, shape=shape)
+
+
+@converts("Pad", constant_inputs=(1, 2, 3))
+def pad(ctx: ConvertContext):
+    x = ctx.input(0)
+    pads = [int(p) for p in ctx.constant(1, "pads")]
+    value = ctx.optional_constant(2, "constant_value")
+    axes = ctx.optional_constant(3, "axes")
+    axes = range(x.ndim) if axes is None else [int(a) % x.ndim for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise ctx.error(f"pads {pads} needs two values per axis of {list(axes)}")
+    begins, ends = [0] * x.ndim, [0] * x.ndim
+    for i, axis in enumerate(axes):
+        begins[axis], ends[axis] = pads[i], pads[i + len(axes)]
+    widths = [w for b, e in zip(begins, ends, strict=True) for w in (max(b, 0), max(e, 0))]
+    if any(widths):
+        pad_value = 0.0 if value is None or value.size == 0 else float(value.reshape(()))
+        x = ctx.pad(x, pad_width=widths, mode=ctx.attr("mode", "constant"), pad_value=pad_value)
+    if min(begins + ends) >= 0:
+        return x
+    # Negative pads crop.
+    cropped = [i for i in range(x.ndim) if min(begins[i], ends[i]) < 0]
+    return ctx.strided_slice(x, begin=[max(0, -begins[i]) for i in cropped],
+                             end=[x.shape[i] - max(0, -ends[i]) for i in cropped], axes=cropped)
