@@ -51,3 +51,34 @@ def workload_flops(workload: Workload) -> int:
         else:
             total += max(size, max((math.prod(s) for s in ins), default=0))
     return total
+
+
+def extract_tasks(graph) -> list[Task]:
+    """The unique tuning tasks of a model, after the fusion the executor uses, most FLOPs first.
+
+    Each fused group that a template computes gives one task per applicable template; groups
+    with the same workload (same ops, shapes and attributes) are one task with a weight.
+    """
+    from coretune.errors import CoretuneError
+    from coretune.graph.executor import group_workload
+    from coretune.graph.passes import fuse, optimize
+    from coretune.kernels.templates import templates_for
+
+    graph = optimize(graph)
+    found: dict[str, Task] = {}
+    for group in fuse(graph):
+        if group.kind == "view":
+            continue
+        try:
+            workload = group_workload(graph, group)
+            candidates = templates_for(workload)
+        except CoretuneError:
+            continue  # runs on the host: nothing to tune
+        for template in candidates:
+            key = template.name + workload.key_string()
+            if key in found:
+                old = found[key]
+                found[key] = Task(old.template_name, old.workload, old.weight + 1)
+            else:
+                found[key] = Task(template.name, workload)
+    return sorted(found.values(), key=lambda t: -t.flops * t.weight)
