@@ -23,9 +23,35 @@ from .graph.reference import run_reference
 
 Executor = Callable[[Graph, dict[str, np.ndarray]], list[np.ndarray]]
 
+_MODULES: dict[int, tuple[Graph, object]] = {}
+
+
+def run_compiled(graph: Graph, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Compile the graph for the default OpenCL device (once per graph) and run it."""
+    from .module import compile as compile_module
+
+    entry = _MODULES.get(id(graph))
+    if entry is None or entry[0] is not graph:
+        entry = (graph, compile_module(graph, device=_default_device()))
+        _MODULES[id(graph)] = entry
+    return entry[1].run(**inputs)
+
+
+def _default_device():
+    global _DEVICE
+    if _DEVICE is None:
+        from .kernels import open_device
+
+        _DEVICE = open_device(None)
+    return _DEVICE
+
+
+_DEVICE = None
+
 # Device type -> how a graph runs there: the one place a new device plugs in.
 EXECUTORS: dict[str, Executor] = {
     "CPU": run_reference,
+    "OPENCL": run_compiled,
 }
 
 
@@ -49,16 +75,21 @@ class CoretuneRep(BackendRep):
         self._frozen = constant_inputs(model)
         self._graphs: dict[tuple, Graph] = {}
 
-    def graph_for(self, shapes: Mapping[str, tuple[int, ...]],
-                  values: Mapping[str, np.ndarray] | None = None) -> Graph:
+    def graph_for(
+        self, shapes: Mapping[str, tuple[int, ...]], values: Mapping[str, np.ndarray] | None = None
+    ) -> Graph:
         """The core graph for these input shapes and frozen input values (imported once)."""
         values = dict(values or {})
-        key = (tuple(sorted((n, tuple(s)) for n, s in shapes.items() if n not in values)),
-               tuple(sorted((n, a.dtype.name, a.shape, a.tobytes()) for n, a in values.items())))
+        key = (
+            tuple(sorted((n, tuple(s)) for n, s in shapes.items() if n not in values)),
+            tuple(sorted((n, a.dtype.name, a.shape, a.tobytes()) for n, a in values.items())),
+        )
         if key not in self._graphs:
             self._graphs[key] = import_onnx(
-                self.model, input_shapes={n: s for n, s in shapes.items() if n not in values},
-                input_values=values)
+                self.model,
+                input_shapes={n: s for n, s in shapes.items() if n not in values},
+                input_values=values,
+            )
         return self._graphs[key]
 
     def import_declared(self) -> None:
@@ -73,8 +104,10 @@ class CoretuneRep(BackendRep):
         frozen = {n: a for n, a in feeds.items() if n in self._frozen}
         graph = self.graph_for({n: a.shape for n, a in feeds.items()}, frozen)
         results = self._execute(graph, {n: a for n, a in feeds.items() if n not in frozen})
-        outputs = [r if t is None or r.dtype.name == t else r.astype(t)
-                   for r, t in zip(results, self._output_dtypes, strict=True)]
+        outputs = [
+            r if t is None or r.dtype.name == t else r.astype(t)
+            for r, t in zip(results, self._output_dtypes, strict=True)
+        ]
         return namedtupledict("Outputs", self._outputs)(*outputs)
 
     def _feeds(self, inputs) -> dict[str, np.ndarray]:
@@ -83,8 +116,10 @@ class CoretuneRep(BackendRep):
         if isinstance(inputs, Mapping):
             unknown = sorted(set(inputs) - set(self._inputs))
             if unknown:
-                raise InputError(f"unknown input(s) {', '.join(unknown)}; the model takes "
-                                 f"{', '.join(self._runtime_inputs) or 'none'}")
+                raise InputError(
+                    f"unknown input(s) {', '.join(unknown)}; the model takes "
+                    f"{', '.join(self._runtime_inputs) or 'none'}"
+                )
             return {n: np.asarray(a) for n, a in inputs.items()}
         if isinstance(inputs, np.ndarray):
             inputs = [inputs]
@@ -92,8 +127,10 @@ class CoretuneRep(BackendRep):
         for names in (self._runtime_inputs, self._inputs):
             if len(inputs) == len(names):
                 return {n: np.asarray(a) for n, a in zip(names, inputs, strict=True)}
-        raise InputError(f"got {len(inputs)} input(s); the model takes "
-                         f"{len(self._runtime_inputs)} ({', '.join(self._runtime_inputs)})")
+        raise InputError(
+            f"got {len(inputs)} input(s); the model takes "
+            f"{len(self._runtime_inputs)} ({', '.join(self._runtime_inputs)})"
+        )
 
 
 class CoretuneBackend(Backend):
@@ -104,26 +141,33 @@ class CoretuneBackend(Backend):
     @classmethod
     def prepare(cls, model, device: str = "CPU", **kwargs) -> CoretuneRep:
         if not cls.supports_device(device):
-            raise CoretuneError(f"device {device!r} is not supported; coretune's ONNX backend "
-                                f"runs on {', '.join(EXECUTORS)}")
+            raise CoretuneError(
+                f"device {device!r} is not supported; coretune's ONNX backend "
+                f"runs on {', '.join(EXECUTORS)}"
+            )
         rep = CoretuneRep(load_model(model), device)
         rep.import_declared()
         return rep
 
     @classmethod
-    def run_node(cls, node: onnx.NodeProto, inputs, device: str = "CPU", outputs_info=None,
-                 **kwargs) -> tuple:
+    def run_node(
+        cls, node: onnx.NodeProto, inputs, device: str = "CPU", outputs_info=None, **kwargs
+    ) -> tuple:
         """Run one node by wrapping it in a one-node model typed by the given inputs."""
         names = [n for n in node.input if n]
         arrays = [np.asarray(a) for a in inputs]
-        infos = [onnx.helper.make_tensor_value_info(
-            n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-            for n, a in zip(names, arrays, strict=True)]
+        infos = [
+            onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape
+            )
+            for n, a in zip(names, arrays, strict=True)
+        ]
         outs = [onnx.helper.make_empty_tensor_value_info(n) for n in node.output if n]
         opset = kwargs.get("opset_version", onnx.defs.onnx_opset_version())
         model = onnx.helper.make_model(
             onnx.helper.make_graph([node], f"run_node_{node.op_type}", infos, outs),
-            opset_imports=[onnx.helper.make_opsetid("", opset)])
+            opset_imports=[onnx.helper.make_opsetid("", opset)],
+        )
         # ONNX's shape inference types the outputs, as the checker requires.
         model = onnx.shape_inference.infer_shapes(model)
         return cls.prepare(model, device).run(arrays)
