@@ -9,6 +9,16 @@ import numpy as np
 from .errors import CoretuneError
 
 
+def one_line(message: str, limit: int = 600) -> str:
+    """A multi-line message (a header, then one line per offender) as one line, cut at
+    ``limit`` characters; --verbose shows it whole, with the traceback."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = " ".join(lines[:1] + ["; ".join(lines[1:])] if len(lines) > 1 else lines)
+    if len(text) > limit:
+        text = text[:limit].rstrip() + " ... (--verbose shows the whole message)"
+    return text
+
+
 class _Group(click.Group):
     """Turns CoretuneError into exit code 1 with a one-line message."""
 
@@ -18,8 +28,11 @@ class _Group(click.Group):
         except CoretuneError as exc:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group)
@@ -29,10 +42,19 @@ class _Group(click.Group):
 def main(ctx, verbose):
     """coretune: ONNX in, core ops, tuned OpenCL/CUDA/Metal kernels out.
 
+    Exit codes: 0 success, 1 a user error (one line on stderr; --verbose shows the
+    traceback), 2 a usage error, 130 interrupted (Ctrl-C).
+
     \b
     Examples:
       coretune ops                                 # the core-op table
       coretune show examples/tiny_net.onnx --run   # a model as core ops, run with numpy
+      coretune devices                             # OpenCL/CUDA devices and their limits
+      coretune tune model.onnx --trials 400        # tune, then report the speedups
+      coretune compile model.onnx --log tuning_logs/model.pthread-amd-epyc.jsonl -o model.ctm
+      coretune run model.ctm --input input=x.npy   # run once, print the outputs
+      coretune bench model.onnx --log LOG          # default vs tuned vs onnxruntime
+      coretune log summary LOG                     # what a tuning log holds
     """
     ctx.obj = {"verbose": verbose}
 
@@ -86,3 +108,16 @@ def show(model, run_it, seed):
             flat = value.astype(np.float64).ravel()
             head = ", ".join(f"{v:.4g}" for v in flat[:6]) + (", ..." if flat.size > 6 else "")
             click.echo(f"  {name}: {value.dtype}{list(value.shape)} [{head}]")
+
+
+def _register() -> None:
+    from .cli_bench import bench
+    from .cli_log import log_group
+    from .cli_model import compile_command, devices, run
+    from .cli_tune import tune
+
+    for command in (tune, compile_command, run, bench, devices, log_group):
+        main.add_command(command)
+
+
+_register()

@@ -109,6 +109,9 @@ def build_plan(
         except CoretuneError as exc:
             plan.steps.append(HostStep(group, str(exc)))
             continue
+        names = dict(zip((n for n, _ in workload.inputs), group.inputs, strict=True))
+        candidates = [c for c in candidates  # e.g. Winograd needs its weights at compile time
+                      if all(names[i] in graph.params for i in c(workload).constant_inputs())]
         if not candidates:
             plan.steps.append(HostStep(group, "no kernel template computes this group"))
             continue
@@ -161,7 +164,9 @@ class Executor:
         self._params = {n: device.upload(a) for n, a in graph.params.items()}
         self._pool = [device.empty(n) for n in plan.buffer_bytes]
         self._compiled = []
+        self._prepared: list[dict[int, object]] = []  # per step: argument -> prepared buffer
         for step in plan.steps:
+            self._prepared.append(self._prepare(step) if isinstance(step, KernelStep) else {})
             if isinstance(step, KernelStep):
                 launch = Launch(tuple(step.launch["groups"]), tuple(step.launch["local"]))
                 rendered = RenderedKernel(
@@ -170,6 +175,17 @@ class Executor:
                 self._compiled.append(device.compile(rendered))
             else:
                 self._compiled.append(None)
+
+    def _prepare(self, step: KernelStep) -> dict[int, object]:
+        """Upload the weights a template transforms once (e.g. Winograd's U = G g G^T)."""
+        from coretune.kernels.templates import get_template
+
+        graph = self.plan.graph
+        template = get_template(step.template)(group_workload(graph, step.group))
+        arrays = [graph.params.get(name) for name in step.group.inputs]
+        prepared = template.prepare_weights(list(arrays))
+        return {i: self.device.upload(new) for i, (old, new)
+                in enumerate(zip(arrays, prepared, strict=True)) if new is not old}
 
     def _buffers(self, inputs):
         graph = self.plan.graph
@@ -190,13 +206,15 @@ class Executor:
         graph = self.plan.graph
         arrays = check_inputs(graph, inputs)
         buffers = self._buffers(arrays)
-        for step, compiled in zip(self.plan.steps, self._compiled, strict=True):
+        steps = zip(self.plan.steps, self._compiled, self._prepared, strict=True)
+        for step, compiled, prepared in steps:
             if isinstance(step, ViewStep):
                 self._view(buffers, step)
             elif isinstance(step, HostStep):
                 self._host(buffers, step)
             else:
-                event = self.device.launch(compiled, [self._lookup(buffers, a) for a in step.args])
+                args = [prepared.get(i) or self._lookup(buffers, a) for i, a in enumerate(step.args)]
+                event = self.device.launch(compiled, args)
                 if events is not None:
                     events.append(event)
         return [self._download(buffers, name) for name in graph.outputs]

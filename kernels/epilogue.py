@@ -50,6 +50,8 @@ class Epilogue:
     def store(self, acc: str, index: tuple[str, ...], prefix: str = "e") -> list[str]:
         """C statements: finish ``acc`` (the anchor at ``index``) and store it to the output."""
         w = self.workload
+        # Broadcasting reads size-1 axes at index "0": bind the anchor under the same spelling.
+        index = tuple("0" if d == 1 else i for i, d in zip(index, self.shape, strict=True))
         lw = ElementwiseLowering(w.types, self._producers, lambda n, i: f"{n}[{i}]", prefix)
         lw.bind(self.anchor_out, index, acc)
         value = lw.value(self.output, index)

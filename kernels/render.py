@@ -3,7 +3,9 @@
 Templates write a kernel once, as a ``KernelSpec`` whose body uses a neutral vocabulary:
 ``GROUP_ID(d)``, ``LOCAL_ID(d)``, ``BARRIER()``, ``INF``, vector helpers ``VLOAD2/4(ptr, i)``,
 ``VSTORE2/4(v, ptr, i)``, constructors ``VEC2/4(...)``, and math names spelled as in C99
-(``expf`` is written ``exp``). Rendering substitutes the dialect's spelling; it never imports a GPU library.
+(``expf`` is written ``exp``). ``VEC8(...)`` builds a ``float8`` (lanes ``.s0``..``.s7``,
+``+`` and ``*``): native in OpenCL (one AVX register on CPU devices), a struct elsewhere.
+Rendering substitutes the dialect's spelling; it never imports a GPU library.
 """
 
 import re
@@ -159,6 +161,8 @@ class OpenCLRenderer(Renderer):
             dialect="opencl",
             preamble="#define VEC2(a, b) ((float2)((a), (b)))\n"
             "#define VEC4(a, b, c, d) ((float4)((a), (b), (c), (d)))\n"
+            "#define VEC8(a, b, c, d, e, f, g, h) "
+            "((float8)((a), (b), (c), (d), (e), (f), (g), (h)))\n"
             "#define VLOAD2(p, i) vload2(0, (p) + (i))\n"
             "#define VLOAD4(p, i) vload4(0, (p) + (i))\n"
             "#define VSTORE2(v, p, i) vstore2((v), 0, (p) + (i))\n"
@@ -178,6 +182,19 @@ class OpenCLRenderer(Renderer):
         return f"__kernel __attribute__((reqd_work_group_size({size}))) void"
 
 
+# float8 where the language has none (CUDA, Metal): ``q`` is the function qualifier.
+_FLOAT8_STRUCT = """\
+struct float8 {{ float s0, s1, s2, s3, s4, s5, s6, s7; }};
+{q} inline float8 VEC8(float a, float b, float c, float d, float e, float f, float g, float h) {{
+  float8 v = {{a, b, c, d, e, f, g, h}}; return v; }}
+{q} inline float8 operator+(float8 a, float8 b) {{
+  return VEC8(a.s0 + b.s0, a.s1 + b.s1, a.s2 + b.s2, a.s3 + b.s3,
+              a.s4 + b.s4, a.s5 + b.s5, a.s6 + b.s6, a.s7 + b.s7); }}
+{q} inline float8 operator*(float8 a, float8 b) {{
+  return VEC8(a.s0 * b.s0, a.s1 * b.s1, a.s2 * b.s2, a.s3 * b.s3,
+              a.s4 * b.s4, a.s5 * b.s5, a.s6 * b.s6, a.s7 * b.s7); }}
+"""
+
 _CUDA_PREAMBLE = """\
 #define INFINITY_F __int_as_float(0x7f800000)
 #define VEC2 make_float2
@@ -194,7 +211,7 @@ __device__ inline float4 VLOAD4(const float* p, long i) {
 __device__ inline void VSTORE2(float2 v, float* p, long i) { p[i] = v.x; p[i + 1] = v.y; }
 __device__ inline void VSTORE4(float4 v, float* p, long i) {
   p[i] = v.x; p[i + 1] = v.y; p[i + 2] = v.z; p[i + 3] = v.w; }
-"""
+""" + _FLOAT8_STRUCT.format(q="__device__")
 
 
 class CUDARenderer(Renderer):
@@ -250,7 +267,7 @@ static inline float ct_erf(float x) {
                      - 0.284496736f) * t + 0.254829592f) * t * exp(-x * x);
   return copysign(y, x);
 }
-"""
+""" + _FLOAT8_STRUCT.format(q="static")
 
 
 class MetalRenderer(Renderer):

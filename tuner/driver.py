@@ -51,7 +51,11 @@ def tune(
     seed: int = 0,
     options: MeasureOptions | None = None,
     on_trial: Callable[[Record], None] | None = None,
+    default: Config | None = None,
 ) -> TuneResult:
+    """Tune one task. ``default`` (the template's default config, the baseline of every
+    speedup) is measured before anything else, unless the log has it; configs that did best on
+    similar tasks come next; then the strategy's proposals. Each record says which it was."""
     from coretune.kernels import open_device
 
     device = open_device(device_spec)
@@ -66,7 +70,11 @@ def tune(
         for record, config in zip(mine, configs, strict=True):
             if record.best_cost < best_cost:
                 best_config, best_cost = config, record.best_cost
-    seeds = [c for c in similar if space.is_valid(c) and c not in search.seen]
+    origin = {c: "transfer" for c in similar}
+    if default is not None:
+        origin[default] = "default"
+        similar = [default, *similar]
+    seeds = list(dict.fromkeys(c for c in similar if space.is_valid(c) and c not in search.seen))
     trial, errors, since_best = len(mine), 0, 0
     started = time.monotonic()
     with Measurer(task, device_spec, options or MeasureOptions(), seed=seed) as measurer:
@@ -74,6 +82,8 @@ def tune(
             if budget.early_stop is not None and since_best >= budget.early_stop:
                 break
             want = min(budget.batch, budget.trials - trial)
+            if seeds and origin.get(seeds[0]) == "default":
+                want = 1  # the baseline alone, so even a tiny budget has it
             configs = seeds[:want]
             seeds = seeds[want:]
             search.seen.update(configs)
@@ -85,7 +95,8 @@ def tune(
             search.observe(configs, costs)
             for config, result, cost in zip(configs, results, costs, strict=True):
                 trial += 1
-                record = _record(task, config, result, fingerprint, strategy, trial)
+                proposer = origin.get(config, strategy)
+                record = _record(task, config, result, fingerprint, proposer, trial)
                 log.append(record)
                 errors += not result.ok
                 if cost < best_cost:

@@ -94,7 +94,7 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
     template = task.template()
     arrays = task.inputs(seed)
     expected = task.workload.reference(arrays) if options.check_correctness else None
-    inputs = [device.upload(a) for a in arrays]
+    inputs = [device.upload(a) for a in template.prepare_weights(list(arrays))]
     out_types = [task.workload.types[n] for n in task.workload.outputs]
     conn.send("ready")
     while True:
@@ -196,9 +196,12 @@ class Measurer:
     def _kill_pool(self):
         if self._pool is None:
             return
-        for process in list(getattr(self._pool, "_processes", {}).values()):
+        processes = list(getattr(self._pool, "_processes", {}).values())
+        for process in processes:
             process.kill()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:  # reap them: no zombies, no leaked pipes
+            process.join(timeout=5)
         self._pool = None
 
     def _start_runner(self):

@@ -1,9 +1,31 @@
 """The template registry: every template by name, and the ones that compute a workload."""
 
 from .base import Template, TemplateMismatch
+from .conv2d_depthwise import DepthwiseConv2dTemplate
+from .conv2d_direct import Conv2dDirectTemplate
+from .conv2d_transpose import Conv2dTransposeTemplate
+from .conv2d_winograd import Conv2dWinogradTemplate
+from .gemm import GemmTemplate
 from .injective import InjectiveTemplate
+from .pool import Pool2dTemplate
+from .reduction import ReductionTemplate
 
-TEMPLATES: dict[str, type[Template]] = {t.name: t for t in (InjectiveTemplate,)}
+# From general to specialised: where several templates compute a workload, the later one is
+# the default (Winograd over direct for 3x3 convs, the depthwise kernel for depthwise convs);
+# the tuner measures every applicable one.
+TEMPLATES: dict[str, type[Template]] = {
+    t.name: t
+    for t in (
+        InjectiveTemplate,
+        ReductionTemplate,
+        GemmTemplate,
+        Pool2dTemplate,
+        Conv2dTransposeTemplate,
+        Conv2dDirectTemplate,
+        Conv2dWinogradTemplate,
+        DepthwiseConv2dTemplate,
+    )
+}
 
 
 def get_template(name: str) -> type[Template]:

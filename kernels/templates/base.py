@@ -48,6 +48,16 @@ class Template:
     def spec(self, config: Config) -> KernelSpec:
         raise NotImplementedError
 
+    def constant_inputs(self) -> list[str]:
+        """Workload inputs that must be constants (prepare_weights transforms them)."""
+        return []
+
+    def prepare_weights(self, arrays: list) -> list:
+        """The workload's input arrays (in order) -> the arrays the kernel's buffers take.
+        Templates that pre-transform constant weights on the host (Winograd) override this;
+        the executor calls it when it loads the params (once per model)."""
+        return arrays
+
     # ---- shared ---------------------------------------------------------------------------
     def key(self) -> dict:
         return {"template": self.name, "workload": self.workload.key()}

@@ -1,0 +1,37 @@
+"""Shared by the benchmark scripts: environment facts to print beside every table."""
+
+import os
+import platform
+import sys
+from datetime import date
+
+
+def environment(device=None) -> dict:
+    import numpy
+    import pyopencl
+
+    import coretune
+
+    info = {
+        "date": date.today().isoformat(),
+        "coretune": coretune.__version__,
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "pyopencl": pyopencl.VERSION_TEXT,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+    }
+    if device is not None:
+        fp = device.info.fingerprint()
+        info["device"] = f"{fp['name']} ({fp['platform']}, driver {fp['driver_version']})"
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def header(info: dict) -> str:
+    return "\n".join(f"- {k}: {v}" for k, v in info.items())

@@ -1,0 +1,181 @@
+"""How well each search strategy finds the best config, replayed against measured tables.
+
+Step 1 (--measure): for each task, measure EVERY valid config once on the default device and
+save the table as CSV under benchmarks/results/ (slow: minutes per task).
+Step 2 (always): replay each strategy against those tables (the objective is the table: cheap
+and seedable) with 20+ seeds and budgets 8, 16, 32, 64; report the median and 10th percentile
+of exhaustive-best / best-found (1.0 = found the best), and plot convergence curves.
+
+    python benchmarks/tuner_efficiency.py --measure     # once, to make the tables
+    python benchmarks/tuner_efficiency.py               # replay
+"""
+
+import argparse
+import csv
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from common import environment, header  # noqa: E402
+
+from coretune.graph import GraphBuilder  # noqa: E402
+from coretune.kernels.space import Config  # noqa: E402
+from coretune.kernels.templates import templates_for  # noqa: E402
+from coretune.kernels.workload import Workload  # noqa: E402
+from coretune.tuner.strategies import make_strategy  # noqa: E402
+from coretune.tuner.task import Task  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+BUDGETS = (8, 16, 32, 64)
+STRATEGIES = ("bayesian", "random")
+
+
+def _task(graph, template=None):
+    workload = Workload.from_graph(graph)
+    names = [t.name for t in templates_for(workload)]
+    return Task(template or names[0], workload)
+
+
+def dense_task():
+    b = GraphBuilder()
+    x = b.input("x", (256, 512))
+    w = b.input("w", (256, 512))
+    return _task(b.build(b.dense(x, w)))
+
+
+def conv3x3_task():
+    b = GraphBuilder()
+    x = b.input("x", (1, 32, 28, 28))
+    w = b.input("w", (32, 32, 3, 3))
+    return _task(b.build(b.conv2d(x, w, padding=(1, 1, 1, 1))))
+
+
+def depthwise_task():
+    b = GraphBuilder()
+    x = b.input("x", (1, 32, 56, 56))
+    w = b.input("w", (32, 1, 3, 3))
+    return _task(b.build(b.conv2d(x, w, padding=(1, 1, 1, 1), groups=32)))
+
+
+TASKS = {"dense_256x512x256": dense_task, "conv3x3_32x28x28": conv3x3_task,
+         "depthwise3x3_32x56x56": depthwise_task}
+
+
+def measure_table(name, task, device_spec=None):
+    from coretune.kernels import open_device
+    from coretune.tuner.measure import Measurer, MeasureOptions
+
+    device = open_device(device_spec)
+    space = task.template().space(device.limits)
+    configs = list(space.all_valid())
+    print(f"{name}: {task.template_name}, {len(configs)} valid configs of {space.size}", flush=True)
+    path = RESULTS / f"tuner_table_{name}.csv"
+    rows = []
+    with Measurer(task, device_spec, MeasureOptions(number=2, repeat=3, min_repeat_ms=2)) as m:
+        for start in range(0, len(configs), 8):
+            batch = configs[start:start + 8]
+            for config, result in zip(batch, m.measure(batch), strict=True):
+                cost = float(np.median(result.costs)) if result.ok else math.inf
+                rows.append({"config": config.key(), "cost": cost, "error": result.error.value})
+            print(f"  {len(rows)}/{len(configs)}", end="\r", flush=True)
+    with open(path, "w", newline="") as f:
+        f.write(f"# task {name}; template {task.template_name}; {header(environment(device))}\n"
+                .replace("\n- ", "; "))
+        writer = csv.DictWriter(f, ["config", "cost", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\n  wrote {path}")
+
+
+def load_table(name):
+    path = RESULTS / f"tuner_table_{name}.csv"
+    with open(path) as f:
+        lines = [line for line in f if not line.startswith("#")]
+    return {Config(json.loads(r["config"])): float(r["cost"]) for r in csv.DictReader(lines)}
+
+
+def replay(task, table, strategy, seed, budget, batch=4):
+    """Best-so-far cost after each trial of one seeded run against the table."""
+    from coretune.kernels import open_device
+
+    space = task.template().space(open_device().limits)
+    search = make_strategy(strategy, space, seed)
+    best, curve = math.inf, []
+    while len(curve) < budget:
+        configs = search.propose(min(batch, budget - len(curve)))
+        if not configs:
+            break
+        costs = [table.get(c, math.inf) for c in configs]
+        search.observe(configs, costs)
+        for cost in costs:
+            best = min(best, cost)
+            curve.append(best)
+    return curve
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", action="store_true", help="measure the full tables first")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    tasks = {name: TASKS[name]() for name in args.tasks}
+    if args.measure:
+        for name, task in tasks.items():
+            measure_table(name, task)
+    lines = ["| task | valid configs | strategy | " + " | ".join(
+        f"median@{b} | p10@{b}" for b in BUDGETS) + " |",
+        "|---|---|---|" + "---|---|" * len(BUDGETS)]
+    curves = {}
+    for name, task in tasks.items():
+        table = load_table(name)
+        exhaustive = min(table.values())
+        for strategy in STRATEGIES:
+            runs = [replay(task, table, strategy, seed, max(BUDGETS))
+                    for seed in range(args.seeds)]
+            ratios = {b: [exhaustive / run[min(b, len(run)) - 1] for run in runs]
+                      for b in BUDGETS}
+            curves[(name, strategy)] = np.median([[exhaustive / c for c in run] for run in runs
+                                                  if len(run) == max(BUDGETS)], axis=0)
+            cells = " | ".join(f"{np.median(ratios[b]):.3f} | {np.percentile(ratios[b], 10):.3f}"
+                               for b in BUDGETS)
+            lines.append(f"| {name} | {len(table)} | {strategy} | {cells} |")
+            print(lines[-1], flush=True)
+    report = ("# Tuner efficiency (replayed against measured tables)\n\n"
+              + header(environment()) + f"\n- seeds: {args.seeds}\n\n"
+              "Ratio = exhaustive best cost / best cost found within the budget (1.0 is the "
+              "best config of the table).\n\n" + "\n".join(lines) + "\n")
+    (RESULTS / "tuner_efficiency.md").write_text(report)
+    _plot(curves, RESULTS / "tuner_efficiency.png")
+    print(report)
+
+
+def _plot(curves, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({name for name, _ in curves})
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for (task, strategy), curve in curves.items():
+            if task == name:
+                ax.plot(range(1, len(curve) + 1), curve, label=strategy)
+        ax.set_title(name)
+        ax.set_xlabel("trials")
+        ax.set_ylabel("median exhaustive-best / best-found")
+        ax.set_ylim(0, 1.05)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

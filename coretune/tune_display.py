@@ -1,0 +1,213 @@
+"""What ``coretune tune`` shows: per-task state from the log, the live display (rich, on a
+terminal; a line per task and one every 30 s otherwise), and the final per-task table."""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from .cli_common import console, describe_task_key, fmt, gflops
+
+
+@dataclass
+class TaskState:
+    task: object
+    share: float
+    budget: int | None  # trials (None in time mode)
+    default_config: dict
+    trials: int = 0  # records in the log for this device and version
+    new: int = 0  # measured in this run
+    errors: int = 0
+    best: float = math.inf
+    default: float | None = None  # cost of the default config; inf when it failed
+    started: float | None = field(default=None, repr=False)
+
+    def add(self, record, new: bool = False) -> None:
+        self.trials += 1
+        self.new += new
+        self.errors += not record.ok
+        self.best = min(self.best, record.best_cost)
+        if record.config == self.default_config:
+            self.default = record.best_cost
+
+    def gflops(self, cost) -> float | None:
+        return None if cost is None else gflops(self.task.flops, cost)
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default is None or not math.isfinite(self.default) or not math.isfinite(self.best):
+            return None
+        return self.default / self.best
+
+    def describe(self) -> str:
+        return describe_task_key(self.task.key(), 56)
+
+    def line(self, index: int, count: int) -> str:
+        return (
+            f"task {index + 1}/{count} {self.describe()}: {self.trials} trials "
+            f"({self.new} new, {self.errors} failed), best {fmt(self.gflops(self.best))} GFLOP/s "
+            f"(default {fmt(self.gflops(self.default))})"
+        )
+
+
+def task_states(tasks, device, log_path) -> list[TaskState]:
+    """Per-task state from the log: records of this device and coretune version only."""
+    from . import __version__
+    from .tuner.records import TuningLog, device_key, task_key
+
+    total = sum(t.flops * t.weight for t in tasks) or 1
+    states = [
+        TaskState(
+            t,
+            t.flops * t.weight / total,
+            None,
+            t.template().default_config(device.limits).to_json(),
+        )
+        for t in tasks
+    ]
+    by_key = {task_key(t.key()): s for t, s in zip(tasks, states, strict=True)}
+    dev = device_key(device.info.fingerprint())
+    for record in TuningLog(log_path).read():
+        state = by_key.get(task_key(record.task))
+        if state and device_key(record.device) == dev and record.coretune_version == __version__:
+            state.add(record)
+    return states
+
+
+class PlainDisplay:
+    """Lines on stderr, when it is not a terminal: one per task, and one every 30 s."""
+
+    def __init__(self, states, seconds):
+        self.states, self.seconds = states, seconds
+        self.out = console(stderr=True)
+        self.started = time.monotonic()
+        self._last = self.started
+        self.current = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def note(self, text):
+        self.out.print(text)
+
+    def task(self, index, seconds):
+        self.current = index
+        self.states[index].started = time.monotonic()
+        state = self.states[index]
+        budget = f"{state.budget} trials" if state.budget else f"{seconds or 0:.0f} s"
+        self.out.print(
+            f"task {index + 1}/{len(self.states)} {state.describe()}: {state.share:.0%} of the "
+            f"work, budget {budget}, {state.trials} trials in the log"
+        )
+
+    def trial(self, index):
+        if time.monotonic() - self._last >= 30:
+            self._last = time.monotonic()
+            state = self.states[index]
+            self.out.print(
+                f"  {state.trials} trials, best {fmt(state.gflops(state.best))} GFLOP/s, "
+                f"elapsed {time.monotonic() - self.started:.0f} s"
+            )
+
+    def done(self, index):
+        self.out.print(self.states[index].line(index, len(self.states)))
+
+    def tick(self):
+        pass
+
+
+class LiveDisplay(PlainDisplay):
+    """A rich progress display: the model's progress, and the task being tuned."""
+
+    def __init__(self, states, seconds):
+        super().__init__(states, seconds)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import TimeRemainingColumn as Remaining
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[trials]}"),
+            TextColumn("{task.fields[best]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            Remaining(),
+            console=self.out,
+        )
+        total = seconds if seconds else sum(s.budget for s in states)
+        self.overall = self.progress.add_task(
+            f"model ({len(states)} tasks)", total=total, trials="", best=""
+        )
+        self.row = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def note(self, text):
+        self.progress.console.print(text)
+
+    def task(self, index, seconds):
+        self.current = index
+        state = self.states[index]
+        state.started = time.monotonic()
+        if self.row is not None:
+            self.progress.remove_task(self.row)
+        self.row = self.progress.add_task(
+            f"task {index + 1}/{len(self.states)} {state.describe()} ({state.share:.0%})",
+            total=state.budget or seconds,
+            completed=min(state.trials, state.budget or 0),
+            trials="",
+            best="",
+        )
+        self.trial(index)
+
+    def trial(self, index):
+        state = self.states[index]
+        best = f"best {fmt(state.gflops(state.best))} GFLOP/s"
+        if state.budget:
+            trials = f"{state.trials}/{state.budget} trials"
+            self.progress.update(self.row, completed=min(state.trials, state.budget))
+            done = sum(min(s.trials, s.budget) for s in self.states)
+            self.progress.update(self.overall, completed=done)
+        else:
+            trials = f"{state.trials} trials"
+        self.progress.update(self.row, trials=trials, best=best)
+        self.progress.update(self.overall, trials=f"{sum(s.new for s in self.states)} new")
+
+    def done(self, index):
+        self.progress.console.print(self.states[index].line(index, len(self.states)))
+
+    def tick(self):
+        if self.seconds:
+            now = time.monotonic()
+            self.progress.update(self.overall, completed=min(now - self.started, self.seconds))
+            state = self.states[self.current] if self.current is not None else None
+            if state is not None and state.started is not None and self.row is not None:
+                self.progress.update(self.row, completed=now - state.started)
+
+
+def summary_table(states, out) -> None:
+    from rich.table import Table
+
+    table = Table(title="tuning summary (this device and coretune version)")
+    columns = ("#", "task", "work", "trials", "failed", "default GFLOP/s", "tuned GFLOP/s")
+    for column in (*columns, "speedup"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for i, s in enumerate(states):
+        table.add_row(
+            str(i + 1),
+            s.describe() + (f" (x{s.task.weight})" if s.task.weight > 1 else ""),
+            f"{s.share:.0%}",
+            str(s.trials),
+            str(s.errors),
+            fmt(s.gflops(s.default)),
+            fmt(s.gflops(s.best)),
+            "-" if s.speedup is None else f"{s.speedup:.2f}x",
+        )
+    out.print(table)

@@ -1,0 +1,142 @@
+"""The process behind ``coretune tune``: tunes a model's tasks in turn and reports each trial.
+
+It runs with SIGINT ignored, a disposition its measurement workers inherit, so a Ctrl-C at the
+terminal reaches only the command. The command then sets ``stop`` (this process stops after
+the trial in flight) or, on a second Ctrl-C, sends SIGTERM (SystemExit here, which closes the
+measurement workers on the way out). Every record is in the log before it is reported, so the
+log stays whole either way.
+
+Budgets: ``--trials N`` is the model's total, split across tasks in proportion to their share
+of the work (FLOPs x weight), at least ``TRIALS_FLOOR`` per task (one when N is smaller than
+the number of tasks). A task's budget counts the records already in the log, so running the
+same command again resumes an interrupted run and measures nothing once it is complete.
+``--time-budget S`` is split the same way, task by task, with what a task leaves unused
+passed on to the tasks after it.
+"""
+
+import math
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+
+from .errors import CoretuneError
+
+TRIALS_FLOOR = 4
+TIME_FLOOR = 0.25  # each task gets at least a quarter of an even split of a time budget
+_UNBOUNDED = 1 << 40
+
+
+def split_trials(shares: list[float], total: int, floor: int = TRIALS_FLOOR) -> list[int]:
+    """Per-task trial budgets summing to ``total`` (when total >= the number of tasks)."""
+    n = len(shares)
+    if n == 0:
+        return []
+    base = min(floor, max(1, total // n))
+    rest = max(0, total - base * n)
+    weight = sum(shares)
+    ideal = [rest * s / weight if weight > 0 else rest / n for s in shares]
+    extra = [math.floor(v) for v in ideal]
+    # Largest remainders first, so the split sums exactly to ``total``.
+    for i in sorted(range(n), key=lambda i: extra[i] - ideal[i])[: rest - sum(extra)]:
+        extra[i] += 1
+    return [base + e for e in extra]
+
+
+def time_weights(shares: list[float]) -> list[float]:
+    """Shares of a time budget: proportional to the work, at least TIME_FLOOR of an even split."""
+    n = len(shares)
+    total = sum(shares) or 1.0
+    return [max(s / total, TIME_FLOOR / n) for s in shares]
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    tasks: list  # Task, most work first
+    device: str | None
+    log: str
+    strategy: str
+    trials: list[int] | None  # per task (trials mode)
+    seconds: float | None  # whole model (time mode)
+    weights: list[float]  # time shares (time mode)
+    early_stop: int | None
+    seed: int
+
+
+class _Stopped(Exception):
+    """The command asked for a stop; raised from the trial callback, after the log write."""
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _ignore_sigint() -> None:
+    """(Re-)ignore SIGINT before measurement workers are spawned: PoCL's LLVM installs its own
+    SIGINT handler when a device opens, and a caught signal is reset to the default in a
+    child, which would then die of a terminal's Ctrl-C (an ignored one stays ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_session(plan: SessionPlan, conn, stop) -> None:
+    """Process target: tune every task, sending ("task"|"trial"|"done"|"end"|...) messages."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _tune_all(plan, conn, stop)
+        conn.send(("end",))
+    except _Stopped:
+        conn.send(("stopped",))
+    except CoretuneError as exc:
+        conn.send(("error", True, str(exc), ""))
+    except (BrokenPipeError, EOFError):
+        pass  # the command is gone: nobody to report to
+    except Exception as exc:  # a bug: the command shows the traceback
+        conn.send(("error", False, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+
+
+def _tune_all(plan: SessionPlan, conn, stop) -> None:
+    from .kernels import open_device
+    from .tuner.driver import Budget, tune
+    from .tuner.records import TuningLog
+
+    log = TuningLog(plan.log)
+    device = open_device(plan.device)
+    _ignore_sigint()
+    started = time.monotonic()
+    for index, task in enumerate(plan.tasks):
+        if stop.is_set():
+            raise _Stopped
+        task_started = time.monotonic()
+        seconds = math.inf
+        if plan.seconds is not None:
+            remaining = plan.seconds - (task_started - started)
+            if remaining <= 0:
+                break
+            seconds = remaining * plan.weights[index] / sum(plan.weights[index:])
+        conn.send(("task", index, None if math.isinf(seconds) else seconds))
+
+        def on_trial(record, index=index):
+            conn.send(("trial", index, record.to_json()))
+            if stop.is_set():
+                raise _Stopped
+            _ignore_sigint()  # workers are restarted after a crash or a timeout
+
+        trials = plan.trials[index] if plan.trials is not None else _UNBOUNDED
+        budget = Budget(
+            trials=trials,
+            seconds=max(0.0, seconds - (time.monotonic() - task_started)),
+            early_stop=plan.early_stop,
+        )
+        # The default config goes first, so every task's baseline is in the log.
+        default = task.template().default_config(device.limits)
+        result = tune(
+            task,
+            log,
+            plan.device,
+            plan.strategy,
+            budget,
+            plan.seed,
+            on_trial=on_trial,
+            default=default,
+        )
+        conn.send(("done", index, result.trials, result.resumed))

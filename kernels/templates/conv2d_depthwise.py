@@ -1,0 +1,197 @@
+"""conv2d_depthwise: conv2d with groups == channels (channel multiplier >= 1) + fused epilogue.
+
+Depthwise convolution has no reduction over channels, so its cost is memory traffic: each
+work-item computes an ``oh_block`` x ``ow_block`` tile of one output channel with that
+channel's KH x KW weights in registers, reading each input row segment once per row and tap
+row and reusing it across the KW taps and the tile's columns. With ``stage_input`` the
+work-group first copies its (haloed, zero-padded) input patch to local memory, so global
+reads are coalesced and the inner loop has no padding checks.
+"""
+
+from coretune.kernels.device import DeviceLimits
+
+from ..render import KernelSpec, Launch, LocalArray
+from ..space import Config, Knob, Restriction
+from .base import Template
+from .conv_common import (
+    NO_UNROLL,
+    UNROLL,
+    WindowGeometry,
+    anchor_is_float,
+    ceil_div,
+    covers,
+    indent,
+    index_type,
+    kernel_buffers,
+    shrink_until,
+    store_output,
+    work_group_knobs,
+)
+
+MAX_ACCUMULATORS = 32
+
+
+class DepthwiseConv2dTemplate(Template):
+    name = "conv2d_depthwise"
+
+    @classmethod
+    def matches(cls, workload) -> bool:
+        if not anchor_is_float(workload, {"conv2d"}):
+            return False
+        g = WindowGeometry.of(workload)
+        return g.groups == g.channels and g.in_per_group == 1
+
+    @property
+    def geometry(self) -> WindowGeometry:
+        return WindowGeometry.of(self.workload)
+
+    def knobs(self):
+        return [
+            Knob("oh_block", (1, 2, 4), "output rows per work-item"),
+            Knob("ow_block", (1, 2, 4, 8), "adjacent output columns per work-item"),
+            Knob("unroll_window", (False, True), "fully unroll the KH x KW window loops"),
+            Knob("stage_input", (False, True), "copy the group's input patch to local memory"),
+            *work_group_knobs(),
+        ]
+
+    def restrictions(self):
+        g = self.geometry
+        return [
+            Restriction(f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
+                        lambda c, _: c["oh_block"] * c["ow_block"] <= MAX_ACCUMULATORS),
+            covers("wg_x * ow_block", lambda c: c["wg_x"] * c["ow_block"], g.out_width),
+            covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], g.out_height),
+        ]
+
+    def work_group(self, config):
+        return (config["wg_x"], config["wg_y"], 1)
+
+    def patch_shape(self, c: Config) -> tuple[int, int]:
+        g = self.geometry
+        rows = (c["wg_y"] * c["oh_block"] - 1) * g.strides[0] + (g.kernel[0] - 1) * g.dilation[0]
+        cols = (c["wg_x"] * c["ow_block"] - 1) * g.strides[1] + (g.kernel[1] - 1) * g.dilation[1]
+        return rows + 1, cols + 1
+
+    def segment(self, c: Config) -> int:
+        """Input columns one work-item's row of outputs reads."""
+        g = self.geometry
+        return (c["ow_block"] - 1) * g.strides[1] + (g.kernel[1] - 1) * g.dilation[1] + 1
+
+    def local_mem_bytes(self, config):
+        rows, cols = self.patch_shape(config)
+        return 4 * rows * cols if config["stage_input"] else 0
+
+    def default_config(self, limits: DeviceLimits) -> Config:
+        """2 x 2 outputs per work-item in a 16-wide group; GPUs stage the group's patch in
+        local memory, CPUs read through their caches (staging measured slower on PoCL)."""
+        g = self.geometry
+        cpu = limits.warp_size == 1
+        config = {"oh_block": 2, "ow_block": 2, "unroll_window": g.kernel[0] * g.kernel[1] <= 25,
+                  "stage_input": not cpu, "wg_x": 16, "wg_y": 4 if cpu else 8}
+        shrink_until(config, ("wg_x", "ow_block"),
+                     lambda c: c["wg_x"] * c["ow_block"] < 2 * g.out_width)
+        shrink_until(config, ("wg_y", "oh_block"),
+                     lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height)
+        if not self.space(limits).is_valid(config):
+            config["stage_input"] = False
+        return self.space(limits).check(config)
+
+    def spec(self, config: Config) -> KernelSpec:
+        g = self.geometry
+        ohb, owb, wgx, wgy = (config[k] for k in ("oh_block", "ow_block", "wg_x", "wg_y"))
+        kh, kw = g.kernel
+        sh, sw = g.strides
+        dh, dw = g.dilation
+        seg = self.segment(config)
+        data, weight = self.workload.nodes[0].inputs[:2]
+        idx = index_type(self.workload)
+        window = UNROLL if config["unroll_window"] else NO_UNROLL
+        multiplier = g.out_per_group
+        rows, cols = self.patch_shape(config)
+        if config["stage_input"]:
+            prepare = self._staging(config)
+            row = (f"const int row = ((ty * {ohb} + i) * {sh} + ky * {dh}) * {cols} "
+                   f"+ tx * {owb * sw};")
+            read = "seg[q] = patch[row + q];"
+        else:
+            prepare = f"""\
+int col_off[{seg}];
+bool col_ok[{seg}];
+{UNROLL}
+for (int q = 0; q < {seg}; ++q) {{
+  const int iw = ow_base * {sw} - {g.padding[1]} + q;
+  col_ok[q] = iw >= 0 && iw < {g.width};
+  col_off[q] = iw < 0 ? 0 : iw < {g.width} ? iw : {g.width - 1};
+}}"""
+            row = f"""\
+const int ih = (oh_base + i) * {sh} - {g.padding[0]} + ky * {dh};
+const bool row_ok = ih >= 0 && ih < {g.height};
+const {idx} row = x_chan + (ih < 0 ? 0 : ih < {g.height} ? ih : {g.height - 1}) * {g.width};"""
+            read = (f"const float value = {data}[row + col_off[q]];\n"
+                    "seg[q] = row_ok && col_ok[q] ? value : 0.0f;")
+        store = store_output(self.workload, f"acc[i * {owb} + j]",
+                             ("n", "oc", "oh_base + i", "ow_base + j"),
+                             f"oh_base + i < {g.out_height} && ow_base + j < {g.out_width}", "oc")
+        body = f"""\
+const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);
+const int oc = GROUP_ID(2) % {g.out_channels};
+const {idx} n = GROUP_ID(2) / {g.out_channels};
+const {idx} x_chan = (n * {g.channels} + oc / {multiplier}) * {g.height * g.width};
+const int oh_base = (GROUP_ID(1) * {wgy} + ty) * {ohb};
+const int ow_base = (GROUP_ID(0) * {wgx} + tx) * {owb};
+float taps[{kh * kw}];
+{UNROLL}
+for (int k = 0; k < {kh * kw}; ++k) taps[k] = {weight}[oc * {kh * kw} + k];
+{prepare}
+float acc[{ohb * owb}];
+{UNROLL}
+for (int a = 0; a < {ohb * owb}; ++a) acc[a] = 0.0f;
+{UNROLL}
+for (int i = 0; i < {ohb}; ++i) {{
+  {window}
+  for (int ky = 0; ky < {kh}; ++ky) {{
+{indent(row, 2)}
+    float seg[{seg}];
+    {UNROLL}
+    for (int q = 0; q < {seg}; ++q) {{
+{indent(read, 3)}
+    }}
+    {window}
+    for (int kx = 0; kx < {kw}; ++kx) {{
+      {UNROLL}
+      for (int j = 0; j < {owb}; ++j)
+        acc[i * {owb} + j] += seg[j * {sw} + kx * {dw}] * taps[ky * {kw} + kx];
+    }}
+  }}
+}}
+{UNROLL}
+for (int i = 0; i < {ohb}; ++i) {{
+  {UNROLL}
+  for (int j = 0; j < {owb}; ++j) {{
+{indent(store, 2)}
+  }}
+}}"""
+        local = (LocalArray("patch", "float", rows * cols),) if config["stage_input"] else ()
+        groups = (ceil_div(g.out_width, wgx * owb), ceil_div(g.out_height, wgy * ohb),
+                  g.batch * g.out_channels)
+        return KernelSpec("conv2d_depthwise", kernel_buffers(self.workload), indent(body, 1),
+                          Launch(groups, (wgx, wgy, 1)), local)
+
+    def _staging(self, config: Config) -> str:
+        """The group copies its zero-padded input patch to local memory (coalesced reads)."""
+        g = self.geometry
+        rows, cols = self.patch_shape(config)
+        wgx, wgy = config["wg_x"], config["wg_y"]
+        data = self.workload.nodes[0].inputs[0]
+        top = f"GROUP_ID(1) * {wgy * config['oh_block'] * g.strides[0]} - {g.padding[0]}"
+        left = f"GROUP_ID(0) * {wgx * config['ow_block'] * g.strides[1]} - {g.padding[1]}"
+        return f"""\
+for (int k = ty * {wgx} + tx; k < {rows * cols}; k += {wgx * wgy}) {{
+  const int ih = {top} + k / {cols};
+  const int iw = {left} + k % {cols};
+  const int ih_in = ih < 0 ? 0 : ih < {g.height} ? ih : {g.height - 1};
+  const int iw_in = iw < 0 ? 0 : iw < {g.width} ? iw : {g.width - 1};
+  const float value = {data}[x_chan + ih_in * {g.width} + iw_in];
+  patch[k] = ih == ih_in && iw == iw_in ? value : 0.0f;  // a select, not a branch
+}}
+BARRIER();"""

@@ -1,0 +1,137 @@
+"""Shared by the spatial templates (conv2d, depthwise, conv2d_transpose, pooling).
+
+``WindowGeometry`` reads an NCHW anchor node's shapes and attributes once, so each template's
+kernel generator deals in plain integers; the helpers below emit the pieces every one of
+them needs: buffers, the index type, the bias add and the guarded epilogue store.
+"""
+
+import math
+from dataclasses import dataclass
+
+from ..ctypes_ import buffer_type
+from ..epilogue import Epilogue, epilogue_fusable
+from ..render import Buffer
+from ..space import Knob, Restriction
+from ..workload import Workload
+
+UNROLL = "#pragma unroll"
+NO_UNROLL = "#pragma unroll 1"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """Sizes of one sliding-window anchor. For pools ``out_channels == channels == groups``."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    out_height: int
+    out_width: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+    groups: int
+
+    @classmethod
+    def of(cls, workload: Workload) -> "WindowGeometry":
+        node = workload.nodes[0]
+        a = node.attrs
+        n, c, h, w = workload.types[node.inputs[0]].shape
+        _, o, oh, ow = workload.types[node.outputs[0]].shape
+        if node.op in ("conv2d", "conv2d_transpose"):
+            kernel, groups = workload.types[node.inputs[1]].shape[2:], a["groups"]
+        else:
+            kernel, groups = a["pool_size"], c
+        return cls(n, c, h, w, o, oh, ow, tuple(kernel), tuple(a["strides"]),
+                   tuple(a["padding"]), tuple(a["dilation"]), groups)
+
+    @property
+    def in_per_group(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+
+def anchor_is_float(workload: Workload, ops: set[str]) -> bool:
+    """The workload is ``ops`` + a fusable elementwise epilogue, with float32 anchor tensors."""
+    if not epilogue_fusable(workload, ops):
+        return False
+    node = workload.nodes[0]
+    return all(workload.types[t].dtype == "float32" for t in (*node.inputs, *node.outputs))
+
+
+def index_type(workload: Workload) -> str:
+    """32-bit index arithmetic is much cheaper on GPUs; 64-bit only when a tensor needs it."""
+    largest = max(math.prod(t.shape) for t in workload.types.values())
+    return "long" if largest >= 2**31 - 2**20 else "int"
+
+
+def kernel_buffers(workload: Workload) -> tuple[Buffer, ...]:
+    """Every workload input in order (the epilogue reads its own by name), then the output."""
+    out = workload.outputs[0]
+    return (*(Buffer(name, buffer_type(t.dtype)) for name, t in workload.inputs),
+            Buffer(out, buffer_type(workload.types[out].dtype), output=True))
+
+
+def bias_of(workload: Workload) -> str | None:
+    node = workload.nodes[0]
+    return node.inputs[2] if len(node.inputs) > 2 else None
+
+
+def store_output(workload: Workload, value: str, index: tuple[str, str, str, str], guard: str,
+                 channel: str | None = None) -> str:
+    """A guarded block: add the anchor's bias (at ``channel``), run the epilogue, store."""
+    bias = bias_of(workload)
+    lines = [f"float anchor_value = {value};"]
+    if bias is not None:
+        lines.append(f"anchor_value += {bias}[{channel}];")
+    lines += Epilogue(workload).store("anchor_value", index)
+    return f"if ({guard}) {{\n" + "\n".join("  " + line for line in lines) + "\n}"
+
+
+def indent(code: str, depth: int) -> str:
+    pad = "  " * depth
+    return "\n".join(pad + line if line else line for line in code.split("\n"))
+
+
+def vector_type(lanes: int) -> str:
+    return "float" if lanes == 1 else f"float{lanes}"
+
+
+def splat(value: str, lanes: int) -> str:
+    return value if lanes == 1 else f"VEC{lanes}({', '.join([value] * lanes)})"
+
+
+def lane_names(lanes: int) -> tuple[str, ...]:
+    return ("x", "y", "z", "w")[:lanes]
+
+
+def work_group_knobs() -> list[Knob]:
+    return [
+        Knob("wg_x", (1, 2, 4, 8, 16, 32, 64), "work-items per group along the output width"),
+        Knob("wg_y", (1, 2, 4, 8, 16), "work-items per group along the output height"),
+    ]
+
+
+def covers(reason: str, tile, extent: int) -> Restriction:
+    """A work-group's tile at most twice the extent it covers: bigger tiles only idle."""
+    return Restriction(f"{reason} must be < 2x the extent it covers ({extent})",
+                       lambda c, _: tile(c) < 2 * extent)
+
+
+def shrink_until(config: dict, knobs: tuple[str, ...], fits) -> dict:
+    """Halve ``knobs`` in order (each down to 1) until ``fits(config)``: defaults that shrink
+    gracefully to small workloads."""
+    for knob in knobs:
+        while not fits(config) and config[knob] > 1:
+            config[knob] //= 2
+    return config

@@ -1,0 +1,348 @@
+"""Kernel source of the gemm template: C = A @ B (+ epilogue), one register tile per work-item.
+
+Three inner loops share one prologue and one epilogue:
+
+* ``direct_kn`` (B is (K, N), rows contiguous: matmul): per k, ``tile_m`` scalars of A times
+  ``tile_n / vector`` vectors of a B row; accumulators are vectors along n.
+* ``direct_nk`` (B is (N, K), the dense weight: rows of B are columns of C): A rows and B rows
+  are both contiguous along k, so both are read as vectors along k into vector partial sums,
+  reduced across lanes once at the end.
+* ``staged``: the group copies an A tile and a B tile of ``tile_k`` steps into local memory
+  (coalesced whatever the B layout), then every work-item computes as ``direct_kn`` from there.
+
+Loads never go out of bounds: rows and columns past the edge are clamped to the last one (their
+results are computed and dropped), k past the end reads zeros (staged) or runs a scalar tail.
+"""
+
+from dataclasses import dataclass
+
+from ..epilogue import Epilogue
+from ..lower import row_major_strides
+from ..space import Config
+from .conv_common import UNROLL, indent, splat, vector_type
+
+
+def lane_names(width: int) -> tuple[str, ...]:
+    """Member names of a vector's lanes (float8 has no x/y/z/w)."""
+    return ("x", "y", "z", "w")[:width] if width <= 4 else tuple(f"s{i}" for i in range(width))
+
+
+@dataclass(frozen=True)
+class GemmGeometry:
+    """Everything the source needs, as plain integers: batch, M, N, K, strides, names."""
+
+    a: str
+    b: str
+    bias: str | None
+    bias_per_column: bool  # bias of shape (N,), else one value
+    b_is_nk: bool  # B stored (N, K) (dense weight) instead of (K, N)
+    batch_shape: tuple[int, ...]  # the output's batch axes (matmul broadcasting)
+    a_batch_strides: tuple[int, ...]  # per output batch axis; 0 where A broadcasts
+    b_batch_strides: tuple[int, ...]
+    m: int
+    n: int
+    k: int
+    row_shape: tuple[int, ...]  # output axes that the row index m unflattens to
+    has_col_axis: bool  # False for matmul with a 1-D B: the output has no n axis
+
+    @property
+    def batch(self) -> int:
+        size = 1
+        for d in self.batch_shape:
+            size *= d
+        return size
+
+    def output_index(self, batch_index: tuple[str, ...], m: str, n: str) -> tuple[str, ...]:
+        rows = tuple(
+            "0" if d == 1 else f"({m} / {s}) % {d}" if s > 1 else f"({m}) % {d}"
+            for d, s in zip(self.row_shape, row_major_strides(self.row_shape), strict=True)
+        )
+        return batch_index + rows + ((n,) if self.has_col_axis else ())
+
+
+def clamp(expr: str, last: int, needed: bool) -> str:
+    """``expr`` capped at ``last`` for loads near an edge (a ternary: integer ``min`` is
+    spelled differently per dialect); left alone where the tiles divide evenly."""
+    return f"({expr} < {last} ? {expr} : {last})" if needed else f"({expr})"
+
+
+def vector_lanes(expr_of_lane, width: int) -> str:
+    lanes = [expr_of_lane(v) for v in range(width)]
+    return lanes[0] if width == 1 else f"VEC{width}({', '.join(lanes)})"
+
+
+def vector_load(pointer: str, offset: str, width: int) -> str:
+    """``width`` consecutive floats, lane by lane. Not VLOADn: PoCL calls vload out of line,
+    which forces the accumulators to the stack; compilers merge the lanes into one load."""
+    return vector_lanes(lambda v: f"{pointer}[{offset} + {v}]" if v else f"{pointer}[{offset}]",
+                        width)
+
+
+class GemmSource:
+    def __init__(self, g: GemmGeometry, c: Config, index: str, epilogue: Epilogue):
+        self.g, self.c, self.idx, self.epilogue = g, c, index, epilogue
+        self.tm, self.tn, self.vec = c["tile_m"], c["tile_n"], c["vector"]
+        self.wg_m, self.wg_n, self.wg_k = c["wg_m"], c["wg_n"], c["wg_k"]
+        self.threads_mn = self.wg_m * self.wg_n  # work-items per k slice
+        self.bm, self.bn = self.wg_m * self.tm, self.wg_n * self.tn
+        self.mode = "staged" if c["stage_local"] else "direct_nk" if g.b_is_nk else "direct_kn"
+        # width of an accumulator along n: vectors of columns, except direct_nk (vectors of k)
+        self.cols_per_acc = 1 if self.mode == "direct_nk" else self.vec
+        self.accs_per_row = self.tn // self.cols_per_acc
+        self.batch_index = tuple(f"batch{axis}" for axis in range(len(g.batch_shape)))
+
+    # ---- pieces -------------------------------------------------------------------------
+    def column(self, j: str, lane: str = "0") -> str:
+        """Column of accumulator j, lane ``lane``, relative to the group's first column.
+        Interleaved: neighbouring work-items own neighbouring vectors (coalesced on GPUs);
+        blocked: a work-item owns ``tile_n`` contiguous columns."""
+        w = self.cols_per_acc
+        if self.c["interleave_n"]:
+            col = f"(({j}) * {self.wg_n} + tx) * {w}" if w > 1 else f"({j}) * {self.wg_n} + tx"
+        else:
+            col = f"tx * {self.tn} + ({j}) * {w}" if w > 1 else f"tx * {self.tn} + ({j})"
+        return col if lane == "0" else f"{col} + {lane}"
+
+    def prologue(self) -> str:
+        g, idx = self.g, self.idx
+        lines = ["const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);"]
+        if self.mode == "staged" or self.wg_k > 1:  # they share local memory
+            lines.append(f"const int tid = ty * {self.wg_n} + tx;")
+        if self.wg_k > 1:
+            lines.append("const int kz = LOCAL_ID(2);  // this work-item's slice of k")
+        for name, d, s in zip(
+            self.batch_index, g.batch_shape, row_major_strides(g.batch_shape), strict=True
+        ):
+            expr = "0" if d == 1 else f"((int)GROUP_ID(2) / {s}) % {d}" if s > 1 else (
+                f"(int)GROUP_ID(2) % {d}")
+            lines.append(f"const int {name} = {expr};")
+        for name, strides in (("a_base", g.a_batch_strides), ("b_base", g.b_batch_strides)):
+            terms = [f"({idx})batch{i} * {s}" for i, s in enumerate(strides) if s]
+            lines.append(f"const {idx} {name} = {' + '.join(terms) or '0'};")
+        lines.append(f"const int m_group = GROUP_ID(1) * {self.bm};")
+        lines.append(f"const int m_first = m_group + ty * {self.tm};")
+        lines.append(f"const int n_group = GROUP_ID(0) * {self.bn};")
+        vt = vector_type(self.vec)
+        count = self.tm * self.accs_per_row
+        lines += [
+            f"{vt} acc[{count}];",
+            UNROLL,
+            f"for (int a = 0; a < {count}; ++a) acc[a] = {splat('0.0f', self.vec)};",
+        ]
+        return "\n".join(lines)
+
+    def row_offsets(self) -> str:
+        g = self.g
+        ragged = g.m % self.bm != 0
+        return f"""\
+{self.idx} a_row[{self.tm}];
+{UNROLL}
+for (int i = 0; i < {self.tm}; ++i) \
+a_row[i] = a_base + ({self.idx}){clamp("m_first + i", g.m - 1, ragged)} * {g.k};"""
+
+    def fma_block(self, a_type: str, a_load: str, b_value: str) -> str:
+        """Load ``tile_m`` values of A, then acc[i][j] += a[i] * b(j) over the register tile."""
+        rows = self.accs_per_row
+        a_value = "av[i]" if a_type == vector_type(self.vec) else splat("av[i]", self.vec)
+        return f"""\
+{a_type} av[{self.tm}];
+{UNROLL}
+for (int i = 0; i < {self.tm}; ++i) av[i] = {a_load};
+{UNROLL}
+for (int j = 0; j < {rows}; ++j) {{
+  const {vector_type(self.vec)} bv = {b_value};
+  {UNROLL}
+  for (int i = 0; i < {self.tm}; ++i) acc[i * {rows} + j] = acc[i * {rows} + j] + {a_value} * bv;
+}}"""
+
+    # ---- the three inner loops ------------------------------------------------------------
+    def direct_kn(self) -> str:
+        g, idx, vec, rows = self.g, self.idx, self.vec, self.accs_per_row
+        ragged = g.n % self.bn != 0
+        if g.n % vec == 0:  # whole vectors: clamp a vector's first column
+            col = clamp(f"n_group + {self.column('j')}", g.n - vec, ragged)
+            offsets = f"""\
+{idx} b_col[{rows}];
+{UNROLL}
+for (int j = 0; j < {rows}; ++j) b_col[j] = b_base + {col};"""
+
+            def b_load(k):
+                return vector_load(g.b, f"b_col[j] + ({idx})({k}) * {g.n}", vec)
+        else:  # the last vector hangs over the edge: clamp lane by lane (no vector load)
+            col = clamp(f"n_group + {self.column('j', 'v')}", g.n - 1, True)
+            offsets = f"""\
+{idx} b_col[{rows * vec}];
+{UNROLL}
+for (int j = 0; j < {rows}; ++j) {{
+  {UNROLL}
+  for (int v = 0; v < {vec}; ++v) b_col[j * {vec} + v] = b_base + {col};
+}}"""
+
+            def b_load(k):
+                return vector_lanes(lambda v: f"{g.b}[b_col[j * {vec} + {v}] + ({idx})({k}) * "
+                                              f"{g.n}]", vec)
+
+        def step(k):
+            return self.fma_block("float", f"{g.a}[a_row[i] + {k}]", b_load(k))
+
+        return f"""\
+{self.row_offsets()}
+{offsets}
+{self.k_loops(step, 1, g.k)}"""
+
+    def direct_nk(self) -> str:
+        g, idx, vec, tn = self.g, self.idx, self.vec, self.tn
+        ragged = g.n % self.bn != 0
+        col = clamp(f"n_group + {self.column('j')}", g.n - 1, ragged)
+
+        def step(k):
+            return self.fma_block(vector_type(vec), vector_load(g.a, f"a_row[i] + {k}", vec),
+                                  vector_load(g.b, f"b_row[j] + {k}", vec))
+
+        main = g.k - g.k % vec
+        lane_sum = " + ".join(f"acc[a].{lane}" for lane in lane_names(vec)) if vec > 1 else "acc[a]"
+        tail = f"""\
+float sum[{self.tm * tn}];
+{UNROLL}
+for (int a = 0; a < {self.tm * tn}; ++a) sum[a] = {lane_sum};"""
+        if main < g.k:
+            first = f"{main} + kz" if self.wg_k > 1 else str(main)
+            tail += f"""
+for (int k = {first}; k < {g.k}; k += {self.wg_k}) {{
+  {UNROLL}
+  for (int j = 0; j < {tn}; ++j) {{
+    const float bv = {g.b}[b_row[j] + k];
+    {UNROLL}
+    for (int i = 0; i < {self.tm}; ++i) sum[i * {tn} + j] += {g.a}[a_row[i] + k] * bv;
+  }}
+}}"""
+        return f"""\
+{self.row_offsets()}
+{idx} b_row[{tn}];
+{UNROLL}
+for (int j = 0; j < {tn}; ++j) b_row[j] = b_base + ({idx}){col} * {g.k};
+{self.k_loops(step, vec, main)}
+{tail}"""
+
+    def k_loops(self, step, stride: int, end: int) -> str:
+        """``step(k)`` for k in [0, end) by ``stride`` (``end`` a multiple of it), unrolled
+        ``unroll_k`` times; the leftover steps (fewer than one unrolled round) follow in a loop
+        of their own. With ``wg_k`` > 1 the work-items of a k slice take every ``wg_k``-th
+        step, neighbours on neighbouring k (coalesced)."""
+        split, unroll = self.wg_k, self.c["unroll_k"]
+        own = split * stride  # from one of a work-item's steps to its next
+        first = f"kz * {stride}" if split > 1 else "0"
+        rounds_end = end // (own * unroll) * own * unroll
+        code = []
+        if rounds_end:
+            code.append(f"""\
+for (int k = {first}; k < {rounds_end}; k += {own * unroll}) {{
+  {UNROLL}
+  for (int u = 0; u < {unroll}; ++u) {{
+{indent(step(f"(k + {own} * u)"), 2)}
+  }}
+}}""")
+        if rounds_end < end:
+            start = f"{rounds_end} + {first}" if split > 1 else str(rounds_end)
+            code.append(f"""\
+for (int k = {start}; k < {end}; k += {own}) {{
+{indent(step("k"), 1)}
+}}""")
+        return "\n".join(code)
+
+    def staged(self) -> str:
+        g, idx, tk, vec = self.g, self.idx, self.c["tile_k"], self.vec
+        threads = self.threads_mn
+        # Rows padded to an odd pitch: the transposing stores spread over all banks.
+        a_pitch, b_pitch = self.bm + 1, self.bn + 1
+        k_ragged = g.k % tk != 0
+        row = clamp("m_group + r", g.m - 1, g.m % self.bm != 0)
+        col = clamp("n_group + q", g.n - 1, g.n % self.bn != 0)
+
+        def guarded(load):
+            return f"k0 + kk < {g.k} ? {load} : 0.0f" if k_ragged else load
+
+        a_load = guarded(f"{g.a}[a_base + ({idx}){row} * {g.k} + k0 + kk]")
+        if g.b_is_nk:  # consecutive work-items read consecutive k of one B row
+            b_split = f"const int q = e / {tk}, kk = e % {tk};"
+            b_load = guarded(f"{g.b}[b_base + ({idx}){col} * {g.k} + k0 + kk]")
+        else:
+            b_split = f"const int kk = e / {self.bn}, q = e % {self.bn};"
+            b_load = guarded(f"{g.b}[b_base + ({idx})(k0 + kk) * {g.n} + {col}]")
+        b_value = vector_lanes(
+            lambda v: f"b_tile[kk * {b_pitch} + {self.column('j', str(v))}]", vec)
+        return f"""\
+for (int k0 = 0; k0 < {g.k}; k0 += {tk}) {{
+  for (int e = tid; e < {self.bm * tk}; e += {threads}) {{
+    const int r = e / {tk}, kk = e % {tk};
+    a_tile[kk * {a_pitch} + r] = {a_load};
+  }}
+  for (int e = tid; e < {self.bn * tk}; e += {threads}) {{
+    {b_split}
+    b_tile[kk * {b_pitch} + q] = {b_load};
+  }}
+  BARRIER();
+  #pragma unroll {self.c["unroll_k"]}
+  for (int kk = 0; kk < {tk}; ++kk) {{
+{indent(self.fma_block("float", f"a_tile[kk * {a_pitch} + ty * {self.tm} + i]", b_value), 2)}
+  }}
+  BARRIER();  // everyone is done reading the tiles before they are overwritten
+}}"""
+
+    def for_each_output(self, body, position: bool = True, numbered: bool = False) -> str:
+        """``body(value)`` for each output element of the register tile, with its ``m`` and
+        ``n`` (``position``) and its number ``e`` in the tile (``numbered``) defined."""
+        w = self.cols_per_acc
+        if self.mode == "direct_nk":
+            setup = "// the partial sums along k were reduced into sum[]"
+            value = f"sum[i * {self.tn} + j]"
+        else:
+            names = ", ".join(f"tile.{lane}" for lane in lane_names(w)) if w > 1 else "tile"
+            setup = (f"const {vector_type(w)} tile = acc[i * {self.accs_per_row} + j];\n"
+                     f"const float lane[{w}] = {{{names}}};")
+            value = "lane[v]"
+        names = [f"const int e = (i * {self.accs_per_row} + j) * {w} + v;"] if numbered else []
+        if position:
+            names += ["const int m = m_first + i;",
+                      f"const int n = n_group + {self.column('j', 'v')};"]
+        return f"""\
+{UNROLL}
+for (int i = 0; i < {self.tm}; ++i) {{
+  {UNROLL}
+  for (int j = 0; j < {self.accs_per_row}; ++j) {{
+{indent(setup, 2)}
+    {UNROLL}
+    for (int v = 0; v < {w}; ++v) {{
+{indent(chr(10).join(names + [body(value)]), 3)}
+    }}
+  }}
+}}"""
+
+    def finish(self, value: str) -> str:
+        """Bias, epilogue and store of output (m, n), if it is inside C."""
+        g = self.g
+        lines = [f"float anchor_value = {value};"]
+        if g.bias:
+            lines.append(f"anchor_value += {g.bias}[{'n' if g.bias_per_column else '0'}];")
+        lines += self.epilogue.store("anchor_value", g.output_index(self.batch_index, "m", "n"))
+        return f"if (m < {g.m} && n < {g.n}) {{\n" + indent("\n".join(lines), 1) + "\n}"
+
+    def store(self) -> str:
+        if self.wg_k == 1:
+            return self.for_each_output(self.finish)
+        # The k slices publish their partial sums; each then finishes every wg_k-th output.
+        elements, threads = self.tm * self.tn, self.threads_mn
+        publish = self.for_each_output(
+            lambda value: f"partial[(kz * {elements} + e) * {threads} + tid] = {value};",
+            position=False, numbered=True)
+        combine = f"""\
+if (e % {self.wg_k} == kz) {{
+  float total = partial[e * {threads} + tid];
+  for (int q = 1; q < {self.wg_k}; ++q) total += partial[(q * {elements} + e) * {threads} + tid];
+{indent(self.finish("total"), 1)}
+}}"""
+        return f"{publish}\nBARRIER();\n{self.for_each_output(lambda _: combine, numbered=True)}"
+
+    def body(self) -> str:
+        inner = getattr(self, self.mode)()
+        return "\n".join((self.prologue(), inner, self.store()))

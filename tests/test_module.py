@@ -1,0 +1,153 @@
+"""coretune.compile / Module.run / save / load, and .ctm files that are damaged or hostile."""
+
+import io
+import json
+import pathlib
+import zipfile
+
+import numpy as np
+import pytest
+
+import coretune
+from coretune.errors import InputError, ModelLoadError
+from coretune.graph import run_reference
+from coretune.graph.random import random_inputs
+from coretune.module import compile as compile_module
+from coretune.module import load
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "tiny_net.onnx"
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, device):
+    module = compile_module(str(EXAMPLE), device=device)
+    path = tmp_path_factory.mktemp("ctm") / "tiny.ctm"
+    module.save(path)
+    return module, path
+
+
+def test_compiled_module_matches_the_reference_before_and_after_save(saved, device):
+    module, path = saved
+    graph = coretune.import_onnx(str(EXAMPLE))
+    inputs = random_inputs(graph, seed=3)
+    want = run_reference(graph, inputs)[0]
+    got = module.run(**inputs)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    again = load(path, device=device).run(**inputs)[0]
+    np.testing.assert_array_equal(again, got)
+    summary = module.summary()
+    assert summary["planned_bytes"] <= summary["unshared_bytes"]
+
+
+def test_inputs_are_checked(saved):
+    module, _ = saved
+    with pytest.raises(InputError, match="shape"):
+        module.run(input=np.zeros((1, 3, 31, 32), np.float32))
+    with pytest.raises(InputError, match="dtype"):
+        module.run(input=np.zeros((1, 3, 32, 32), np.float64))
+    with pytest.raises(InputError, match="missing input 'input'"):
+        module.run(image=np.zeros((1, 3, 32, 32), np.float32))
+
+
+def _rewrite(path, tmp_path, change):
+    """A copy of the .ctm with its entries passed through ``change(dict) -> dict``."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {i.filename: archive.read(i) for i in archive.infolist()}
+    entries = change(entries)
+    out = tmp_path / "edited.ctm"
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return out
+
+
+def _json_edit(name, edit):
+    def change(entries):
+        data = json.loads(entries[name])
+        edit(data)
+        entries[name] = json.dumps(data).encode()
+        return entries
+
+    return change
+
+
+def test_truncated_and_foreign_files_are_clear_errors(saved, tmp_path, device):
+    _, path = saved
+    cut = tmp_path / "cut.ctm"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="not a readable .ctm"):
+        load(cut, device=device)
+    with pytest.raises(ModelLoadError, match="not a readable .ctm"):
+        load(EXAMPLE, device=device)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda e: {**e, "extra.py": b"print('hi')"}, "unexpected entries \\['extra.py'\\]"),
+        (lambda e: {k: v for k, v in e.items() if k != "plan.json"}, "missing \\['plan.json'\\]"),
+        (lambda e: {**e, "../escape.json": b"{}"}, "unexpected entries"),
+        (_json_edit("manifest.json", lambda m: m.update(version=99)), "format version 99"),
+    ],
+)
+def test_hostile_or_damaged_entries_are_rejected(saved, tmp_path, device, change, message):
+    _, path = saved
+    with pytest.raises(ModelLoadError, match=message):
+        load(_rewrite(path, tmp_path, change), device=device)
+
+
+def test_pickled_parameters_are_refused(saved, tmp_path, device):
+    _, path = saved
+
+    def pickled(entries):
+        buffer = io.BytesIO()
+        np.savez(buffer, **{"stem.w": np.array([{"evil": 1}], dtype=object)})
+        entries["params.npz"] = buffer.getvalue()
+        return entries
+
+    with pytest.raises(ModelLoadError):
+        load(_rewrite(path, tmp_path, pickled), device=device)
+
+
+def test_parameter_shapes_must_agree_with_the_graph(saved, tmp_path, device):
+    _, path = saved
+
+    def reshaped(entries):
+        with np.load(io.BytesIO(entries["params.npz"])) as npz:
+            params = {k: npz[k] for k in npz.files}
+        name = next(iter(params))
+        params[name] = params[name].reshape(-1)[:1].copy()
+        buffer = io.BytesIO()
+        np.savez(buffer, **params)
+        entries["params.npz"] = buffer.getvalue()
+        return entries
+
+    with pytest.raises(ModelLoadError, match="parameter"):
+        load(_rewrite(path, tmp_path, reshaped), device=device)
+
+
+def _first_kernel(edit):
+    def change(plan):
+        kernel = next(step for step in plan["steps"] if step["kind"] == "kernel")
+        edit(kernel)
+
+    return _json_edit("plan.json", change)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda k: k.update(source=k["source"].replace("{", "{ /* injected */", 1)),
+            "differs from what this coretune renders",
+        ),
+        (lambda k: k.update(template="os:system"), "unknown template 'os:system'"),
+    ],
+)
+def test_kernel_code_from_the_file_is_never_used(saved, tmp_path, device, edit, message):
+    """Kernels are re-rendered from template + config; edited source or a template named as an
+    importable path is rejected, so nothing in the file can run code."""
+    module, path = saved
+    assert module.plan.kernels, "the example should compile to at least one kernel"
+    with pytest.raises(ModelLoadError, match=message):
+        load(_rewrite(path, tmp_path, _first_kernel(edit)), device=device)
