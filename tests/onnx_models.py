@@ -110,18 +110,24 @@ def cnn(batch: int = 1):
     return model, _example(12, x=(batch, 3, 16, 16))
 
 
-def mobilenet_block(batch: int = 1, channels: int = 8, expand: int = 3):
+def mobilenet_block(batch: int = 1, channels: int = 8, expand: int = 3, batch_norms: bool = False):
     """MobileNetV2 inverted residual: 1x1 expand, ReLU6 (Clip 0..6), 3x3 depthwise, ReLU6,
-    1x1 project, residual Add."""
+    1x1 project, residual Add. A BatchNormalization follows the expand conv; with
+    ``batch_norms`` one follows every conv, as torchvision's InvertedResidual exports unfolded
+    (the default keeps the original, lighter block)."""
     net = _Net(seed=3)
     wide = channels * expand
     low = net.const("relu6.min", np.float32(0.0))
     high = net.const("relu6.max", np.float32(6.0))
+
+    def norm(h: str, name: str, width: int) -> str:
+        return net.batch_norm(h, name, width) if batch_norms else h
+
     h = net.batch_norm(net.conv("x", "expand", channels, wide, 1), "expand_bn", wide)
     h = net.node("Clip", [h, low, high], "expand_relu6")
-    h = net.conv(h, "depthwise", wide, wide, 3, group=wide)
+    h = norm(net.conv(h, "depthwise", wide, wide, 3, group=wide), "depthwise_bn", wide)
     h = net.node("Clip", [h, low, high], "depthwise_relu6")
-    h = net.conv(h, "project", wide, channels, 1)
+    h = norm(net.conv(h, "project", wide, channels, 1), "project_bn", channels)
     net.node("Add", ["x", h], "y")
     shape = [batch, channels, 12, 12]
     model = net.model("mobilenet_block", [("x", shape)], [("y", shape)])

@@ -84,6 +84,26 @@ def test_fusion_groups_follow_patterns():
     assert sorted(every) == sorted(n.name for n in graph.nodes)  # each node exactly once
 
 
+def test_an_anchor_takes_an_epilogue_that_reads_it_twice():
+    """dense + Gelu: the Gelu reads the dense output twice; still one kernel, one output."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (4, 16))
+    h = b.dense(x, b.param("w", _rand(rng, 32, 16)), b.param("b", _rand(rng, 32)))
+    gelu = h * 0.5 * (b.erf(h / 1.4142135) + 1.0)
+    graph = b.build(gelu, b.sum(gelu))
+    groups = fuse(graph)
+    assert [(g.kind, [n.op for n in g.nodes]) for g in groups] == [
+        ("anchor", ["dense", "multiply", "divide", "erf", "add", "multiply"]),
+        ("reduction", ["sum"]),
+    ]
+    assert groups[0].outputs == [gelu.name]
+    # A second reader of the dense output outside the chain keeps the dense output open: then
+    # no single-output group contains the chain, and the dense kernel stands alone.
+    split = fuse(b.build(gelu, b.tanh(h)))
+    assert [n.op for n in split[0].nodes] == ["dense"]
+
+
 def test_reductions_take_their_injective_prologue():
     b = GraphBuilder()
     x = b.input("x", (7, 13))

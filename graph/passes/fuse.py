@@ -46,26 +46,58 @@ class _Builder:
         self.outputs = set(graph.outputs)
 
     def anchor_group(self, anchor: Node) -> FusedGroup:
-        """The anchor and the single-reader elementwise chain of its shape after it."""
-        members, tensor = [anchor], anchor.outputs[0]
-        shape = self.graph.types[tensor].shape
-        while tensor not in self.outputs:
-            readers = self.readers.get(tensor, [])
-            if len(readers) != 1:
-                break
-            node = readers[0]
+        """The anchor and the elementwise ops of its shape after it, as long as the group keeps
+        one output: e.g. dense + Gelu, which reads the dense output twice."""
+        shape = self.graph.types[anchor.outputs[0]].shape
+        downstream = self._descendants(anchor)
+        members, produced = [anchor], set(anchor.outputs)
+        best = list(members)
+        start = self.graph.nodes.index(anchor) + 1
+        for node in self.graph.nodes[start:]:
+            if node.name in self.assigned or not any(i in produced for i in node.inputs):
+                continue
             if (
                 _pattern(node) > Pattern.BROADCAST
                 or len(node.outputs) != 1
                 or self.graph.types[node.outputs[0]].shape != shape
             ):
-                break
+                continue
+            # Another operand computed from the anchor outside the group would be a cycle.
+            if any(
+                i not in produced and i in self.producer and self.producer[i].name in downstream
+                for i in node.inputs
+            ):
+                continue
             members.append(node)
-            tensor = node.outputs[0]
-        self.assigned.update(n.name for n in members)
-        produced = {o for n in members for o in n.outputs}
-        inputs = list(dict.fromkeys(i for n in members for i in n.inputs if i not in produced))
-        return FusedGroup(members, [tensor], inputs, "anchor")
+            produced.update(node.outputs)
+            if len(self._open(members, produced)) == 1:
+                best = list(members)
+        self.assigned.update(n.name for n in best)
+        output = self._open(best, {o for n in best for o in n.outputs})[0]
+        produced = {o for n in best for o in n.outputs}
+        inputs = list(dict.fromkeys(i for n in best for i in n.inputs if i not in produced))
+        return FusedGroup(best, [output], inputs, "anchor")
+
+    def _open(self, members, produced) -> list[str]:
+        """Tensors of the group that something outside it needs (its outputs)."""
+        inside = {n.name for n in members}
+        return [
+            t
+            for t in produced
+            if t in self.outputs
+            or any(r.name not in inside for r in self.readers.get(t, []))
+            or not self.readers.get(t)
+        ]
+
+    def _descendants(self, anchor: Node) -> set[str]:
+        """Names of the nodes that depend on the anchor's output."""
+        seen, stack = set(), list(anchor.outputs)
+        while stack:
+            for reader in self.readers.get(stack.pop(), []):
+                if reader.name not in seen:
+                    seen.add(reader.name)
+                    stack.extend(reader.outputs)
+        return seen
 
     def group_from(self, root: Node) -> FusedGroup:
         members = [root]
