@@ -24,6 +24,21 @@ def export_onnx(graph, opset=None):
     return _export(graph, opset=opset)
 
 
+def compile(model, device=None, logs=None):  # noqa: A001 - the public verb
+    """Compile an ONNX model (path or ModelProto) or a core-op Graph into a runnable Module,
+    taking each kernel's best config from the tuning logs for this device."""
+    from .module import compile as _compile
+
+    return _compile(model, device=device, logs=logs)
+
+
+def load(path, device=None):
+    """Load a .ctm model file (validated; no code from the file is executed)."""
+    from .module import load as _load
+
+    return _load(path, device=device)
+
+
 __all__ = [
     "CoretuneError",
     "GraphError",
@@ -31,6 +46,8 @@ __all__ = [
     "ModelLoadError",
     "UnsupportedModelError",
     "__version__",
+    "compile",
     "export_onnx",
     "import_onnx",
+    "load",
 ]
