@@ -46,8 +46,9 @@ def kernel_seconds(device, template, config, buffers):
 def survey(device, m, n, k, count, seed, configs=()):
     template = GemmTemplate(Workload.from_graph(dense(m, n, k)))
     rng = np.random.default_rng(seed)
-    buffers = [device.upload(rng.standard_normal(s, dtype=np.float32)) for s in
-               ((m, k), (n, k))] + [device.empty(4 * m * n)]
+    buffers = [
+        device.upload(rng.standard_normal(s, dtype=np.float32)) for s in ((m, k), (n, k))
+    ] + [device.empty(4 * m * n)]
     default = template.default_config(device.limits)
     results = [("default", default, kernel_seconds(device, template, default, buffers))]
     picks = list(configs) or template.space(device.limits).sample(count, rng)
@@ -71,8 +72,10 @@ def main():
     np_s = numpy_seconds(m, n, k)
     print(f"numpy: {flops / np_s / 1e9:.1f} GFLOP/s  {traffic / np_s / 1e9:.1f} GB/s")
     for kind, config, seconds in sorted(results, key=lambda r: r[2])[:15] + [results[0]]:
-        print(f"{kind:8s} {flops / seconds / 1e9:7.1f} GFLOP/s {traffic / seconds / 1e9:6.1f} GB/s"
-              f"  ratio {np_s / seconds:.2f}  {json.dumps(config.to_json())}")
+        print(
+            f"{kind:8s} {flops / seconds / 1e9:7.1f} GFLOP/s {traffic / seconds / 1e9:6.1f} GB/s"
+            f"  ratio {np_s / seconds:.2f}  {json.dumps(config.to_json())}"
+        )
 
 
 if __name__ == "__main__":

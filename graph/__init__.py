@@ -6,6 +6,15 @@ from .reference import run_reference
 from .registry import Attr, OpDef, Pattern, all_ops, get_op
 
 __all__ = [
-    "Attr", "Graph", "GraphBuilder", "Node", "OpDef", "Pattern", "TensorType", "Value",
-    "all_ops", "get_op", "run_reference",
+    "Attr",
+    "Graph",
+    "GraphBuilder",
+    "Node",
+    "OpDef",
+    "Pattern",
+    "TensorType",
+    "Value",
+    "all_ops",
+    "get_op",
+    "run_reference",
 ]

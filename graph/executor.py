@@ -110,8 +110,11 @@ def build_plan(
             plan.steps.append(HostStep(group, str(exc)))
             continue
         names = dict(zip((n for n, _ in workload.inputs), group.inputs, strict=True))
-        candidates = [c for c in candidates  # e.g. Winograd needs its weights at compile time
-                      if all(names[i] in graph.params for i in c(workload).constant_inputs())]
+        candidates = [
+            c
+            for c in candidates  # e.g. Winograd needs its weights at compile time
+            if all(names[i] in graph.params for i in c(workload).constant_inputs())
+        ]
         if not candidates:
             plan.steps.append(HostStep(group, "no kernel template computes this group"))
             continue
@@ -184,8 +187,11 @@ class Executor:
         template = get_template(step.template)(group_workload(graph, step.group))
         arrays = [graph.params.get(name) for name in step.group.inputs]
         prepared = template.prepare_weights(list(arrays))
-        return {i: self.device.upload(new) for i, (old, new)
-                in enumerate(zip(arrays, prepared, strict=True)) if new is not old}
+        return {
+            i: self.device.upload(new)
+            for i, (old, new) in enumerate(zip(arrays, prepared, strict=True))
+            if new is not old
+        }
 
     def _buffers(self, inputs):
         graph = self.plan.graph
@@ -213,7 +219,9 @@ class Executor:
             elif isinstance(step, HostStep):
                 self._host(buffers, step)
             else:
-                args = [prepared.get(i) or self._lookup(buffers, a) for i, a in enumerate(step.args)]
+                args = [
+                    prepared.get(i) or self._lookup(buffers, a) for i, a in enumerate(step.args)
+                ]
                 event = self.device.launch(compiled, args)
                 if events is not None:
                     events.append(event)

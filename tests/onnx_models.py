@@ -37,38 +37,48 @@ class _Net:
         return name
 
     def batch_norm(self, x: str, name: str, channels: int) -> str:
-        stats = [self.const(f"{name}.{what}", value.astype(np.float32)) for what, value in (
-            ("weight", 1 + 0.1 * self.rng.standard_normal(channels)),
-            ("bias", 0.1 * self.rng.standard_normal(channels)),
-            ("running_mean", 0.1 * self.rng.standard_normal(channels)),
-            ("running_var", 0.5 + self.rng.random(channels)),
-        )]
+        stats = [
+            self.const(f"{name}.{what}", value.astype(np.float32))
+            for what, value in (
+                ("weight", 1 + 0.1 * self.rng.standard_normal(channels)),
+                ("bias", 0.1 * self.rng.standard_normal(channels)),
+                ("running_mean", 0.1 * self.rng.standard_normal(channels)),
+                ("running_var", 0.5 + self.rng.random(channels)),
+            )
+        ]
         return self.node("BatchNormalization", [x, *stats], name, epsilon=1e-5)
 
     def conv(self, x: str, name: str, cin: int, cout: int, k: int, group: int = 1, **attrs):
         w = self.weight(f"{name}.weight", (cout, cin // group, k, k), fan_in=cin // group * k * k)
         b = self.const(f"{name}.bias", (0.1 * self.rng.standard_normal(cout)).astype(np.float32))
         pad = k // 2
-        return self.node("Conv", [x, w, b], name, group=group, kernel_shape=[k, k],
-                         pads=[pad] * 4, **attrs)
+        return self.node(
+            "Conv", [x, w, b], name, group=group, kernel_shape=[k, k], pads=[pad] * 4, **attrs
+        )
 
     def linear(self, x: str, name: str, cin: int, cout: int) -> str:
         """MatMul + Add, as torch.onnx writes nn.Linear on a tensor of rank > 2."""
-        product = self.node("MatMul", [x, self.weight(f"{name}.weight", (cin, cout), cin)],
-                            f"{name}/MatMul")
+        product = self.node(
+            "MatMul", [x, self.weight(f"{name}.weight", (cin, cout), cin)], f"{name}/MatMul"
+        )
         bias = self.const(f"{name}.bias", (0.1 * self.rng.standard_normal(cout)).astype("f4"))
         return self.node("Add", [product, bias], f"{name}/Add")
 
     def model(self, name: str, inputs, outputs, opset: int = OPSET) -> onnx.ModelProto:
         graph = helper.make_graph(
-            self.nodes, name,
+            self.nodes,
+            name,
             [helper.make_tensor_value_info(n, FLOAT, shape) for n, shape in inputs],
             [helper.make_tensor_value_info(n, FLOAT, shape) for n, shape in outputs],
             initializer=self.inits,
         )
         opsets = [helper.make_opsetid("", opset)]
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="coretune-tests",
-                                  ir_version=helper.find_min_ir_version_for(opsets))
+        model = helper.make_model(
+            graph,
+            opset_imports=opsets,
+            producer_name="coretune-tests",
+            ir_version=helper.find_min_ir_version_for(opsets),
+        )
         onnx.checker.check_model(model, full_check=True)
         return model
 
@@ -134,8 +144,9 @@ def mobilenet_block(batch: int = 1, channels: int = 8, expand: int = 3, batch_no
     return model, _example(13, x=tuple(shape))
 
 
-def transformer_layer(batch: int = 1, seq: int = 8, dim: int = 16, heads: int = 2,
-                      gelu_op: bool = False):
+def transformer_layer(
+    batch: int = 1, seq: int = 8, dim: int = 16, heads: int = 2, gelu_op: bool = False
+):
     """Post-norm encoder layer: Q/K/V projections, heads by Reshape + Transpose, scaled
     softmax attention, output projection, residual + LayerNormalization, a Gelu feed-forward
     (the opset-20 Gelu op, or the Erf formula at opset 17), residual + LayerNormalization."""
@@ -154,8 +165,9 @@ def transformer_layer(batch: int = 1, seq: int = 8, dim: int = 16, heads: int = 
     scores = net.node("MatMul", [q, k], "scores")
     scale = net.const("scale", np.float32(1 / math.sqrt(head_dim)))
     attn = net.node("Softmax", [net.node("Mul", [scores, scale], "scaled")], "attn", axis=-1)
-    ctx = net.node("Transpose", [net.node("MatMul", [attn, v], "context")], "context/T",
-                   perm=[0, 2, 1, 3])
+    ctx = net.node(
+        "Transpose", [net.node("MatMul", [attn, v], "context")], "context/T", perm=[0, 2, 1, 3]
+    )
     ctx = net.node("Reshape", [ctx, merged_shape], "context/merge")
     h = net.node("Add", ["x", net.linear(ctx, "out", dim, dim)], "residual1")
     h = _layer_norm(net, h, "norm1", dim)
@@ -164,8 +176,9 @@ def transformer_layer(batch: int = 1, seq: int = 8, dim: int = 16, heads: int = 
     h = net.node("Add", [h, net.linear(f, "ffn2", 2 * dim, dim)], "residual2")
     _layer_norm(net, h, "y", dim)
     shape = [batch, seq, dim]
-    model = net.model("transformer_layer", [("x", shape)], [("y", shape)],
-                      opset=20 if gelu_op else OPSET)
+    model = net.model(
+        "transformer_layer", [("x", shape)], [("y", shape)], opset=20 if gelu_op else OPSET
+    )
     return model, _example(14, x=tuple(shape))
 
 
@@ -222,17 +235,22 @@ def run_onnxruntime(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> li
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # no warnings about unused initializers and the like
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     results = session.run(None, inputs)
-    wanted = [helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type)
-              for o in model.graph.output]
-    return [r.view(w) if r.dtype != w and r.dtype.itemsize == w.itemsize else r
-            for r, w in zip(results, wanted, strict=True)]
+    wanted = [
+        helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type) for o in model.graph.output
+    ]
+    return [
+        r.view(w) if r.dtype != w and r.dtype.itemsize == w.itemsize else r
+        for r, w in zip(results, wanted, strict=True)
+    ]
 
 
-def assert_close(actual: np.ndarray, expected: np.ndarray, what: str = "output",
-                 rtol: float | None = None) -> None:
+def assert_close(
+    actual: np.ndarray, expected: np.ndarray, what: str = "output", rtol: float | None = None
+) -> None:
     """Same dtype and shape; floats within ``rtol`` of the expected norm (1e-5 for 32/64-bit
     floats, 1e-3 below), everything else exactly equal."""
     actual, expected = np.asarray(actual), np.asarray(expected)

@@ -9,14 +9,16 @@ import re
 
 import onnx
 
-SUPPORTED_OP_TYPES = frozenset("""
+SUPPORTED_OP_TYPES = frozenset(
+    """
     Add Sub Mul Div Pow Neg Abs Exp Log Sqrt Reciprocal Tanh Sigmoid Erf Relu LeakyRelu Clip
     HardSigmoid HardSwish Gelu Softmax LogSoftmax MatMul Gemm Conv ConvTranspose
     BatchNormalization LayerNormalization MaxPool AveragePool GlobalAveragePool GlobalMaxPool
     Flatten Reshape Transpose Squeeze Unsqueeze Concat Split Slice Gather Pad Cast Identity
     Dropout Constant ConstantOfShape Shape Expand Where Equal Greater Less Max Min Sum
     ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ArgMax ArgMin Resize
-""".split())
+""".split()
+)
 
 # The number of in-scope node tests each onnx release ships (checked by the test suite).
 EXPECTED_IN_SCOPE = {"1.23.2": 712}
@@ -27,13 +29,15 @@ EXCLUDED = {
     r"^test_convtranspose_3d$": "3-D convolution is outside the core op set (2-D only)",
     r"^test_maxpool_with_argmax_": "MaxPool's Indices output has no core op",
     r"^test_resize_.*_antialias$": "antialiased Resize is outside resize2d's semantics",
-    r"^test_training_dropout(_default)?(_mask)?$":
-        "training-mode dropout with ratio > 0 is random (ratio 0 is supported and passes)",
+    r"^test_training_dropout(_default)?(_mask)?$": (
+        "training-mode dropout with ratio > 0 is random (ratio 0 is supported and passes)"
+    ),
     r"^test_equal_string": "string tensors are outside the core dtypes",
     r"^test_identity_(opt|sequence)$": "optional and sequence values are outside the core IR",
-    r"^test_cast_e8m0_FLOAT(16)?_to_FLOAT8E8M0$":
+    r"^test_cast_e8m0_FLOAT(16)?_to_FLOAT8E8M0$": (
         "the core cast rounds float8_e8m0fnu to nearest and overflows to NaN; ONNX rounds up "
-        "(round_mode) and saturates",
+        "(round_mode) and saturates"
+    ),
 }
 
 

@@ -10,14 +10,14 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from coretune.graph import GraphBuilder, all_ops, run_reference
-from coretune.graph.dtypes import DTYPES, is_float, to_numpy
-from coretune.graph.exchange.export_ops import EMITTERS
-from coretune.graph.exchange.exporter import MIN_OPSET, ONNXRUNTIME_OPSET, default_opset
 from onnx.reference import ReferenceEvaluator
 
 from coretune import export_onnx
 from coretune.errors import CoretuneError
+from coretune.graph import GraphBuilder, all_ops, run_reference
+from coretune.graph.dtypes import DTYPES, is_float, to_numpy
+from coretune.graph.exchange.export_ops import EMITTERS
+from coretune.graph.exchange.exporter import MIN_OPSET, ONNXRUNTIME_OPSET, default_opset
 
 from .onnx_models import assert_close, run_onnxruntime
 from .op_cases import CASES, OpCase, f
@@ -69,16 +69,31 @@ EXPORT_CASES = [
     OpCase("pad", (i32(3, 5),), {"pad_width": (1, 0, 0, 2), "pad_value": 7.9}),
     OpCase("broadcast_to", (f(),), {"shape": (3, 4)}),
     OpCase("avg_pool2d", (f(1, 2, 9, 9),), {"pool_size": (2, 2), "dilation": (2, 2)}),
-    OpCase("max_pool2d", (f(1, 2, 9, 9),),
-           {"pool_size": (3, 2), "dilation": (2, 3), "padding": (1, 1, 2, 0)}),
+    OpCase(
+        "max_pool2d",
+        (f(1, 2, 9, 9),),
+        {"pool_size": (3, 2), "dilation": (2, 3), "padding": (1, 1, 2, 0)},
+    ),
     resize(size=(14, 26), scale=(2.0, 2.0)),
-    resize(size=(17, 32), scale=(2.5, 2.5), rounding_method="floor",
-           coordinate_transformation_mode="asymmetric"),
-    resize(size=(11, 17), rounding_method="round_prefer_ceil",
-           coordinate_transformation_mode="asymmetric"),
+    resize(
+        size=(17, 32),
+        scale=(2.5, 2.5),
+        rounding_method="floor",
+        coordinate_transformation_mode="asymmetric",
+    ),
+    resize(
+        size=(11, 17),
+        rounding_method="round_prefer_ceil",
+        coordinate_transformation_mode="asymmetric",
+    ),
     resize(size=(11, 17), rounding_method="ceil"),
-    resize(size=(5, 9), method="linear", extrapolation_value=0.5,
-           coordinate_transformation_mode="tf_crop_and_resize", roi=(0.1, 0.2, 0.9, 0.7)),
+    resize(
+        size=(5, 9),
+        method="linear",
+        extrapolation_value=0.5,
+        coordinate_transformation_mode="tf_crop_and_resize",
+        roi=(0.1, 0.2, 0.9, 0.7),
+    ),
     resize(size=(10, 20), method="cubic", exclude_outside=True, cubic_alpha=-0.5),
     resize(size=(9, 5), method="linear", coordinate_transformation_mode="half_pixel_symmetric"),
     resize(size=(1, 20), method="linear", coordinate_transformation_mode="pytorch_half_pixel"),
@@ -101,9 +116,13 @@ def minimum_opset(case: OpCase) -> int:
     a = case.attrs
     if case.op == "cast" and a["dtype"].startswith("float8"):
         return 19
-    if (case.op == "pad" and a.get("mode") == "wrap"
-            or case.op == "avg_pool2d" and tuple(a.get("dilation", (1, 1))) != (1, 1)
-            or a.get("coordinate_transformation_mode") == "half_pixel_symmetric"):
+    if (
+        case.op == "pad"
+        and a.get("mode") == "wrap"
+        or case.op == "avg_pool2d"
+        and tuple(a.get("dilation", (1, 1))) != (1, 1)
+        or a.get("coordinate_transformation_mode") == "half_pixel_symmetric"
+    ):
         return 19
     if case.op == "reshape" and 0 in a["newshape"]:
         return 14
@@ -135,7 +154,9 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 _VARIANTS = [
     pytest.param(case, params, id=f"{case}-{'params' if params else 'inputs'}")
-    for case in ALL_CASES for params in (False, True) if not params or len(case.inputs) > 1
+    for case in ALL_CASES
+    for params in (False, True)
+    if not params or len(case.inputs) > 1
 ]
 
 
@@ -169,9 +190,11 @@ def test_export_matches_onnxruntime(case, params, opset):
 # evaluator is the oracle instead:
 ONNXRUNTIME_DIFFERS = {
     "float4_e2m1fn": "onnxruntime has no Cast kernel for float4",
-    **dict.fromkeys(("int4", "uint4", "int2", "uint2"),
-                    "onnxruntime rounds float -> int4/int2 to nearest; ONNX's reference "
-                    "evaluator truncates, as for every other float -> int cast"),
+    **dict.fromkeys(
+        ("int4", "uint4", "int2", "uint2"),
+        "onnxruntime rounds float -> int4/int2 to nearest; ONNX's reference "
+        "evaluator truncates, as for every other float -> int cast",
+    ),
 }
 
 
@@ -248,18 +271,31 @@ def test_clip_bounds_are_constant_inputs_absent_ones_empty():
     assert low == "" and initializers(model)[high] == np.float32(0.5)
 
 
-@pytest.mark.parametrize(("dtype", "opset", "saturate"), [
-    ("float8_e4m3fn", 19, 1), ("float8_e4m3fn", None, 1), ("float16", 19, None),
-    ("int8", None, None)])
+@pytest.mark.parametrize(
+    ("dtype", "opset", "saturate"),
+    [
+        ("float8_e4m3fn", 19, 1),
+        ("float8_e4m3fn", None, 1),
+        ("float16", 19, None),
+        ("int8", None, None),
+    ],
+)
 def test_cast_writes_saturate_only_for_float8(dtype, opset, saturate):
     model = export_onnx(single_op_graph(OpCase("cast", (f(3),), {"dtype": dtype}))[0], opset)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
     assert attrs.get("saturate") == saturate
 
 
-@pytest.mark.parametrize(("op", "opset", "axes_input"), [
-    ("sum", 13, True), ("mean", 17, False), ("mean", 18, True), ("max", 17, False),
-    ("prod", None, True)])
+@pytest.mark.parametrize(
+    ("op", "opset", "axes_input"),
+    [
+        ("sum", 13, True),
+        ("mean", 17, False),
+        ("mean", 18, True),
+        ("max", 17, False),
+        ("prod", None, True),
+    ],
+)
 def test_reduction_axes_move_to_an_input_with_the_opset(op, opset, axes_input):
     case = OpCase(op, (f(3, 4),), {"axes": (1,)})
     node = export_onnx(single_op_graph(case)[0], opset).graph.node[0]
@@ -332,8 +368,11 @@ def test_a_scale_onnx_cannot_pair_with_the_size_names_the_node():
 
 def test_a_type_newer_than_the_opset_names_the_node():
     graph, _ = single_op_graph(OpCase("cast", (f(3),), {"dtype": "float4_e2m1fn"}), name="c")
-    with pytest.raises(CoretuneError, match=r"node 'c' \(cast\): dtype float4_e2m1fn needs "
-                                            r"ONNX opset >= 23, exporting at 19"):
+    with pytest.raises(
+        CoretuneError,
+        match=r"node 'c' \(cast\): dtype float4_e2m1fn needs "
+        r"ONNX opset >= 23, exporting at 19",
+    ):
         export_onnx(graph, 19)
     onnx.checker.check_model(export_onnx(graph, 23), full_check=True)
 

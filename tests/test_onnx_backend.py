@@ -26,8 +26,11 @@ with warnings.catch_warnings():  # generating some cases (casts, empty reduction
     warnings.simplefilter("ignore")
     IN_SCOPE = in_scope(load_model_tests(kind="node"))
     # Kept out of the module namespace: pytest would collect all ~1900 of ONNX's node tests.
-    _NODE_TESTS = vars(onnx.backend.test.BackendTest(coretune.backend, __name__)
-                       .test_cases["OnnxBackendNodeModelTest"])
+    _NODE_TESTS = vars(
+        onnx.backend.test.BackendTest(coretune.backend, __name__).test_cases[
+            "OnnxBackendNodeModelTest"
+        ]
+    )
 
 
 def node_test_case(skip_excluded: bool = True) -> type[unittest.TestCase]:
@@ -65,9 +68,11 @@ def test_at_least_90_percent_of_the_scope_is_expected_to_pass():
 # ---- the backend API ------------------------------------------------------------------------
 def _symbolic_relu():
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -102,14 +107,15 @@ def test_rep_rejects_wrong_inputs():
 def report() -> str:
     """Run every in-scope test, exclusions included; '<N> passed of <M> in scope'."""
     result = unittest.TextTestRunner(stream=io.StringIO(), verbosity=0).run(
-        unittest.defaultTestLoader.loadTestsFromTestCase(node_test_case(skip_excluded=False)))
-    failed = {t.id().rsplit(".", 1)[-1].removesuffix("_cpu")
-              for t, _ in result.failures + result.errors}
+        unittest.defaultTestLoader.loadTestsFromTestCase(node_test_case(skip_excluded=False))
+    )
+    failed = {
+        t.id().rsplit(".", 1)[-1].removesuffix("_cpu") for t, _ in result.failures + result.errors
+    }
     lines = [f"{result.testsRun - len(failed)} passed of {len(IN_SCOPE)} in scope"]
     surprises = [n for n in IN_SCOPE if exclusion_reason(n) and n not in failed]
     lines += [f"  excluded but passing: {n}" for n in surprises]
-    lines += [f"  failing but not excluded: {n}" for n in sorted(failed)
-              if not exclusion_reason(n)]
+    lines += [f"  failing but not excluded: {n}" for n in sorted(failed) if not exclusion_reason(n)]
     return "\n".join(lines)
 
 

@@ -9,9 +9,9 @@ back to the node it came from.
 import numpy as np
 import onnx
 import pytest
-from coretune.graph import Graph, run_reference
 
 from coretune import export_onnx, import_onnx
+from coretune.graph import Graph, run_reference
 
 from .onnx_models import MODELS, assert_close, run_onnxruntime
 from .test_export import ALL_CASES, single_op_graph
@@ -93,13 +93,16 @@ def rewritten(case, params: bool) -> str | None:
 def importer_gap(case, params: bool) -> str | None:
     """Exports in the specified form that the importer does not (yet) fold back."""
     if case.op == "dense" and not params and len(case.inputs[0][0]) != 2:
-        return ("dense over non-2-D data with a computed weight is exported as Transpose + "
-                "MatMul (+ Add); the importer folds MatMul into dense only for constant weights")
+        return (
+            "dense over non-2-D data with a computed weight is exported as Transpose + "
+            "MatMul (+ Add); the importer folds MatMul into dense only for constant weights"
+        )
     return None
 
 
 def _float32_attrs(attrs: dict) -> dict:
     """ONNX stores float attributes (and the constants clip and resize read) as float32."""
+
     def narrow(value):
         if isinstance(value, float):
             return float(np.float32(value))
@@ -109,9 +112,15 @@ def _float32_attrs(attrs: dict) -> dict:
 
 
 _SINGLE_OPS = [
-    pytest.param(case, params, id=f"{case}-{'params' if params else 'inputs'}",
-                 marks=[pytest.mark.xfail(strict=True, reason=gap)] if gap else [])
-    for case in ALL_CASES for params in (False, True) if not params or len(case.inputs) > 1
+    pytest.param(
+        case,
+        params,
+        id=f"{case}-{'params' if params else 'inputs'}",
+        marks=[pytest.mark.xfail(strict=True, reason=gap)] if gap else [],
+    )
+    for case in ALL_CASES
+    for params in (False, True)
+    if not params or len(case.inputs) > 1
     for gap in [None if rewritten(case, params) else importer_gap(case, params)]
 ]
 
@@ -122,6 +131,7 @@ def test_single_op_round_trip(case, params):
     g2 = import_onnx(export_onnx(g1))
     if rewritten(case, params) is None:
         assert_same_graph(g1, g2)
-    for out, a, e in zip(g1.outputs, run_reference(g2, feeds), run_reference(g1, feeds),
-                         strict=True):
+    for out, a, e in zip(
+        g1.outputs, run_reference(g2, feeds), run_reference(g1, feeds), strict=True
+    ):
         assert_close(a, e, what=f"{case}: {out}")

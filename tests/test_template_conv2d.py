@@ -63,8 +63,9 @@ def conv_bn_relu_add(shape, out, kernel, anchor="conv2d", **attrs):
 DIRECT = {
     "1x1-all-ones": conv((1, 1, 1, 1), 1, (1, 1)),
     "7c-13-s2-asym": conv((2, 7, 13, 13), 13, (3, 3), strides=(2, 2), padding=(0, 1, 2, 1)),
-    "33c-g3-dil2": conv((1, 33, 7, 33), 33, (3, 3), padding=(2, 2, 2, 2), dilation=(2, 2),
-                        groups=3),
+    "33c-g3-dil2": conv(
+        (1, 33, 7, 33), 33, (3, 3), padding=(2, 2, 2, 2), dilation=(2, 2), groups=3
+    ),
     "12c-g4-1x1-s12": conv((1, 12, 13, 7), 8, (1, 1), bias=True, strides=(1, 2), groups=4),
     "13c-3x2-bias": conv((1, 13, 33, 13), 7, (3, 2), bias=True, padding=(1, 0, 0, 1)),
 }
@@ -76,24 +77,40 @@ WINOGRAD = {
 }
 DEPTHWISE = {
     "1x1-pad1": conv((1, 1, 1, 1), 1, (3, 3), padding=(1, 1, 1, 1)),
-    "7c-13-s2-asym": conv((2, 7, 13, 13), 7, (3, 3), strides=(2, 2), padding=(0, 1, 2, 1),
-                          groups=7),
-    "13c-x2-dil2": conv((1, 13, 33, 7), 26, (3, 3), bias=True, padding=(2, 2, 2, 2),
-                        dilation=(2, 2), groups=13),
+    "7c-13-s2-asym": conv(
+        (2, 7, 13, 13), 7, (3, 3), strides=(2, 2), padding=(0, 1, 2, 1), groups=7
+    ),
+    "13c-x2-dil2": conv(
+        (1, 13, 33, 7), 26, (3, 3), bias=True, padding=(2, 2, 2, 2), dilation=(2, 2), groups=13
+    ),
     "33c-5x3": conv((1, 33, 7, 33), 33, (5, 3), padding=(2, 1, 2, 1), groups=33),
 }
 TRANSPOSE = {
     "1x1": conv_transpose((1, 1, 1, 1), 1, (1, 1)),
-    "7c-s2-outpad": conv_transpose((2, 7, 7, 13), 13, (3, 3), strides=(2, 2),
-                                   padding=(1, 0, 1, 1), output_padding=(1, 0)),
-    "12c-g3-s23-dil": conv_transpose((1, 12, 5, 6), 6, (4, 3), bias=True, strides=(2, 3),
-                                     padding=(0, 1, 2, 0), output_padding=(1, 2),
-                                     dilation=(2, 1), groups=3),
-    "13c-dil2-33": conv_transpose((1, 13, 13, 4), 33, (3, 3), padding=(1, 1, 1, 1),
-                                  dilation=(2, 2)),
+    "7c-s2-outpad": conv_transpose(
+        (2, 7, 7, 13), 13, (3, 3), strides=(2, 2), padding=(1, 0, 1, 1), output_padding=(1, 0)
+    ),
+    "12c-g3-s23-dil": conv_transpose(
+        (1, 12, 5, 6),
+        6,
+        (4, 3),
+        bias=True,
+        strides=(2, 3),
+        padding=(0, 1, 2, 0),
+        output_padding=(1, 2),
+        dilation=(2, 1),
+        groups=3,
+    ),
+    "13c-dil2-33": conv_transpose(
+        (1, 13, 13, 4), 33, (3, 3), padding=(1, 1, 1, 1), dilation=(2, 2)
+    ),
 }
-TEMPLATES = [(Conv2dDirectTemplate, DIRECT), (Conv2dWinogradTemplate, WINOGRAD),
-             (DepthwiseConv2dTemplate, DEPTHWISE), (Conv2dTransposeTemplate, TRANSPOSE)]
+TEMPLATES = [
+    (Conv2dDirectTemplate, DIRECT),
+    (Conv2dWinogradTemplate, WINOGRAD),
+    (DepthwiseConv2dTemplate, DEPTHWISE),
+    (Conv2dTransposeTemplate, TRANSPOSE),
+]
 CASES = [(cls, name, graph) for cls, graphs in TEMPLATES for name, graph in graphs.items()]
 CASE_IDS = [f"{cls.name}-{name}" for cls, name, _ in CASES]
 
@@ -113,7 +130,8 @@ def test_default_and_random_configs_match_numpy(device, cls, name, graph):
     seed = list(graphs).index(name)
     configs = [template.default_config(device.limits)]
     configs += template.space(device.limits).sample(
-        share, np.random.default_rng(seed), max_tries=5000)
+        share, np.random.default_rng(seed), max_tries=5000
+    )
     assert len(configs) == share + 1 or name.startswith("1x1"), "space too small to sample"
     check_on_device(device, template, configs, seed=10 * seed)
 
@@ -126,18 +144,33 @@ def fused_block_inputs(template, seed):
     return arrays
 
 
-@pytest.mark.parametrize("cls", [Conv2dDirectTemplate, Conv2dWinogradTemplate,
-                                 DepthwiseConv2dTemplate, Conv2dTransposeTemplate])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        Conv2dDirectTemplate,
+        Conv2dWinogradTemplate,
+        DepthwiseConv2dTemplate,
+        Conv2dTransposeTemplate,
+    ],
+)
 def test_conv_bias_batch_norm_relu_residual_epilogue(device, cls):
     if cls is Conv2dTransposeTemplate:
-        graph = conv_bn_relu_add((1, 8, 7, 13), 7, (3, 3), anchor="conv2d_transpose",
-                                 strides=(2, 2), padding=(1, 1, 0, 1))
+        graph = conv_bn_relu_add(
+            (1, 8, 7, 13),
+            7,
+            (3, 3),
+            anchor="conv2d_transpose",
+            strides=(2, 2),
+            padding=(1, 1, 0, 1),
+        )
     else:
         groups = 8 if cls is DepthwiseConv2dTemplate else 1
         graph = conv_bn_relu_add((2, 8, 13, 7), 8, (3, 3), padding=(1, 1, 1, 1), groups=groups)
     template = cls(Workload.from_graph(graph))
-    configs = [template.default_config(device.limits),
-               *template.space(device.limits).sample(2, np.random.default_rng(3))]
+    configs = [
+        template.default_config(device.limits),
+        *template.space(device.limits).sample(2, np.random.default_rng(3)),
+    ]
     for seed, config in enumerate(configs):
         check_on_device(device, template, [config], arrays=fused_block_inputs(template, seed))
 
@@ -174,25 +207,28 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
     config = dict(template.default_config(device.limits))
     assert "ic_chunk must divide" in space.why_invalid({**config, "ic_chunk": 2})
     assert "at most 64 accumulators" in space.why_invalid(
-        {**config, "oc_block": 8, "oh_block": 4, "ow_block": 2, "vector": 2})
-    assert "wg_x * ow_block * vector must be < 2x" in space.why_invalid(
-        {**config, "wg_x": 64})
-    tiny = type(device.limits)(max_work_group_size=64, max_work_item_sizes=(64, 64, 64),
-                               local_mem_bytes=64)
+        {**config, "oc_block": 8, "oh_block": 4, "ow_block": 2, "vector": 2}
+    )
+    assert "wg_x * ow_block * vector must be < 2x" in space.why_invalid({**config, "wg_x": 64})
+    tiny = type(device.limits)(
+        max_work_group_size=64, max_work_item_sizes=(64, 64, 64), local_mem_bytes=64
+    )
     with pytest.raises(InvalidConfig, match="local memory .* > device maximum 64 B"):
         template.render({**config, "stage_input": True}, "opencl", tiny)
     winograd = Conv2dWinogradTemplate(Workload.from_graph(WINOGRAD["33c-asym"]))
     with pytest.raises(InvalidConfig, match="work-group size 128 > device maximum 64"):
-        winograd.render({**winograd.default_config(tiny), "wg_x": 32, "wg_y": 4, "wg_z": 1},
-                        "opencl", tiny)
+        winograd.render(
+            {**winograd.default_config(tiny), "wg_x": 32, "wg_y": 4, "wg_z": 1}, "opencl", tiny
+        )
 
 
-GPU_CASES = [(Conv2dDirectTemplate, DIRECT["7c-13-s2-asym"]),
-             (Conv2dDirectTemplate, conv_bn_relu_add((1, 32, 33, 33), 32, (3, 3),
-                                                     padding=(1, 1, 1, 1))),
-             (Conv2dWinogradTemplate, WINOGRAD["33c-asym"]),
-             (DepthwiseConv2dTemplate, DEPTHWISE["13c-x2-dil2"]),
-             (Conv2dTransposeTemplate, TRANSPOSE["12c-g3-s23-dil"])]
+GPU_CASES = [
+    (Conv2dDirectTemplate, DIRECT["7c-13-s2-asym"]),
+    (Conv2dDirectTemplate, conv_bn_relu_add((1, 32, 33, 33), 32, (3, 3), padding=(1, 1, 1, 1))),
+    (Conv2dWinogradTemplate, WINOGRAD["33c-asym"]),
+    (DepthwiseConv2dTemplate, DEPTHWISE["13c-x2-dil2"]),
+    (Conv2dTransposeTemplate, TRANSPOSE["12c-g3-s23-dil"]),
+]
 GPU_IDS = ["direct", "direct-fused", "winograd", "depthwise", "transpose"]
 
 
@@ -200,20 +236,28 @@ GPU_IDS = ["direct", "direct-fused", "winograd", "depthwise", "transpose"]
 @pytest.mark.parametrize("cls, graph", GPU_CASES, ids=GPU_IDS)
 def test_cuda_rendering_compiles_with_nvcc(cls, graph, tmp_path):
     template = cls(Workload.from_graph(graph))
-    configs = [template.default_config(CUDA_SM80),
-               *template.space(CUDA_SM80).sample(2, np.random.default_rng(1))]
+    configs = [
+        template.default_config(CUDA_SM80),
+        *template.space(CUDA_SM80).sample(2, np.random.default_rng(1)),
+    ]
     for config in configs:
         report = nvcc_compile(template.render(config, "cuda", CUDA_SM80), tmp_path)
-        check_cuda_resources(report, CUDA_SM80, template.local_mem_bytes(config),
-                             int(np.prod(template.work_group(config))))
+        check_cuda_resources(
+            report,
+            CUDA_SM80,
+            template.local_mem_bytes(config),
+            int(np.prod(template.work_group(config))),
+        )
 
 
 @pytest.mark.parametrize("cls, graph", GPU_CASES, ids=GPU_IDS)
 def test_metal_rendering_passes_a_syntax_check(cls, graph, tmp_path):
     """Syntax check with a shim header and g++ -- not a Metal compile (no Metal here)."""
     template = cls(Workload.from_graph(graph))
-    for config in [template.default_config(APPLE_M1),
-                   *template.space(APPLE_M1).sample(2, np.random.default_rng(2))]:
+    for config in [
+        template.default_config(APPLE_M1),
+        *template.space(APPLE_M1).sample(2, np.random.default_rng(2)),
+    ]:
         metal_syntax_check(template.render(config, "metal", APPLE_M1), tmp_path)
 
 

@@ -87,9 +87,18 @@ def test_larger_problem_with_every_tile_ragged(device):
     and k split over 8 work-items."""
     template = GemmTemplate(Workload.from_graph(dense((67, 101), 45, bias=(45,))))
     for stage, vector, split in ((False, 4, 1), (False, 8, 1), (True, 8, 1), (False, 4, 8)):
-        config = {"tile_m": 8, "tile_n": 8 if stage else 1, "wg_m": 2, "wg_n": 4,
-                  "wg_k": split, "vector": vector, "interleave_n": True, "stage_local": stage,
-                  "tile_k": 16 if stage else 8, "unroll_k": 4}
+        config = {
+            "tile_m": 8,
+            "tile_n": 8 if stage else 1,
+            "wg_m": 2,
+            "wg_n": 4,
+            "wg_k": split,
+            "vector": vector,
+            "interleave_n": True,
+            "stage_local": stage,
+            "tile_k": 16 if stage else 8,
+            "unroll_k": 4,
+        }
         arrays = random_inputs(template.workload, 3)
         got = run_on_device(device, template, config, arrays)
         assert_matches_reference(template, got, arrays, rtol=1e-5)
@@ -118,15 +127,30 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
     good = template.default_config(device.limits).to_json()
     assert "at most 64 accumulators" in space.why_invalid({**good, "tile_m": 8, "tile_n": 16})
     assert "vector must divide tile_n" in space.why_invalid(
-        {**good, "stage_local": False, "tile_n": 2, "vector": 4, "wg_n": 4})
+        {**good, "stage_local": False, "tile_n": 2, "vector": 4, "wg_n": 4}
+    )
     assert "tile_k is only used with stage_local" in space.why_invalid(
-        {**good, "stage_local": False, "tile_k": 16})
+        {**good, "stage_local": False, "tile_k": 16}
+    )
     assert "keep it 1 with stage_local" in space.why_invalid(
-        {**good, "stage_local": True, "tile_k": 8, "unroll_k": 1, "wg_k": 8})
+        {**good, "stage_local": True, "tile_k": 8, "unroll_k": 1, "wg_k": 8}
+    )
     tiny = type(device.limits)(
-        max_work_group_size=256, max_work_item_sizes=(256, 256, 256), local_mem_bytes=1024)
-    staged = {**good, "stage_local": True, "tile_k": 32, "unroll_k": 4, "tile_m": 1,
-              "tile_n": 1, "vector": 1, "wg_m": 4, "wg_n": 8, "wg_k": 1, "interleave_n": True}
+        max_work_group_size=256, max_work_item_sizes=(256, 256, 256), local_mem_bytes=1024
+    )
+    staged = {
+        **good,
+        "stage_local": True,
+        "tile_k": 32,
+        "unroll_k": 4,
+        "tile_m": 1,
+        "tile_n": 1,
+        "vector": 1,
+        "wg_m": 4,
+        "wg_n": 8,
+        "wg_k": 1,
+        "interleave_n": True,
+    }
     with pytest.raises(InvalidConfig, match=r"local memory 1792 B > device maximum 1024 B"):
         template.render(staged, "opencl", tiny)
 

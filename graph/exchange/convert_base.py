@@ -148,10 +148,15 @@ class ConvertContext:
         """Input ``i``, which must be known at import time (a shape, axes, pads...)."""
         value = self.input(i)
         if value.name not in self.consts:
-            source = ("is a graph input (give its value with input_values)"
-                      if value.name in self.inputs else "is computed by the graph")
-            raise self.error(f"{what} (input {i}, {self.node.input[i]!r}) must be a constant "
-                             f"known at import time, but it {source}")
+            source = (
+                "is a graph input (give its value with input_values)"
+                if value.name in self.inputs
+                else "is computed by the graph"
+            )
+            raise self.error(
+                f"{what} (input {i}, {self.node.input[i]!r}) must be a constant "
+                f"known at import time, but it {source}"
+            )
         return self.consts[value.name]
 
     def optional_constant(self, i: int, what: str) -> np.ndarray | None:
@@ -211,8 +216,9 @@ class ConvertContext:
             for v in operands:
                 if v.name in self.consts:
                     self.params[v.name] = self.consts[v.name]
-            node = Node(self.fresh(f"{self.name}_{op_name}"), op_name,
-                        [v.name for v in operands], [], attrs)
+            node = Node(
+                self.fresh(f"{self.name}_{op_name}"), op_name, [v.name for v in operands], [], attrs
+            )
             for shape, dtype in outs:
                 out = self.fresh(f"{self.name}_{op_name}")
                 self._types[out] = TensorType(shape, dtype)
@@ -247,7 +253,7 @@ class ConvertContext:
             if i >= len(results) or results[i] is None:
                 raise self.unsupported(f"output {i}")
             self._bind(onnx_name, results[i])
-        new_nodes = self.nodes[self._first_new:]
+        new_nodes = self.nodes[self._first_new :]
         if new_nodes and outputs:
             primary = self._producers.get(self.values[outputs[0][1]].name)
             is_new = any(primary is node for node in new_nodes)
@@ -259,7 +265,7 @@ class ConvertContext:
         if value.name in self.consts:
             self.add_constant(onnx_name, self.consts[value.name])
             return
-        new_nodes = self.nodes[self._first_new:]
+        new_nodes = self.nodes[self._first_new :]
         producer = self._producers.get(value.name)
         if not any(producer is node for node in new_nodes) or value.name == onnx_name:
             self.values[onnx_name] = value

@@ -89,8 +89,9 @@ def conv_transpose(ctx: ConvertContext):
     window = _window_2d(strides, dilations, begins, ends)
     if rank == 1:
         x, weight, extra = _as_2d(ctx, x), _as_2d(ctx, weight), [0, *extra]
-    y = ctx.conv2d_transpose(x, weight, *bias, groups=ctx.attr("group", 1),
-                             output_padding=extra, **window)
+    y = ctx.conv2d_transpose(
+        x, weight, *bias, groups=ctx.attr("group", 1), output_padding=extra, **window
+    )
     return ctx.squeeze(y, axes=(2,)) if rank == 1 else y
 
 
@@ -103,7 +104,7 @@ def _transpose_pads(ctx: ConvertContext, sizes, kernel, strides, dilations, extr
         return _auto_pads(ctx, sizes, kernel, strides, dilations)
     if target is None:
         target = [n * s for n, s in zip(sizes, strides, strict=True)]
-    target = list(target)[-len(sizes):]
+    target = list(target)[-len(sizes) :]
     begins, ends = [], []
     for n, k, s, d, p, out in zip(sizes, kernel, strides, dilations, extra, target, strict=True):
         total = s * (n - 1) + p + (k - 1) * d + 1 - out

@@ -6,10 +6,26 @@ import onnx
 
 from .convert_base import ConvertContext, converts, onnx_dtype
 
-_BINARY = {"Sub": "subtract", "Mul": "multiply", "Div": "divide", "Pow": "power",
-           "Equal": "equal", "Greater": "greater", "Less": "less"}
-_UNARY = {"Neg": "negative", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt",
-          "Tanh": "tanh", "Sigmoid": "sigmoid", "Erf": "erf", "Relu": "relu"}
+_BINARY = {
+    "Sub": "subtract",
+    "Mul": "multiply",
+    "Div": "divide",
+    "Pow": "power",
+    "Equal": "equal",
+    "Greater": "greater",
+    "Less": "less",
+}
+_UNARY = {
+    "Neg": "negative",
+    "Abs": "abs",
+    "Exp": "exp",
+    "Log": "log",
+    "Sqrt": "sqrt",
+    "Tanh": "tanh",
+    "Sigmoid": "sigmoid",
+    "Erf": "erf",
+    "Relu": "relu",
+}
 _VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
 
 
@@ -33,9 +49,15 @@ def _biased_dense(ctx: ConvertContext, product, bias):
     # add(dense(x, W), constant b[N]) -> dense(x, W, b): how the exporter writes a biased dense.
     node = ctx.producer(product)
     units = product.shape[-1:]
-    if (node is None or node.op != "dense" or len(node.inputs) != 2
-            or not ctx.single_use(product) or not ctx.is_constant(bias)
-            or bias.dtype != product.dtype or bias.shape not in (units, (1,), ())):
+    if (
+        node is None
+        or node.op != "dense"
+        or len(node.inputs) != 2
+        or not ctx.single_use(product)
+        or not ctx.is_constant(bias)
+        or bias.dtype != product.dtype
+        or bias.shape not in (units, (1,), ())
+    ):
         return None
     bias = ctx.broadcast_to(ctx.reshape(bias, newshape=(-1,)), shape=units)  # folds to [N]
     return ctx.dense(*(ctx.core_value(n) for n in node.inputs), bias)

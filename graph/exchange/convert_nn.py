@@ -59,8 +59,11 @@ def batch_norm(ctx: ConvertContext):
     batch_var = ctx.mean(centered * centered, axes=axes)
     momentum = ctx.attr("momentum", 0.9)
     y = ctx.batch_norm(x, scale, bias, batch_mean, batch_var, axis=1, epsilon=epsilon)
-    return (y, mean * momentum + batch_mean * (1 - momentum),
-            var * momentum + batch_var * (1 - momentum))
+    return (
+        y,
+        mean * momentum + batch_mean * (1 - momentum),
+        var * momentum + batch_var * (1 - momentum),
+    )
 
 
 def _as(ctx: ConvertContext, value, dtype: str):

@@ -2,8 +2,13 @@
 
 from .convert_base import ConvertContext, converts
 
-_REDUCE = {"ReduceSum": "sum", "ReduceMean": "mean", "ReduceMax": "max", "ReduceMin": "min",
-           "ReduceProd": "prod"}
+_REDUCE = {
+    "ReduceSum": "sum",
+    "ReduceMean": "mean",
+    "ReduceMax": "max",
+    "ReduceMin": "min",
+    "ReduceProd": "prod",
+}
 
 
 @converts(*_REDUCE, constant_inputs=(1,))
@@ -23,6 +28,10 @@ def reduce(ctx: ConvertContext):
 
 @converts("ArgMax", "ArgMin")
 def arg_reduce(ctx: ConvertContext):
-    return ctx.op(ctx.node.op_type.lower(), ctx.input(0), axis=ctx.attr("axis", 0),
-                  keepdims=bool(ctx.attr("keepdims", 1)),
-                  select_last_index=bool(ctx.attr("select_last_index", 0)))
+    return ctx.op(
+        ctx.node.op_type.lower(),
+        ctx.input(0),
+        axis=ctx.attr("axis", 0),
+        keepdims=bool(ctx.attr("keepdims", 1)),
+        select_last_index=bool(ctx.attr("select_last_index", 0)),
+    )

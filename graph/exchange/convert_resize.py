@@ -28,15 +28,24 @@ def resize(ctx: ConvertContext):
     else:
         raise ctx.error("needs scales or sizes")
     mode = ctx.attr("coordinate_transformation_mode", "half_pixel")
-    starts, ends = _roi(ctx, rank, axes) if mode == "tf_crop_and_resize" else ([0.0] * rank,
-                                                                              [1.0] * rank)
-    moved = [i for i in range(rank) if size[i] != x.shape[i] or (scale and scale[i] != 1.0)
-             or (starts[i], ends[i]) != (0.0, 1.0)]
+    starts, ends = (
+        _roi(ctx, rank, axes) if mode == "tf_crop_and_resize" else ([0.0] * rank, [1.0] * rank)
+    )
+    moved = [
+        i
+        for i in range(rank)
+        if size[i] != x.shape[i]
+        or (scale and scale[i] != 1.0)
+        or (starts[i], ends[i]) != (0.0, 1.0)
+    ]
     if rank < 2 or min(moved, default=rank) < rank - 2:
         raise ctx.unsupported(f"resizing axes {moved} (the core resizes only the last two)")
     return ctx.resize2d(
-        x, size=size[-2:], scale=scale[-2:] if scale else None,
-        method=ctx.attr("mode", "nearest"), coordinate_transformation_mode=mode,
+        x,
+        size=size[-2:],
+        scale=scale[-2:] if scale else None,
+        method=ctx.attr("mode", "nearest"),
+        coordinate_transformation_mode=mode,
         rounding_method=ctx.attr("nearest_mode", "round_prefer_floor"),
         cubic_alpha=ctx.attr("cubic_coeff_a", -0.75),
         exclude_outside=bool(ctx.attr("exclude_outside", 0)),

@@ -39,7 +39,7 @@ def constant_of_shape(ctx: ConvertContext):
 @converts("Shape")
 def shape(ctx: ConvertContext):
     dims = ctx.input(0).shape
-    return ctx.const(np.array(dims[ctx.attr("start", 0):ctx.attr("end", len(dims))], np.int64))
+    return ctx.const(np.array(dims[ctx.attr("start", 0) : ctx.attr("end", len(dims))], np.int64))
 
 
 @converts("Flatten")
@@ -101,9 +101,13 @@ def slice_(ctx: ConvertContext):
         array = ctx.optional_constant(i, what)
         return None if array is None else array.tolist()
 
-    return ctx.strided_slice(ctx.input(0), begin=ctx.constant(1, "starts").tolist(),
-                             end=ctx.constant(2, "ends").tolist(),
-                             axes=ints(3, "axes"), strides=ints(4, "steps"))
+    return ctx.strided_slice(
+        ctx.input(0),
+        begin=ctx.constant(1, "starts").tolist(),
+        end=ctx.constant(2, "ends").tolist(),
+        axes=ints(3, "axes"),
+        strides=ints(4, "steps"),
+    )
 
 
 @converts("Gather")
@@ -142,5 +146,9 @@ def pad(ctx: ConvertContext):
         return x
     # Negative pads crop.
     cropped = [i for i in range(x.ndim) if min(begins[i], ends[i]) < 0]
-    return ctx.strided_slice(x, begin=[max(0, -begins[i]) for i in cropped],
-                             end=[x.shape[i] - max(0, -ends[i]) for i in cropped], axes=cropped)
+    return ctx.strided_slice(
+        x,
+        begin=[max(0, -begins[i]) for i in cropped],
+        end=[x.shape[i] - max(0, -ends[i]) for i in cropped],
+        axes=cropped,
+    )

@@ -48,9 +48,15 @@ def emit_cast(w: OnnxWriter, node: Node) -> None:
     # types need opset 19, which the exporter has checked. e8m0 rounds up unless told to round
     # to nearest, as coretune (ml_dtypes) does.
     float8 = dtype.startswith("float8")
-    w.emit("Cast", node.inputs, node.outputs, node.name, to=onnx_dtype(dtype),
-           saturate=node.attrs["saturate"] if float8 else None,
-           round_mode="nearest" if dtype == "float8_e8m0fnu" else None)
+    w.emit(
+        "Cast",
+        node.inputs,
+        node.outputs,
+        node.name,
+        to=onnx_dtype(dtype),
+        saturate=node.attrs["saturate"] if float8 else None,
+        round_mode="nearest" if dtype == "float8_e8m0fnu" else None,
+    )
 
 
 # ---- dense algebra and normalisation ---------------------------------------------------------
@@ -94,8 +100,14 @@ def emit_batch_norm(w: OnnxWriter, node: Node) -> None:
 
 def emit_layer_norm(w: OnnxWriter, node: Node) -> None:
     if w.opset >= 17:
-        w.emit("LayerNormalization", node.inputs, node.outputs, node.name,
-               axis=node.attrs["axis"], epsilon=node.attrs["epsilon"])
+        w.emit(
+            "LayerNormalization",
+            node.inputs,
+            node.outputs,
+            node.name,
+            axis=node.attrs["axis"],
+            epsilon=node.attrs["epsilon"],
+        )
         return
     # Opsets 13-16 have no LayerNormalization: write out its definition.
     data, gamma, *beta = node.inputs
@@ -115,8 +127,9 @@ def emit_layer_norm(w: OnnxWriter, node: Node) -> None:
 
 
 # ---- reductions ----------------------------------------------------------------------------
-def reduce(w: OnnxWriter, node: Node, op_type: str, data: str, axes, keepdims: bool,
-           out: str | None = None) -> str:
+def reduce(
+    w: OnnxWriter, node: Node, op_type: str, data: str, axes, keepdims: bool, out: str | None = None
+) -> str:
     """Emit a Reduce* node; axes move from attribute to input at opset 13 (ReduceSum) or 18
     (the others). ``axes=None`` reduces everything. Returns the output's name."""
     attrs = {"keepdims": keepdims}
@@ -145,23 +158,46 @@ def reduction(op_type: str) -> Emitter:
 
 # ---- spatial -------------------------------------------------------------------------------
 def _window_attrs(node: Node) -> dict:
-    return {"strides": node.attrs["strides"], "pads": node.attrs["padding"],
-            "dilations": node.attrs["dilation"]}
+    return {
+        "strides": node.attrs["strides"],
+        "pads": node.attrs["padding"],
+        "dilations": node.attrs["dilation"],
+    }
 
 
 def emit_conv2d(w: OnnxWriter, node: Node) -> None:
-    w.emit("Conv", node.inputs, node.outputs, node.name, group=node.attrs["groups"],
-           **_window_attrs(node))
+    w.emit(
+        "Conv",
+        node.inputs,
+        node.outputs,
+        node.name,
+        group=node.attrs["groups"],
+        **_window_attrs(node),
+    )
 
 
 def emit_conv2d_transpose(w: OnnxWriter, node: Node) -> None:
-    w.emit("ConvTranspose", node.inputs, node.outputs, node.name, group=node.attrs["groups"],
-           output_padding=node.attrs["output_padding"], **_window_attrs(node))
+    w.emit(
+        "ConvTranspose",
+        node.inputs,
+        node.outputs,
+        node.name,
+        group=node.attrs["groups"],
+        output_padding=node.attrs["output_padding"],
+        **_window_attrs(node),
+    )
 
 
 def emit_max_pool2d(w: OnnxWriter, node: Node) -> None:
-    w.emit("MaxPool", node.inputs, node.outputs, node.name, kernel_shape=node.attrs["pool_size"],
-           ceil_mode=node.attrs["ceil_mode"], **_window_attrs(node))
+    w.emit(
+        "MaxPool",
+        node.inputs,
+        node.outputs,
+        node.name,
+        kernel_shape=node.attrs["pool_size"],
+        ceil_mode=node.attrs["ceil_mode"],
+        **_window_attrs(node),
+    )
 
 
 def emit_avg_pool2d(w: OnnxWriter, node: Node) -> None:
@@ -170,9 +206,16 @@ def emit_avg_pool2d(w: OnnxWriter, node: Node) -> None:
         del attrs["dilations"]  # AveragePool takes dilations from opset 19 only
     else:
         w.require(node, 19, "dilated average pooling")
-    w.emit("AveragePool", node.inputs, node.outputs, node.name,
-           kernel_shape=node.attrs["pool_size"], ceil_mode=node.attrs["ceil_mode"],
-           count_include_pad=node.attrs["count_include_pad"], **attrs)
+    w.emit(
+        "AveragePool",
+        node.inputs,
+        node.outputs,
+        node.name,
+        kernel_shape=node.attrs["pool_size"],
+        ceil_mode=node.attrs["ceil_mode"],
+        count_include_pad=node.attrs["count_include_pad"],
+        **attrs,
+    )
 
 
 # ---- data movement -------------------------------------------------------------------------
@@ -194,8 +237,13 @@ def emit_reshape(w: OnnxWriter, node: Node) -> None:
     if 0 in newshape:  # a 0 is a size here; ONNX reads it as 'copy' unless allowzero=1
         w.require(node, 14, "a 0 in newshape (Reshape allowzero)")
         allowzero = 1
-    w.emit("Reshape", [node.inputs[0], w.ints(node, "shape", newshape)], node.outputs,
-           node.name, allowzero=allowzero)
+    w.emit(
+        "Reshape",
+        [node.inputs[0], w.ints(node, "shape", newshape)],
+        node.outputs,
+        node.name,
+        allowzero=allowzero,
+    )
 
 
 def emit_transpose(w: OnnxWriter, node: Node) -> None:
@@ -207,9 +255,13 @@ def emit_transpose(w: OnnxWriter, node: Node) -> None:
 
 def emit_strided_slice(w: OnnxWriter, node: Node) -> None:
     a = node.attrs
-    inputs = [node.inputs[0], w.ints(node, "starts", a["begin"]), w.ints(node, "ends", a["end"]),
-              "" if a["axes"] is None else w.ints(node, "axes", a["axes"]),
-              "" if a["strides"] is None else w.ints(node, "steps", a["strides"])]
+    inputs = [
+        node.inputs[0],
+        w.ints(node, "starts", a["begin"]),
+        w.ints(node, "ends", a["end"]),
+        "" if a["axes"] is None else w.ints(node, "axes", a["axes"]),
+        "" if a["strides"] is None else w.ints(node, "steps", a["strides"]),
+    ]
     w.emit("Slice", inputs, node.outputs, node.name)
 
 
@@ -237,22 +289,33 @@ def emit_resize2d(w: OnnxWriter, node: Node) -> None:
     roi = scales = sizes = ""
     if mode == "tf_crop_and_resize":
         box = list(a["roi"] or (0.0, 0.0, 1.0, 1.0))
-        roi = w.constant(node, "roi", np.array([0.0] * lead + box[:2] + [1.0] * lead + box[2:],
-                                               dtype=np.float32))
+        roi = w.constant(
+            node, "roi", np.array([0.0] * lead + box[:2] + [1.0] * lead + box[2:], dtype=np.float32)
+        )
     if _needs_scales(node, shape[-2:]):
         scales = w.constant(node, "scales", np.array([1.0] * lead + list(a["scale"]), np.float32))
     else:
         sizes = w.ints(node, "sizes", [*shape[:-2], *a["size"]])
-    w.emit("Resize", [node.inputs[0], roi, scales, sizes], node.outputs, node.name,
-           mode=a["method"], coordinate_transformation_mode=mode,
-           nearest_mode=a["rounding_method"], cubic_coeff_a=a["cubic_alpha"],
-           exclude_outside=a["exclude_outside"], extrapolation_value=a["extrapolation_value"])
+    w.emit(
+        "Resize",
+        [node.inputs[0], roi, scales, sizes],
+        node.outputs,
+        node.name,
+        mode=a["method"],
+        coordinate_transformation_mode=mode,
+        nearest_mode=a["rounding_method"],
+        cubic_coeff_a=a["cubic_alpha"],
+        exclude_outside=a["exclude_outside"],
+        extrapolation_value=a["extrapolation_value"],
+    )
 
 
 def _needs_scales(node: Node, in_hw) -> bool:
     scale, size = node.attrs["scale"], node.attrs["size"]
     if scale is None or node.attrs["coordinate_transformation_mode"] in (
-            "align_corners", "tf_crop_and_resize"):  # these modes never read the scale
+        "align_corners",
+        "tf_crop_and_resize",
+    ):  # these modes never read the scale
         return False
     # ONNX derives the scale from sizes in float32; only a different scale needs scales.
     f32 = np.float32
@@ -260,17 +323,37 @@ def _needs_scales(node: Node, in_hw) -> bool:
         return False
     implied = [int(np.floor(f32(s) * f32(i))) for s, i in zip(scale, in_hw, strict=True)]
     if implied != list(size):
-        raise CoretuneError(f"node {node.name!r} (resize2d): ONNX Resize cannot combine scale "
-                            f"{scale} with size {size}: its scales give size {tuple(implied)}")
+        raise CoretuneError(
+            f"node {node.name!r} (resize2d): ONNX Resize cannot combine scale "
+            f"{scale} with size {size}: its scales give size {tuple(implied)}"
+        )
     return True
 
 
 _DIRECT = {
-    "add": "Add", "subtract": "Sub", "multiply": "Mul", "divide": "Div", "power": "Pow",
-    "maximum": "Max", "minimum": "Min", "greater": "Greater", "less": "Less", "equal": "Equal",
-    "negative": "Neg", "abs": "Abs", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "tanh": "Tanh",
-    "sigmoid": "Sigmoid", "erf": "Erf", "relu": "Relu", "where": "Where", "matmul": "MatMul",
-    "global_avg_pool2d": "GlobalAveragePool", "global_max_pool2d": "GlobalMaxPool",
+    "add": "Add",
+    "subtract": "Sub",
+    "multiply": "Mul",
+    "divide": "Div",
+    "power": "Pow",
+    "maximum": "Max",
+    "minimum": "Min",
+    "greater": "Greater",
+    "less": "Less",
+    "equal": "Equal",
+    "negative": "Neg",
+    "abs": "Abs",
+    "exp": "Exp",
+    "log": "Log",
+    "sqrt": "Sqrt",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+    "erf": "Erf",
+    "relu": "Relu",
+    "where": "Where",
+    "matmul": "MatMul",
+    "global_avg_pool2d": "GlobalAveragePool",
+    "global_max_pool2d": "GlobalMaxPool",
 }
 
 EMITTERS: dict[str, Emitter] = {
@@ -305,8 +388,10 @@ EMITTERS: dict[str, Emitter] = {
     "max": reduction("ReduceMax"),
     "min": reduction("ReduceMin"),
     "prod": reduction("ReduceProd"),
-    "argmax": direct("ArgMax", axis="axis", keepdims="keepdims",
-                     select_last_index="select_last_index"),
-    "argmin": direct("ArgMin", axis="axis", keepdims="keepdims",
-                     select_last_index="select_last_index"),
+    "argmax": direct(
+        "ArgMax", axis="axis", keepdims="keepdims", select_last_index="select_last_index"
+    ),
+    "argmin": direct(
+        "ArgMin", axis="axis", keepdims="keepdims", select_last_index="select_last_index"
+    ),
 }

@@ -33,8 +33,16 @@ MIN_OPSET = 13
 ONNXRUNTIME_OPSET = 28
 # The opset that added each element type newer than opset 13.
 _DTYPE_OPSET = {
-    "float8_e4m3fn": 19, "float8_e4m3fnuz": 19, "float8_e5m2": 19, "float8_e5m2fnuz": 19,
-    "int4": 21, "uint4": 21, "float4_e2m1fn": 23, "float8_e8m0fnu": 24, "int2": 25, "uint2": 25,
+    "float8_e4m3fn": 19,
+    "float8_e4m3fnuz": 19,
+    "float8_e5m2": 19,
+    "float8_e5m2fnuz": 19,
+    "int4": 21,
+    "uint4": 21,
+    "float4_e2m1fn": 23,
+    "float8_e8m0fnu": 24,
+    "int2": 25,
+    "uint2": 25,
 }
 
 
@@ -66,17 +74,23 @@ def export_onnx(graph: Graph, opset: int | None = None) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise CoretuneError(f"graph {graph.name!r} has no valid ONNX form at opset {opset}: "
-                            f"{exc}") from None
+        raise CoretuneError(
+            f"graph {graph.name!r} has no valid ONNX form at opset {opset}: {exc}"
+        ) from None
     return model
 
 
 def _check_opset(opset) -> int:
     newest = onnx.defs.onnx_opset_version()
-    if (isinstance(opset, bool) or not isinstance(opset, int | np.integer)
-            or not MIN_OPSET <= opset <= newest):
-        raise CoretuneError(f"opset must be an integer in {MIN_OPSET}..{newest} (the newest this "
-                            f"onnx {onnx.__version__} knows), got {opset!r}")
+    if (
+        isinstance(opset, bool)
+        or not isinstance(opset, int | np.integer)
+        or not MIN_OPSET <= opset <= newest
+    ):
+        raise CoretuneError(
+            f"opset must be an integer in {MIN_OPSET}..{newest} (the newest this "
+            f"onnx {onnx.__version__} knows), got {opset!r}"
+        )
     return int(opset)
 
 
@@ -117,8 +131,10 @@ class OnnxWriter:
 
     def require(self, node: Node, opset: int, feature: str) -> None:
         if self.opset < opset:
-            raise CoretuneError(f"node {node.name!r} ({node.op}): {feature} needs ONNX opset "
-                                f">= {opset}, exporting at {self.opset}")
+            raise CoretuneError(
+                f"node {node.name!r} ({node.op}): {feature} needs ONNX opset "
+                f">= {opset}, exporting at {self.opset}"
+            )
 
     def emit(self, op_type: str, inputs, outputs, name: str, **attrs) -> None:
         """Add one ONNX node. Trailing absent inputs ("") are dropped, attributes that are None
@@ -163,10 +179,14 @@ class OnnxWriter:
         output_names = {o.name for o in outputs}
         produced = [out for node in graph.nodes for out in node.outputs]
         used = {name for node in self.nodes for name in node.input}
-        params = [numpy_helper.from_array(array, name)
-                  for name, array in graph.params.items() if name in used]
+        params = [
+            numpy_helper.from_array(array, name)
+            for name, array in graph.params.items()
+            if name in used
+        ]
         body = helper.make_graph(
-            self.nodes, graph.name,
+            self.nodes,
+            graph.name,
             [value_info(name, ttype) for name, ttype in graph.inputs.items()],
             outputs,
             initializer=params + self.constants,
@@ -174,7 +194,10 @@ class OnnxWriter:
         )
         opsets = [helper.make_opsetid("", self.opset)]
         return helper.make_model(
-            body, opset_imports=opsets, producer_name="coretune", producer_version=__version__,
+            body,
+            opset_imports=opsets,
+            producer_name="coretune",
+            producer_version=__version__,
             ir_version=helper.find_min_ir_version_for(opsets),
         )
 

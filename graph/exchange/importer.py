@@ -68,8 +68,9 @@ def load_model(model) -> onnx.ModelProto:
         try:
             proto.ParseFromString(bytes(model))
         except DecodeError as exc:
-            raise ModelLoadError(f"{source} are not a readable ONNX model (truncated or not "
-                                 f"ONNX: {exc})") from None
+            raise ModelLoadError(
+                f"{source} are not a readable ONNX model (truncated or not ONNX: {exc})"
+            ) from None
     elif isinstance(model, str | os.PathLike):
         source = os.fspath(model)
         try:
@@ -77,11 +78,13 @@ def load_model(model) -> onnx.ModelProto:
         except OSError as exc:
             raise ModelLoadError(f"cannot read {source!r}: {exc.strerror or exc}") from None
         except (DecodeError, ValueError, onnx.checker.ValidationError) as exc:
-            raise ModelLoadError(f"{source!r} is not a readable ONNX model (truncated or not "
-                                 f"ONNX: {exc})") from None
+            raise ModelLoadError(
+                f"{source!r} is not a readable ONNX model (truncated or not ONNX: {exc})"
+            ) from None
     else:
-        raise ModelLoadError(f"expected a path, bytes or onnx.ModelProto, got "
-                             f"{type(model).__name__}")
+        raise ModelLoadError(
+            f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}"
+        )
     if proto.ir_version <= 0 or not proto.HasField("graph"):
         raise ModelLoadError(f"{source!r} is not an ONNX model (it has no IR version or graph)")
     return proto
@@ -92,8 +95,10 @@ def default_opset(proto: onnx.ModelProto) -> int:
     if not versions:
         raise UnsupportedModelError("the model imports no ai.onnx opset")
     if versions[0] > MAX_OPSET:
-        raise UnsupportedModelError(f"the model uses opset {versions[0]}; this coretune reads "
-                                    f"opsets {MIN_OPSET} to {MAX_OPSET}")
+        raise UnsupportedModelError(
+            f"the model uses opset {versions[0]}; this coretune reads "
+            f"opsets {MIN_OPSET} to {MAX_OPSET}"
+        )
     return versions[0]
 
 
@@ -102,9 +107,11 @@ def _upgrade(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(proto, MIN_OPSET)
     except Exception as exc:  # noqa: BLE001  (the converter raises many types; all mean 'failed')
-        raise UnsupportedModelError(f"the model uses opset {opset}; coretune reads opsets "
-                                    f"{MIN_OPSET} to {MAX_OPSET}, and converting it to opset "
-                                    f"{MIN_OPSET} failed: {exc}") from None
+        raise UnsupportedModelError(
+            f"the model uses opset {opset}; coretune reads opsets "
+            f"{MIN_OPSET} to {MAX_OPSET}, and converting it to opset "
+            f"{MIN_OPSET} failed: {exc}"
+        ) from None
 
 
 def _node_names(graph: onnx.GraphProto) -> list[str]:
@@ -127,24 +134,29 @@ Problems = dict[tuple[str, str], list[str]]  # (feature, "node" or "value") -> n
 def scan(graph: onnx.GraphProto, names: list[str]) -> Problems:
     """Everything in the graph coretune cannot import, and where it is used."""
     problems: Problems = defaultdict(list)
-    declared = [*graph.input, *(o for o in graph.output if o.type.WhichOneof("value")
-                                 and o.type.tensor_type.elem_type)]  # outputs may be untyped
+    declared = [
+        *graph.input,
+        *(o for o in graph.output if o.type.WhichOneof("value") and o.type.tensor_type.elem_type),
+    ]  # outputs may be untyped
     for info in declared:
         kind = info.type.WhichOneof("value")
         if kind != "tensor_type":
             problems[f"{kind or 'untyped'} values (only tensors are supported)", "value"].append(
-                info.name)
+                info.name
+            )
         elif onnx_dtype(info.type.tensor_type.elem_type) is None:
             dtype = onnx.TensorProto.DataType.Name(info.type.tensor_type.elem_type)
             problems[f"{dtype} tensors", "value"].append(info.name)
     if graph.sparse_initializer:
-        problems["sparse initializers", "value"].extend(t.values.name
-                                                        for t in graph.sparse_initializer)
+        problems["sparse initializers", "value"].extend(
+            t.values.name for t in graph.sparse_initializer
+        )
     for node, name in zip(graph.node, names, strict=True):
         converter = CONVERTERS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
         if converter is None:
-            op_type = node.op_type if node.domain in _DEFAULT_DOMAINS else \
-                f"{node.domain}.{node.op_type}"
+            op_type = (
+                node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+            )
             problems[op_type, "node"].append(name)
             continue
         reason = converter.check and converter.check(node, attribute_values(node))
@@ -160,16 +172,21 @@ def _require_supported(proto: onnx.ModelProto, opset: int) -> None:
 
 
 def _unsupported(proto: onnx.ModelProto, opset: int, problems: Problems):
-    lines = [f"cannot import ONNX model {proto.graph.name!r} (opset {opset}): it uses "
-             f"{len(problems)} thing(s) coretune does not support:"]
-    lines += [f"  {what}: {kind}{'s' * (len(names) > 1)} {', '.join(map(repr, names))}"
-              for (what, kind), names in problems.items()]
+    lines = [
+        f"cannot import ONNX model {proto.graph.name!r} (opset {opset}): it uses "
+        f"{len(problems)} thing(s) coretune does not support:"
+    ]
+    lines += [
+        f"  {what}: {kind}{'s' * (len(names) > 1)} {', '.join(map(repr, names))}"
+        for (what, kind), names in problems.items()
+    ]
     return UnsupportedModelError("\n".join(lines))
 
 
 # ---- converting -----------------------------------------------------------------------------
-def _convert(proto: onnx.ModelProto, opset: int, input_shapes: dict[str, tuple],
-             input_values: dict) -> Graph:
+def _convert(
+    proto: onnx.ModelProto, opset: int, input_shapes: dict[str, tuple], input_values: dict
+) -> Graph:
     graph = proto.graph
     names = _node_names(graph)  # after the opset upgrade, which may add nodes
     ctx = ConvertContext(_all_names(graph, names), _use_counts(graph))
@@ -219,13 +236,16 @@ def _use_counts(graph: onnx.GraphProto) -> dict[str, int]:
     return counts
 
 
-def _declare(ctx: ConvertContext, graph: onnx.GraphProto, input_shapes: dict,
-             input_values: dict) -> None:
+def _declare(
+    ctx: ConvertContext, graph: onnx.GraphProto, input_shapes: dict, input_values: dict
+) -> None:
     initializers = {t.name: t for t in graph.initializer}
     unknown = sorted((set(input_shapes) | set(input_values)) - {i.name for i in graph.input})
     if unknown:
-        raise InputError(f"input_shapes/input_values name unknown input(s) {', '.join(unknown)}; "
-                         f"the model's inputs are {', '.join(i.name for i in graph.input)}")
+        raise InputError(
+            f"input_shapes/input_values name unknown input(s) {', '.join(unknown)}; "
+            f"the model's inputs are {', '.join(i.name for i in graph.input)}"
+        )
     for info in graph.input:
         if info.name in input_values:
             ttype = _input_type(info, np.shape(input_values[info.name]))
@@ -237,8 +257,9 @@ def _declare(ctx: ConvertContext, graph: onnx.GraphProto, input_shapes: dict,
             try:
                 ctx.add_constant(name, numpy_helper.to_array(tensor))
             except Unsupported as exc:
-                raise UnsupportedModelError(f"initializer {name!r}: {exc} are not supported") \
-                    from None
+                raise UnsupportedModelError(
+                    f"initializer {name!r}: {exc} are not supported"
+                ) from None
 
 
 def constant_inputs(model: onnx.ModelProto) -> set[str]:
@@ -267,24 +288,38 @@ def constant_inputs(model: onnx.ModelProto) -> set[str]:
 
 def _input_type(info: onnx.ValueInfoProto, override) -> TensorType:
     tensor_type = info.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in tensor_type.shape.dim] if tensor_type.HasField("shape") else None
+    dims = (
+        [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tensor_type.shape.dim
+        ]
+        if tensor_type.HasField("shape")
+        else None
+    )
     dtype = onnx_dtype(tensor_type.elem_type)
     if override is not None:
         shape = tuple(int(d) for d in override)
-        if dims is not None and (len(dims) != len(shape) or any(
-                isinstance(d, int) and d != s for d, s in zip(dims, shape, strict=True))):
-            raise InputError(f"input_shapes gives input {info.name!r} the shape {shape}, but the "
-                             f"model declares {tuple(dims)}")
+        if dims is not None and (
+            len(dims) != len(shape)
+            or any(isinstance(d, int) and d != s for d, s in zip(dims, shape, strict=True))
+        ):
+            raise InputError(
+                f"input_shapes gives input {info.name!r} the shape {shape}, but the "
+                f"model declares {tuple(dims)}"
+            )
         return TensorType(shape, dtype)
     if dims is None:
-        raise InputError(f"input {info.name!r} has no declared shape; give it with "
-                         f"import_onnx(..., input_shapes={{{info.name!r}: (...)}})")
+        raise InputError(
+            f"input {info.name!r} has no declared shape; give it with "
+            f"import_onnx(..., input_shapes={{{info.name!r}: (...)}})"
+        )
     for i, d in enumerate(dims):
         if not isinstance(d, int):
-            raise InputError(f"input {info.name!r}: dimension {i} ({d or 'unknown'}) has no "
-                             f"static size; give the shape with import_onnx(..., "
-                             f"input_shapes={{{info.name!r}: (...)}})")
+            raise InputError(
+                f"input {info.name!r}: dimension {i} ({d or 'unknown'}) has no "
+                f"static size; give the shape with import_onnx(..., "
+                f"input_shapes={{{info.name!r}: (...)}})"
+            )
     return TensorType(tuple(dims), dtype)
 
 
@@ -301,8 +336,15 @@ def _bind_outputs(ctx: ConvertContext, outputs: list[str]) -> list[str]:
             continue
         elif value.name in ctx.inputs or value.name in outputs:
             # The core op set has no identity; a same-shape reshape is the cheapest copy.
-            ctx.nodes.append(Node(ctx.fresh(f"{name}_copy"), "reshape", [value.name], [name],
-                                  {"newshape": value.shape}))
+            ctx.nodes.append(
+                Node(
+                    ctx.fresh(f"{name}_copy"),
+                    "reshape",
+                    [value.name],
+                    [name],
+                    {"newshape": value.shape},
+                )
+            )
         else:
             for node in ctx.nodes:
                 node.inputs = [name if n == value.name else n for n in node.inputs]

@@ -32,8 +32,9 @@ def _window_out(op, size, kernel, stride, pad_begin, pad_end, dilation, ceil_mod
 
 def _out_hw(op, hw, kernel, strides, padding, dilation, ceil_mode=False):
     return tuple(
-        _window_out(op, hw[i], kernel[i], strides[i], padding[i], padding[i + 2], dilation[i],
-                    ceil_mode)
+        _window_out(
+            op, hw[i], kernel[i], strides[i], padding[i], padding[i + 2], dilation[i], ceil_mode
+        )
         for i in range(2)
     )
 
@@ -76,11 +77,19 @@ def _conv2d(data, weight, bias=None, *, strides, padding, dilation, groups):
     return (out if bias is None else out + bias.reshape(1, -1, 1, 1),)
 
 
-register(OpDef(
-    "conv2d", 2, Pattern.OUT_ELEMWISE_FUSABLE, ("data", "weight", "bias?"), _conv2d_shape,
-    all_same_dtype("conv2d"), _conv2d, (*_WINDOW_ATTRS, Attr("groups", "int", 1)),
-    "2-D convolution, NCHW data and OIHW weight; groups = channels gives depthwise",
-))
+register(
+    OpDef(
+        "conv2d",
+        2,
+        Pattern.OUT_ELEMWISE_FUSABLE,
+        ("data", "weight", "bias?"),
+        _conv2d_shape,
+        all_same_dtype("conv2d"),
+        _conv2d,
+        (*_WINDOW_ATTRS, Attr("groups", "int", 1)),
+        "2-D convolution, NCHW data and OIHW weight; groups = channels gives depthwise",
+    )
+)
 
 
 def _conv2d_transpose_shape(shapes, strides, padding, output_padding, dilation, groups):
@@ -89,26 +98,39 @@ def _conv2d_transpose_shape(shapes, strides, padding, output_padding, dilation, 
     require_rank("conv2d_transpose", weight, 4, "weight")
     _check_window("conv2d_transpose", strides, padding, dilation)
     if groups < 1 or data[1] != weight[0] or data[1] % groups:
-        raise shape_error("conv2d_transpose", f"channels: data {data}, weight {weight} (I, O/g, kh, kw)")
-    if len(output_padding) != 2 or any(not 0 <= p < max(s, d) for p, s, d
-                                       in zip(output_padding, strides, dilation, strict=True)):
+        raise shape_error(
+            "conv2d_transpose", f"channels: data {data}, weight {weight} (I, O/g, kh, kw)"
+        )
+    if len(output_padding) != 2 or any(
+        not 0 <= p < max(s, d) for p, s, d in zip(output_padding, strides, dilation, strict=True)
+    ):
         raise shape_error("conv2d_transpose", f"output_padding {output_padding} out of range")
     out_c = weight[1] * groups
     if bias and bias[0] != (out_c,):
         raise shape_error("conv2d_transpose", f"bias {bias[0]} must be ({out_c},)")
-    hw = [(data[2 + i] - 1) * strides[i] + dilation[i] * (weight[2 + i] - 1) + 1
-          + output_padding[i] - padding[i] - padding[i + 2] for i in range(2)]
+    hw = [
+        (data[2 + i] - 1) * strides[i]
+        + dilation[i] * (weight[2 + i] - 1)
+        + 1
+        + output_padding[i]
+        - padding[i]
+        - padding[i + 2]
+        for i in range(2)
+    ]
     if min(hw) < 1:
         raise shape_error("conv2d_transpose", f"padding leaves an empty output {tuple(hw)}")
     return [(data[0], out_c, *hw)]
 
 
-def _conv2d_transpose(data, weight, bias=None, *, strides, padding, output_padding, dilation,
-                      groups):
+def _conv2d_transpose(
+    data, weight, bias=None, *, strides, padding, output_padding, dilation, groups
+):
     n, c, h, w = data.shape
     _, og, kh, kw = weight.shape
-    full = [(h - 1) * strides[0] + dilation[0] * (kh - 1) + 1 + output_padding[0],
-            (w - 1) * strides[1] + dilation[1] * (kw - 1) + 1 + output_padding[1]]
+    full = [
+        (h - 1) * strides[0] + dilation[0] * (kh - 1) + 1 + output_padding[0],
+        (w - 1) * strides[1] + dilation[1] * (kw - 1) + 1 + output_padding[1],
+    ]
     out = np.zeros((n, groups, og, *full), dtype=np.result_type(data, weight))
     x = data.reshape(n, groups, c // groups, h, w)
     wt = weight.reshape(groups, c // groups, og, kh, kw)
@@ -116,19 +138,29 @@ def _conv2d_transpose(data, weight, bias=None, *, strides, padding, output_paddi
         for j in range(kw):
             part = np.einsum("ngchw,gco->ngohw", x, wt[..., i, j], optimize=True)
             r, s = i * dilation[0], j * dilation[1]
-            out[..., r: r + (h - 1) * strides[0] + 1: strides[0],
-                s: s + (w - 1) * strides[1] + 1: strides[1]] += part
+            out[
+                ...,
+                r : r + (h - 1) * strides[0] + 1 : strides[0],
+                s : s + (w - 1) * strides[1] + 1 : strides[1],
+            ] += part
     out = out.reshape(n, groups * og, *full)
-    out = out[:, :, padding[0]: full[0] - padding[2], padding[1]: full[1] - padding[3]]
+    out = out[:, :, padding[0] : full[0] - padding[2], padding[1] : full[1] - padding[3]]
     return (out if bias is None else out + bias.reshape(1, -1, 1, 1),)
 
 
-register(OpDef(
-    "conv2d_transpose", 2, Pattern.OUT_ELEMWISE_FUSABLE, ("data", "weight", "bias?"),
-    _conv2d_transpose_shape, all_same_dtype("conv2d_transpose"), _conv2d_transpose,
-    (*_WINDOW_ATTRS, Attr("output_padding", "ints", (0, 0)), Attr("groups", "int", 1)),
-    "transposed (fractionally strided) convolution; weight is (in, out / groups, kh, kw)",
-))
+register(
+    OpDef(
+        "conv2d_transpose",
+        2,
+        Pattern.OUT_ELEMWISE_FUSABLE,
+        ("data", "weight", "bias?"),
+        _conv2d_transpose_shape,
+        all_same_dtype("conv2d_transpose"),
+        _conv2d_transpose,
+        (*_WINDOW_ATTRS, Attr("output_padding", "ints", (0, 0)), Attr("groups", "int", 1)),
+        "transposed (fractionally strided) convolution; weight is (in, out / groups, kh, kw)",
+    )
+)
 
 _POOL_ATTRS = (Attr("pool_size", "ints"), *_WINDOW_ATTRS, Attr("ceil_mode", "bool", False))
 
@@ -164,22 +196,42 @@ def _avg_pool2d(x, pool_size, strides, padding, dilation, ceil_mode, count_inclu
     # never the overhang that ceil_mode adds past the padding.
     mask = np.ones((1, 1) + x.shape[2:], dtype=np.float64)
     if count_include_pad:
-        mask = np.pad(mask, ((0, 0), (0, 0), (padding[0], padding[2]), (padding[1], padding[3])),
-                      constant_values=1)
+        mask = np.pad(
+            mask,
+            ((0, 0), (0, 0), (padding[0], padding[2]), (padding[1], padding[3])),
+            constant_values=1,
+        )
         padding = (0, 0, 0, 0)  # the mask now carries the padding as ones
     count = _windows(mask, pool_size, strides, padding, dilation, out_hw).sum(axis=(4, 5))
     return (total / count,)
 
 
-register(OpDef(
-    "max_pool2d", 2, Pattern.OUT_ELEMWISE_FUSABLE, ("data",), _pool_shape("max_pool2d"),
-    first_dtype, _max_pool2d, _POOL_ATTRS, "max over each window (padding never wins)",
-))
-register(OpDef(
-    "avg_pool2d", 2, Pattern.OUT_ELEMWISE_FUSABLE, ("data",), _pool_shape("avg_pool2d"),
-    first_dtype, _avg_pool2d, (*_POOL_ATTRS, Attr("count_include_pad", "bool", False)),
-    "mean over each window; the divisor counts padding only with count_include_pad",
-))
+register(
+    OpDef(
+        "max_pool2d",
+        2,
+        Pattern.OUT_ELEMWISE_FUSABLE,
+        ("data",),
+        _pool_shape("max_pool2d"),
+        first_dtype,
+        _max_pool2d,
+        _POOL_ATTRS,
+        "max over each window (padding never wins)",
+    )
+)
+register(
+    OpDef(
+        "avg_pool2d",
+        2,
+        Pattern.OUT_ELEMWISE_FUSABLE,
+        ("data",),
+        _pool_shape("avg_pool2d"),
+        first_dtype,
+        _avg_pool2d,
+        (*_POOL_ATTRS, Attr("count_include_pad", "bool", False)),
+        "mean over each window; the divisor counts padding only with count_include_pad",
+    )
+)
 
 
 def _global_shape(op):
@@ -190,11 +242,29 @@ def _global_shape(op):
     return rule
 
 
-register(OpDef(
-    "global_avg_pool2d", 2, Pattern.REDUCTION, ("data",), _global_shape("global_avg_pool2d"),
-    first_dtype, lambda x: (x.mean(axis=(2, 3), keepdims=True),), (), "mean over H and W",
-))
-register(OpDef(
-    "global_max_pool2d", 2, Pattern.REDUCTION, ("data",), _global_shape("global_max_pool2d"),
-    first_dtype, lambda x: (x.max(axis=(2, 3), keepdims=True),), (), "max over H and W",
-))
+register(
+    OpDef(
+        "global_avg_pool2d",
+        2,
+        Pattern.REDUCTION,
+        ("data",),
+        _global_shape("global_avg_pool2d"),
+        first_dtype,
+        lambda x: (x.mean(axis=(2, 3), keepdims=True),),
+        (),
+        "mean over H and W",
+    )
+)
+register(
+    OpDef(
+        "global_max_pool2d",
+        2,
+        Pattern.REDUCTION,
+        ("data",),
+        _global_shape("global_max_pool2d"),
+        first_dtype,
+        lambda x: (x.max(axis=(2, 3), keepdims=True),),
+        (),
+        "max over H and W",
+    )
+)

@@ -15,8 +15,17 @@ def unary(name, fn, doc, attrs=(), level=1, float_only=False):
         return [dtypes[0]]
 
     return register(
-        OpDef(name, level, Pattern.ELEMWISE, ("x",), first_shape, dtype_rule,
-              lambda x, **a: (fn(x, **a),), attrs, doc)
+        OpDef(
+            name,
+            level,
+            Pattern.ELEMWISE,
+            ("x",),
+            first_shape,
+            dtype_rule,
+            lambda x, **a: (fn(x, **a),),
+            attrs,
+            doc,
+        )
     )
 
 
@@ -29,8 +38,17 @@ def binary(name, fn, doc, out_dtype=None, level=1):
         return [out_dtype or dtype]
 
     return register(
-        OpDef(name, level, Pattern.BROADCAST, ("a", "b"), shape_rule, dtype_rule,
-              lambda a, b: (fn(a, b),), (), doc)
+        OpDef(
+            name,
+            level,
+            Pattern.BROADCAST,
+            ("a", "b"),
+            shape_rule,
+            dtype_rule,
+            lambda a, b: (fn(a, b),),
+            (),
+            doc,
+        )
     )
 
 
@@ -64,9 +82,19 @@ def _power_dtype(dtypes, **_):
     return [dtypes[0]]  # the base's dtype, as ONNX Pow: the exponent may be of another type
 
 
-register(OpDef("power", 1, Pattern.BROADCAST, ("x", "y"),
-               lambda s, **_: [broadcast("power", *s)], _power_dtype,
-               lambda x, y: (_power(x, y),), (), "x ** y, in the dtype of x"))
+register(
+    OpDef(
+        "power",
+        1,
+        Pattern.BROADCAST,
+        ("x", "y"),
+        lambda s, **_: [broadcast("power", *s)],
+        _power_dtype,
+        lambda x, y: (_power(x, y),),
+        (),
+        "x ** y, in the dtype of x",
+    )
+)
 
 unary("negative", np.negative, "-x")
 unary("abs", np.abs, "|x|")
@@ -78,8 +106,13 @@ unary("tanh", np.tanh, "hyperbolic tangent", float_only=True)
 unary("sigmoid", scipy.special.expit, "1 / (1 + exp(-x))", float_only=True)
 unary("erf", scipy.special.erf, "Gauss error function", float_only=True)
 unary("relu", lambda x: np.maximum(x, 0), "max(x, 0)")
-unary("leaky_relu", lambda x, alpha: np.where(x >= 0, x, x * alpha), "x if x >= 0 else alpha * x",
-      attrs=(Attr("alpha", "float", 0.01),), float_only=True)
+unary(
+    "leaky_relu",
+    lambda x, alpha: np.where(x >= 0, x, x * alpha),
+    "x if x >= 0 else alpha * x",
+    attrs=(Attr("alpha", "float", 0.01),),
+    float_only=True,
+)
 
 
 def _clip(x, a_min, a_max):
@@ -88,8 +121,15 @@ def _clip(x, a_min, a_max):
     return np.minimum(np.maximum(x, lo), hi)  # a_min > a_max gives a_max, as numpy and ONNX
 
 
-unary("clip", _clip, "min(max(x, a_min), a_max); an absent bound does not clip",
-      attrs=(Attr("a_min", "float", None, optional=True), Attr("a_max", "float", None, optional=True)))
+unary(
+    "clip",
+    _clip,
+    "min(max(x, a_min), a_max); an absent bound does not clip",
+    attrs=(
+        Attr("a_min", "float", None, optional=True),
+        Attr("a_max", "float", None, optional=True),
+    ),
+)
 
 
 def _cast(x, dtype, saturate):
@@ -108,13 +148,22 @@ def _finite_range(dtype):
     return float(ml_dtypes.finfo(to_numpy(dtype)).max)
 
 
-register(OpDef(
-    "cast", 1, Pattern.ELEMWISE, ("x",), first_shape, lambda dtypes, dtype, saturate: [dtype],
-    lambda x, dtype, saturate: (_cast(x, dtype, saturate),),
-    (Attr("dtype", "dtype"),
-     Attr("saturate", "bool", True, doc="float8/float4 targets clip to their finite range")),
-    "convert x to dtype (round to nearest even; float -> int truncates)",
-))
+register(
+    OpDef(
+        "cast",
+        1,
+        Pattern.ELEMWISE,
+        ("x",),
+        first_shape,
+        lambda dtypes, dtype, saturate: [dtype],
+        lambda x, dtype, saturate: (_cast(x, dtype, saturate),),
+        (
+            Attr("dtype", "dtype"),
+            Attr("saturate", "bool", True, doc="float8/float4 targets clip to their finite range"),
+        ),
+        "convert x to dtype (round to nearest even; float -> int truncates)",
+    )
+)
 
 
 def _where_dtype(dtypes, **_):
@@ -123,8 +172,16 @@ def _where_dtype(dtypes, **_):
     return [same_dtypes("where", dtypes[1:])]
 
 
-register(OpDef(
-    "where", 1, Pattern.BROADCAST, ("condition", "x", "y"),
-    lambda s, **_: [broadcast("where", *s)], _where_dtype,
-    lambda c, x, y: (np.where(c, x, y),), (), "x where condition else y (broadcasting)",
-))
+register(
+    OpDef(
+        "where",
+        1,
+        Pattern.BROADCAST,
+        ("condition", "x", "y"),
+        lambda s, **_: [broadcast("where", *s)],
+        _where_dtype,
+        lambda c, x, y: (np.where(c, x, y),),
+        (),
+        "x where condition else y (broadcasting)",
+    )
+)

@@ -20,11 +20,19 @@ def _dense(data, weight, bias=None):
     return (out if bias is None else out + bias,)
 
 
-register(OpDef(
-    "dense", 1, Pattern.OUT_ELEMWISE_FUSABLE, ("data", "weight", "bias?"),
-    _dense_shape, all_same_dtype("dense"), _dense, (),
-    "data @ weight.T + bias; weight is (units, in_features)",
-))
+register(
+    OpDef(
+        "dense",
+        1,
+        Pattern.OUT_ELEMWISE_FUSABLE,
+        ("data", "weight", "bias?"),
+        _dense_shape,
+        all_same_dtype("dense"),
+        _dense,
+        (),
+        "data @ weight.T + bias; weight is (units, in_features)",
+    )
+)
 
 
 def _matmul_shape(shapes, **_):
@@ -39,11 +47,19 @@ def _matmul_shape(shapes, **_):
     return [batch + (() if len(a) == 1 else (a2[-2],)) + (() if len(b) == 1 else (b2[-1],))]
 
 
-register(OpDef(
-    "matmul", 1, Pattern.OUT_ELEMWISE_FUSABLE, ("a", "b"), _matmul_shape,
-    all_same_dtype("matmul"), lambda a, b: (np.matmul(a, b),), (),
-    "numpy matmul: batched, broadcasting, 1-D operands promoted",
-))
+register(
+    OpDef(
+        "matmul",
+        1,
+        Pattern.OUT_ELEMWISE_FUSABLE,
+        ("a", "b"),
+        _matmul_shape,
+        all_same_dtype("matmul"),
+        lambda a, b: (np.matmul(a, b),),
+        (),
+        "numpy matmul: batched, broadcasting, 1-D operands promoted",
+    )
+)
 
 
 def _softmax(x, axis):
@@ -67,12 +83,23 @@ def _axis_checked(name):
     return rule
 
 
-for _name, _fn, _doc in (("softmax", _softmax, "exp(x) / sum(exp(x)) along axis"),
-                         ("log_softmax", _log_softmax, "log(softmax(x)) along axis")):
-    register(OpDef(
-        _name, 1, Pattern.REDUCTION, ("x",), _axis_checked(_name), first_dtype,
-        lambda x, axis, _fn=_fn: (_fn(x, axis),), (Attr("axis", "int", -1),), _doc,
-    ))
+for _name, _fn, _doc in (
+    ("softmax", _softmax, "exp(x) / sum(exp(x)) along axis"),
+    ("log_softmax", _log_softmax, "log(softmax(x)) along axis"),
+):
+    register(
+        OpDef(
+            _name,
+            1,
+            Pattern.REDUCTION,
+            ("x",),
+            _axis_checked(_name),
+            first_dtype,
+            lambda x, axis, _fn=_fn: (_fn(x, axis),),
+            (Attr("axis", "int", -1),),
+            _doc,
+        )
+    )
 
 
 def _batch_norm_shape(shapes, axis, **_):
@@ -92,12 +119,19 @@ def _batch_norm(data, gamma, beta, mean, var, axis, epsilon):
     return ((data - mean.reshape(view)) * scale.reshape(view) + beta.reshape(view),)
 
 
-register(OpDef(
-    "batch_norm", 1, Pattern.BROADCAST, ("data", "gamma", "beta", "moving_mean", "moving_var"),
-    _batch_norm_shape, all_same_dtype("batch_norm"), _batch_norm,
-    (Attr("axis", "int", 1), Attr("epsilon", "float", 1e-5)),
-    "inference batch norm: (data - mean) / sqrt(var + eps) * gamma + beta along axis",
-))
+register(
+    OpDef(
+        "batch_norm",
+        1,
+        Pattern.BROADCAST,
+        ("data", "gamma", "beta", "moving_mean", "moving_var"),
+        _batch_norm_shape,
+        all_same_dtype("batch_norm"),
+        _batch_norm,
+        (Attr("axis", "int", 1), Attr("epsilon", "float", 1e-5)),
+        "inference batch norm: (data - mean) / sqrt(var + eps) * gamma + beta along axis",
+    )
+)
 
 
 def _layer_norm_shape(shapes, axis, **_):
@@ -118,10 +152,16 @@ def _layer_norm(data, gamma, beta=None, *, axis, epsilon):
     return (out if beta is None else out + beta,)
 
 
-register(OpDef(
-    "layer_norm", 1, Pattern.REDUCTION, ("data", "gamma", "beta?"), _layer_norm_shape,
-    all_same_dtype("layer_norm"), _layer_norm,
-    (Attr("axis", "int", -1), Attr("epsilon", "float", 1e-5)),
-    "normalise over the axes from axis to the last, then scale by gamma and shift by beta",
-))
-
+register(
+    OpDef(
+        "layer_norm",
+        1,
+        Pattern.REDUCTION,
+        ("data", "gamma", "beta?"),
+        _layer_norm_shape,
+        all_same_dtype("layer_norm"),
+        _layer_norm,
+        (Attr("axis", "int", -1), Attr("epsilon", "float", 1e-5)),
+        "normalise over the axes from axis to the last, then scale by gamma and shift by beta",
+    )
+)

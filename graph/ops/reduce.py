@@ -45,15 +45,24 @@ _REDUCERS = {
 }
 
 for _name, (_fn, _doc) in _REDUCERS.items():
-    register(OpDef(
-        _name, 4, Pattern.REDUCTION, ("x",), _reduce_shape(_name), first_dtype,
-        lambda x, axes, keepdims, _fn=_fn: (
-            _fn(x, axis=None if axes is None else tuple(axes), keepdims=keepdims),
-        ),
-        (Attr("axes", "ints", None, optional=True, doc="all axes when absent"),
-         Attr("keepdims", "bool", False)),
-        _doc + " over axes",
-    ))
+    register(
+        OpDef(
+            _name,
+            4,
+            Pattern.REDUCTION,
+            ("x",),
+            _reduce_shape(_name),
+            first_dtype,
+            lambda x, axes, keepdims, _fn=_fn: (
+                _fn(x, axis=None if axes is None else tuple(axes), keepdims=keepdims),
+            ),
+            (
+                Attr("axes", "ints", None, optional=True, doc="all axes when absent"),
+                Attr("keepdims", "bool", False),
+            ),
+            _doc + " over axes",
+        )
+    )
 
 
 def _arg_shape(name):
@@ -63,8 +72,8 @@ def _arg_shape(name):
         if shape[axis] == 0:
             raise shape_error(name, f"cannot take {name} of an empty axis")
         if keepdims:
-            return [shape[:axis] + (1,) + shape[axis + 1:]]
-        return [shape[:axis] + shape[axis + 1:]]
+            return [shape[:axis] + (1,) + shape[axis + 1 :]]
+        return [shape[:axis] + shape[axis + 1 :]]
 
     return rule
 
@@ -82,10 +91,25 @@ def _arg(fn):
 
 
 for _name, _fn in (("argmax", np.argmax), ("argmin", np.argmin)):
-    register(OpDef(
-        _name, 4, Pattern.REDUCTION, ("x",), _arg_shape(_name), lambda dtypes, **_: ["int64"],
-        _arg(_fn),
-        (Attr("axis", "int", 0), Attr("keepdims", "bool", False),
-         Attr("select_last_index", "bool", False, doc="on ties, the last index instead of the first")),
-        f"index of the {'largest' if _name == 'argmax' else 'smallest'} element along axis",
-    ))
+    register(
+        OpDef(
+            _name,
+            4,
+            Pattern.REDUCTION,
+            ("x",),
+            _arg_shape(_name),
+            lambda dtypes, **_: ["int64"],
+            _arg(_fn),
+            (
+                Attr("axis", "int", 0),
+                Attr("keepdims", "bool", False),
+                Attr(
+                    "select_last_index",
+                    "bool",
+                    False,
+                    doc="on ties, the last index instead of the first",
+                ),
+            ),
+            f"index of the {'largest' if _name == 'argmax' else 'smallest'} element along axis",
+        )
+    )

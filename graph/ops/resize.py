@@ -40,8 +40,12 @@ def _weights(ratio, method, rounding, alpha):
     if method == "nearest":
         if ratio == 1:
             return [0.0, 1.0]
-        take_right = {"round_prefer_floor": ratio > 0.5, "round_prefer_ceil": ratio >= 0.5,
-                      "floor": False, "ceil": True}[rounding]
+        take_right = {
+            "round_prefer_floor": ratio > 0.5,
+            "round_prefer_ceil": ratio >= 0.5,
+            "floor": False,
+            "ceil": True,
+        }[rounding]
         return [float(not take_right), float(take_right)]
     if method == "linear":
         return [1 - ratio, ratio]
@@ -55,8 +59,9 @@ def _weights(ratio, method, rounding, alpha):
     ]
 
 
-def interpolation_matrix(in_size, out_size, scale, method, mode, rounding, alpha,
-                         exclude_outside, roi=(0.0, 1.0)):
+def interpolation_matrix(
+    in_size, out_size, scale, method, mode, rounding, alpha, exclude_outside, roi=(0.0, 1.0)
+):
     """(out, in) weights, and a mask of the output positions that fall outside the roi."""
     matrix = np.zeros((out_size, in_size))
     outside = np.zeros(out_size, dtype=bool)
@@ -93,14 +98,32 @@ def _resize_shape(shapes, size, scale, method, roi, **_):
     return [data[:-2] + tuple(size)]
 
 
-def _resize2d(x, size, scale, method, coordinate_transformation_mode, rounding_method,
-              cubic_alpha, exclude_outside, roi, extrapolation_value):
+def _resize2d(
+    x,
+    size,
+    scale,
+    method,
+    coordinate_transformation_mode,
+    rounding_method,
+    cubic_alpha,
+    exclude_outside,
+    roi,
+    extrapolation_value,
+):
     scale = _resize_scale(x.shape, size, scale)
     roi = roi or (0.0, 0.0, 1.0, 1.0)
     (mh, out_h), (mw, out_w) = (
-        interpolation_matrix(x.shape[-2 + i], size[i], scale[i], method,
-                             coordinate_transformation_mode, rounding_method, cubic_alpha,
-                             exclude_outside, (roi[i], roi[i + 2]))
+        interpolation_matrix(
+            x.shape[-2 + i],
+            size[i],
+            scale[i],
+            method,
+            coordinate_transformation_mode,
+            rounding_method,
+            cubic_alpha,
+            exclude_outside,
+            (roi[i], roi[i + 2]),
+        )
         for i in range(2)
     )
     out = np.einsum("oh,...hw,pw->...op", mh, x.astype(np.float64), mw)
@@ -109,21 +132,51 @@ def _resize2d(x, size, scale, method, coordinate_transformation_mode, rounding_m
     return (out,)
 
 
-register(OpDef(
-    "resize2d", 2, Pattern.INJECTIVE, ("data",), _resize_shape, first_dtype, _resize2d,
-    (
-        Attr("size", "ints", doc="(out_h, out_w)"),
-        Attr("scale", "floats", None, optional=True, doc="coordinate scale; size / in when absent"),
-        Attr("method", "str", "nearest", choices=tuple(_TAPS)),
-        Attr("coordinate_transformation_mode", "str", "half_pixel",
-             choices=("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
-                      "asymmetric", "tf_crop_and_resize")),
-        Attr("rounding_method", "str", "round_prefer_floor",
-             choices=("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")),
-        Attr("cubic_alpha", "float", -0.75),
-        Attr("exclude_outside", "bool", False),
-        Attr("roi", "floats", None, optional=True, doc="tf_crop_and_resize box (h0, w0, h1, w1)"),
-        Attr("extrapolation_value", "float", 0.0),
-    ),
-    "resample the last two axes (ONNX Resize semantics, without antialiasing)",
-))
+register(
+    OpDef(
+        "resize2d",
+        2,
+        Pattern.INJECTIVE,
+        ("data",),
+        _resize_shape,
+        first_dtype,
+        _resize2d,
+        (
+            Attr("size", "ints", doc="(out_h, out_w)"),
+            Attr(
+                "scale",
+                "floats",
+                None,
+                optional=True,
+                doc="coordinate scale; size / in when absent",
+            ),
+            Attr("method", "str", "nearest", choices=tuple(_TAPS)),
+            Attr(
+                "coordinate_transformation_mode",
+                "str",
+                "half_pixel",
+                choices=(
+                    "half_pixel",
+                    "half_pixel_symmetric",
+                    "pytorch_half_pixel",
+                    "align_corners",
+                    "asymmetric",
+                    "tf_crop_and_resize",
+                ),
+            ),
+            Attr(
+                "rounding_method",
+                "str",
+                "round_prefer_floor",
+                choices=("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"),
+            ),
+            Attr("cubic_alpha", "float", -0.75),
+            Attr("exclude_outside", "bool", False),
+            Attr(
+                "roi", "floats", None, optional=True, doc="tf_crop_and_resize box (h0, w0, h1, w1)"
+            ),
+            Attr("extrapolation_value", "float", 0.0),
+        ),
+        "resample the last two axes (ONNX Resize semantics, without antialiasing)",
+    )
+)

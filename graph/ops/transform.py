@@ -27,25 +27,36 @@ def _flatten_shape(shapes, axis):
     return [(math.prod(shape[:axis]), math.prod(shape[axis:]))]  # a negative axis counts back
 
 
-injective("flatten", ("x",), _flatten_shape,
-          lambda x, axis: (x.reshape(_flatten_shape([x.shape], axis)[0]),),
-          (Attr("axis", "int", 1),), "reshape to 2-D: (prod(shape[:axis]), prod(shape[axis:]))",
-          level=1)
+injective(
+    "flatten",
+    ("x",),
+    _flatten_shape,
+    lambda x, axis: (x.reshape(_flatten_shape([x.shape], axis)[0]),),
+    (Attr("axis", "int", 1),),
+    "reshape to 2-D: (prod(shape[:axis]), prod(shape[axis:]))",
+    level=1,
+)
 
 
 def _concat_shape(shapes, axis):
     first = shapes[0]
     axis = normalize_axis("concatenate", axis, len(first))
     for s in shapes[1:]:
-        if len(s) != len(first) or s[:axis] + s[axis + 1:] != first[:axis] + first[axis + 1:]:
+        if len(s) != len(first) or s[:axis] + s[axis + 1 :] != first[:axis] + first[axis + 1 :]:
             raise shape_error("concatenate", f"shapes {first} and {s} differ off axis {axis}")
-    return [first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]]
+    return [first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1 :]]
 
 
-injective("concatenate", ("*data",), _concat_shape,
-          lambda *xs, axis: (np.concatenate(xs, axis=axis),),
-          (Attr("axis", "int", 0),), "join along axis", level=1,
-          dtype=all_same_dtype("concatenate"))
+injective(
+    "concatenate",
+    ("*data",),
+    _concat_shape,
+    lambda *xs, axis: (np.concatenate(xs, axis=axis),),
+    (Attr("axis", "int", 0),),
+    "join along axis",
+    level=1,
+    dtype=all_same_dtype("concatenate"),
+)
 
 
 def _split_shape(shapes, sizes, axis):
@@ -53,14 +64,19 @@ def _split_shape(shapes, sizes, axis):
     axis = normalize_axis("split", axis, len(shape))
     if sum(sizes) != shape[axis] or min(sizes, default=0) < 0:
         raise shape_error("split", f"sizes {sizes} do not partition dimension {shape[axis]}")
-    return [shape[:axis] + (n,) + shape[axis + 1:] for n in sizes]
+    return [shape[:axis] + (n,) + shape[axis + 1 :] for n in sizes]
 
 
-injective("split", ("x",), _split_shape,
-          lambda x, sizes, axis: tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis)),
-          (Attr("sizes", "ints"), Attr("axis", "int", 0)),
-          "cut along axis into pieces of the given sizes", level=1,
-          dtype=lambda dtypes, sizes, **_: [dtypes[0]] * len(sizes))
+injective(
+    "split",
+    ("x",),
+    _split_shape,
+    lambda x, sizes, axis: tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis)),
+    (Attr("sizes", "ints"), Attr("axis", "int", 0)),
+    "cut along axis into pieces of the given sizes",
+    level=1,
+    dtype=lambda dtypes, sizes, **_: [dtypes[0]] * len(sizes),
+)
 
 
 def _expand_dims_shape(shapes, axes):
@@ -70,9 +86,15 @@ def _expand_dims_shape(shapes, axes):
     return [tuple(1 if i in axes else next(dims) for i in range(rank))]
 
 
-injective("expand_dims", ("x",), _expand_dims_shape,
-          lambda x, axes: (np.expand_dims(x, tuple(axes)),),
-          (Attr("axes", "ints"),), "insert size-1 axes at the given output positions", level=1)
+injective(
+    "expand_dims",
+    ("x",),
+    _expand_dims_shape,
+    lambda x, axes: (np.expand_dims(x, tuple(axes)),),
+    (Attr("axes", "ints"),),
+    "insert size-1 axes at the given output positions",
+    level=1,
+)
 
 
 def _squeeze_axes(shape, axes):
@@ -84,12 +106,17 @@ def _squeeze_axes(shape, axes):
     return axes
 
 
-injective("squeeze", ("x",),
-          lambda shapes, axes: [tuple(d for i, d in enumerate(shapes[0])
-                                      if i not in _squeeze_axes(shapes[0], axes))],
-          lambda x, axes: (np.squeeze(x, _squeeze_axes(x.shape, axes)),),
-          (Attr("axes", "ints", None, optional=True),),
-          "drop size-1 axes (all of them when axes is absent)", level=1)
+injective(
+    "squeeze",
+    ("x",),
+    lambda shapes, axes: [
+        tuple(d for i, d in enumerate(shapes[0]) if i not in _squeeze_axes(shapes[0], axes))
+    ],
+    lambda x, axes: (np.squeeze(x, _squeeze_axes(x.shape, axes)),),
+    (Attr("axes", "ints", None, optional=True),),
+    "drop size-1 axes (all of them when axes is absent)",
+    level=1,
+)
 
 
 def _reshape_shape(shapes, newshape):
@@ -106,9 +133,14 @@ def _reshape_shape(shapes, newshape):
     return [tuple(newshape)]
 
 
-injective("reshape", ("x",), _reshape_shape,
-          lambda x, newshape: (x.reshape(_reshape_shape([x.shape], newshape)[0]),),
-          (Attr("newshape", "ints"),), "numpy reshape (one -1 may be inferred)")
+injective(
+    "reshape",
+    ("x",),
+    _reshape_shape,
+    lambda x, newshape: (x.reshape(_reshape_shape([x.shape], newshape)[0]),),
+    (Attr("newshape", "ints"),),
+    "numpy reshape (one -1 may be inferred)",
+)
 
 
 def _transpose_axes(rank, axes):
@@ -119,16 +151,20 @@ def _transpose_axes(rank, axes):
     return tuple(a % rank for a in axes)
 
 
-injective("transpose", ("x",),
-          lambda shapes, axes: [tuple(shapes[0][a] for a in _transpose_axes(len(shapes[0]), axes))],
-          lambda x, axes: (np.transpose(x, _transpose_axes(x.ndim, axes)),),
-          (Attr("axes", "ints", None, optional=True),), "permute axes (reverse when absent)")
+injective(
+    "transpose",
+    ("x",),
+    lambda shapes, axes: [tuple(shapes[0][a] for a in _transpose_axes(len(shapes[0]), axes))],
+    lambda x, axes: (np.transpose(x, _transpose_axes(x.ndim, axes)),),
+    (Attr("axes", "ints", None, optional=True),),
+    "permute axes (reverse when absent)",
+)
 
 
 def _take_shape(shapes, axis):
     data, indices = shapes
     axis = normalize_axis("take", axis, len(data))
-    return [data[:axis] + indices + data[axis + 1:]]
+    return [data[:axis] + indices + data[axis + 1 :]]
 
 
 def _take_dtype(dtypes, **_):
@@ -137,9 +173,15 @@ def _take_dtype(dtypes, **_):
     return [dtypes[0]]
 
 
-injective("take", ("data", "indices"), _take_shape,
-          lambda data, indices, axis: (np.take(data, indices, axis=axis),),
-          (Attr("axis", "int", 0),), "gather along axis; indices in [-n, n)", dtype=_take_dtype)
+injective(
+    "take",
+    ("data", "indices"),
+    _take_shape,
+    lambda data, indices, axis: (np.take(data, indices, axis=axis),),
+    (Attr("axis", "int", 0),),
+    "gather along axis; indices in [-n, n)",
+    dtype=_take_dtype,
+)
 
 
 def slice_bounds(dim: int, begin: int, end: int, stride: int) -> tuple[int, int, int]:
@@ -162,8 +204,10 @@ def _slice_args(shape, begin, end, strides, axes):
     if len(set(axes)) != len(axes):
         raise shape_error("strided_slice", f"repeated axis in {axes}")
     strides = strides or (1,) * len(begin)
-    return [(a, *slice_bounds(shape[a], b, e, s), s)
-            for a, b, e, s in zip(axes, begin, end, strides, strict=True)]
+    return [
+        (a, *slice_bounds(shape[a], b, e, s), s)
+        for a, b, e, s in zip(axes, begin, end, strides, strict=True)
+    ]
 
 
 def _strided_slice_shape(shapes, begin, end, strides, axes):
@@ -180,11 +224,20 @@ def _strided_slice(x, begin, end, strides, axes):
     return (x[tuple(index)],)
 
 
-injective("strided_slice", ("x",), _strided_slice_shape, _strided_slice,
-          (Attr("begin", "ints"), Attr("end", "ints"), Attr("strides", "ints", None, optional=True),
-           Attr("axes", "ints", None, optional=True)),
-          "x[begin:end:stride] on each listed axis (ONNX Slice clamping; end -1 with a negative "
-          "stride means 'through index 0')")
+injective(
+    "strided_slice",
+    ("x",),
+    _strided_slice_shape,
+    _strided_slice,
+    (
+        Attr("begin", "ints"),
+        Attr("end", "ints"),
+        Attr("strides", "ints", None, optional=True),
+        Attr("axes", "ints", None, optional=True),
+    ),
+    "x[begin:end:stride] on each listed axis (ONNX Slice clamping; end -1 with a negative "
+    "stride means 'through index 0')",
+)
 
 
 def _pad_pairs(rank, pad_width):
@@ -210,11 +263,18 @@ def _pad(x, pad_width, mode, pad_value):
     return (np.pad(x, pairs, mode=mode),)
 
 
-injective("pad", ("x",), _pad_shape, _pad,
-          (Attr("pad_width", "ints", doc="(before_0, after_0, before_1, after_1, ...)"),
-           Attr("mode", "str", "constant", choices=("constant", "reflect", "edge", "wrap")),
-           Attr("pad_value", "float", 0.0)),
-          "numpy pad")
+injective(
+    "pad",
+    ("x",),
+    _pad_shape,
+    _pad,
+    (
+        Attr("pad_width", "ints", doc="(before_0, after_0, before_1, after_1, ...)"),
+        Attr("mode", "str", "constant", choices=("constant", "reflect", "edge", "wrap")),
+        Attr("pad_value", "float", 0.0),
+    ),
+    "numpy pad",
+)
 
 
 def _broadcast_to_shape(shapes, shape):
@@ -223,6 +283,11 @@ def _broadcast_to_shape(shapes, shape):
     return [tuple(shape)]
 
 
-injective("broadcast_to", ("x",), _broadcast_to_shape,
-          lambda x, shape: (np.broadcast_to(x, shape).copy(),),
-          (Attr("shape", "ints"),), "numpy broadcast_to")
+injective(
+    "broadcast_to",
+    ("x",),
+    _broadcast_to_shape,
+    lambda x, shape: (np.broadcast_to(x, shape).copy(),),
+    (Attr("shape", "ints"),),
+    "numpy broadcast_to",
+)

@@ -57,8 +57,10 @@ class DepthwiseConv2dTemplate(Template):
     def restrictions(self):
         g = self.geometry
         return [
-            Restriction(f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
-                        lambda c, _: c["oh_block"] * c["ow_block"] <= MAX_ACCUMULATORS),
+            Restriction(
+                f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
+                lambda c, _: c["oh_block"] * c["ow_block"] <= MAX_ACCUMULATORS,
+            ),
             covers("wg_x * ow_block", lambda c: c["wg_x"] * c["ow_block"], g.out_width),
             covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], g.out_height),
         ]
@@ -86,12 +88,20 @@ class DepthwiseConv2dTemplate(Template):
         local memory, CPUs read through their caches (staging measured slower on PoCL)."""
         g = self.geometry
         cpu = limits.warp_size == 1
-        config = {"oh_block": 2, "ow_block": 2, "unroll_window": g.kernel[0] * g.kernel[1] <= 25,
-                  "stage_input": not cpu, "wg_x": 16, "wg_y": 4 if cpu else 8}
-        shrink_until(config, ("wg_x", "ow_block"),
-                     lambda c: c["wg_x"] * c["ow_block"] < 2 * g.out_width)
-        shrink_until(config, ("wg_y", "oh_block"),
-                     lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height)
+        config = {
+            "oh_block": 2,
+            "ow_block": 2,
+            "unroll_window": g.kernel[0] * g.kernel[1] <= 25,
+            "stage_input": not cpu,
+            "wg_x": 16,
+            "wg_y": 4 if cpu else 8,
+        }
+        shrink_until(
+            config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] < 2 * g.out_width
+        )
+        shrink_until(
+            config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height
+        )
         if not self.space(limits).is_valid(config):
             config["stage_input"] = False
         return self.space(limits).check(config)
@@ -110,8 +120,9 @@ class DepthwiseConv2dTemplate(Template):
         rows, cols = self.patch_shape(config)
         if config["stage_input"]:
             prepare = self._staging(config)
-            row = (f"const int row = ((ty * {ohb} + i) * {sh} + ky * {dh}) * {cols} "
-                   f"+ tx * {owb * sw};")
+            row = (
+                f"const int row = ((ty * {ohb} + i) * {sh} + ky * {dh}) * {cols} + tx * {owb * sw};"
+            )
             read = "seg[q] = patch[row + q];"
         else:
             prepare = f"""\
@@ -127,11 +138,17 @@ for (int q = 0; q < {seg}; ++q) {{
 const int ih = (oh_base + i) * {sh} - {g.padding[0]} + ky * {dh};
 const bool row_ok = ih >= 0 && ih < {g.height};
 const {idx} row = x_chan + (ih < 0 ? 0 : ih < {g.height} ? ih : {g.height - 1}) * {g.width};"""
-            read = (f"const float value = {data}[row + col_off[q]];\n"
-                    "seg[q] = row_ok && col_ok[q] ? value : 0.0f;")
-        store = store_output(self.workload, f"acc[i * {owb} + j]",
-                             ("n", "oc", "oh_base + i", "ow_base + j"),
-                             f"oh_base + i < {g.out_height} && ow_base + j < {g.out_width}", "oc")
+            read = (
+                f"const float value = {data}[row + col_off[q]];\n"
+                "seg[q] = row_ok && col_ok[q] ? value : 0.0f;"
+            )
+        store = store_output(
+            self.workload,
+            f"acc[i * {owb} + j]",
+            ("n", "oc", "oh_base + i", "ow_base + j"),
+            f"oh_base + i < {g.out_height} && ow_base + j < {g.out_width}",
+            "oc",
+        )
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);
 const int oc = GROUP_ID(2) % {g.out_channels};
@@ -172,10 +189,18 @@ for (int i = 0; i < {ohb}; ++i) {{
   }}
 }}"""
         local = (LocalArray("patch", "float", rows * cols),) if config["stage_input"] else ()
-        groups = (ceil_div(g.out_width, wgx * owb), ceil_div(g.out_height, wgy * ohb),
-                  g.batch * g.out_channels)
-        return KernelSpec("conv2d_depthwise", kernel_buffers(self.workload), indent(body, 1),
-                          Launch(groups, (wgx, wgy, 1)), local)
+        groups = (
+            ceil_div(g.out_width, wgx * owb),
+            ceil_div(g.out_height, wgy * ohb),
+            g.batch * g.out_channels,
+        )
+        return KernelSpec(
+            "conv2d_depthwise",
+            kernel_buffers(self.workload),
+            indent(body, 1),
+            Launch(groups, (wgx, wgy, 1)),
+            local,
+        )
 
     def _staging(self, config: Config) -> str:
         """The group copies its zero-padded input patch to local memory (coalesced reads)."""

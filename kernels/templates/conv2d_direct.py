@@ -65,10 +65,14 @@ class Conv2dDirectTemplate(Template):
     def restrictions(self):
         g = self.geometry
         return [
-            Restriction("ic_chunk must divide the input channels per group",
-                        lambda c, _: g.in_per_group % c["ic_chunk"] == 0),
-            Restriction(f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
-                        lambda c, _: self.accumulators(c) <= MAX_ACCUMULATORS),
+            Restriction(
+                "ic_chunk must divide the input channels per group",
+                lambda c, _: g.in_per_group % c["ic_chunk"] == 0,
+            ),
+            Restriction(
+                f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
+                lambda c, _: self.accumulators(c) <= MAX_ACCUMULATORS,
+            ),
             covers("wg_x * ow_block * vector", self.tile_width, g.out_width),
             covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], g.out_height),
             covers("wg_z * oc_block", lambda c: c["wg_z"] * c["oc_block"], g.out_per_group),
@@ -92,17 +96,26 @@ class Conv2dDirectTemplate(Template):
         g = self.geometry
         cpu = limits.warp_size == 1
         config = {
-            "oc_block": 4, "oh_block": 2, "ow_block": 1 if cpu else 2, "vector": 4 if cpu else 1,
+            "oc_block": 4,
+            "oh_block": 2,
+            "ow_block": 1 if cpu else 2,
+            "vector": 4 if cpu else 1,
             "ic_chunk": next(k for k in (4, 2, 1) if g.in_per_group % k == 0),
-            "unroll_window": g.kernel[0] * g.kernel[1] <= 9, "stage_input": True,
-            "wg_x": 1 if cpu else 16, "wg_y": 1 if cpu else 4, "wg_z": 8 if cpu else 1,
+            "unroll_window": g.kernel[0] * g.kernel[1] <= 9,
+            "stage_input": True,
+            "wg_x": 1 if cpu else 16,
+            "wg_y": 1 if cpu else 4,
+            "wg_z": 8 if cpu else 1,
         }
-        shrink_until(config, ("wg_x", "ow_block", "vector"),
-                     lambda c: self.tile_width(c) < 2 * g.out_width)
-        shrink_until(config, ("wg_y", "oh_block"),
-                     lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height)
-        shrink_until(config, ("wg_z", "oc_block"),
-                     lambda c: c["wg_z"] * c["oc_block"] < 2 * g.out_per_group)
+        shrink_until(
+            config, ("wg_x", "ow_block", "vector"), lambda c: self.tile_width(c) < 2 * g.out_width
+        )
+        shrink_until(
+            config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height
+        )
+        shrink_until(
+            config, ("wg_z", "oc_block"), lambda c: c["wg_z"] * c["oc_block"] < 2 * g.out_per_group
+        )
         if not self.space(limits).is_valid(config):
             config["stage_input"] = False  # a patch too big for local memory
         return self.space(limits).check(config)
@@ -137,9 +150,12 @@ class Conv2dDirectTemplate(Template):
         lanes = ", ".join(f"tile.{name}" for name in lane_names(vec)) if vec > 1 else "tile"
         out_channel = f"g * {og} + oc_base + o"
         store = store_output(
-            self.workload, "lane[v]", ("n", out_channel, "oh_base + i", "ow"),
+            self.workload,
+            "lane[v]",
+            ("n", out_channel, "oh_base + i", "ow"),
             f"oc_base + o < {og} && oh_base + i < {g.out_height} && ow < {g.out_width}",
-            out_channel)
+            out_channel,
+        )
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1), tz = LOCAL_ID(2);
 const int zblock = GROUP_ID(2);
@@ -205,8 +221,13 @@ for (int o = 0; o < {ocb}; ++o) {{
         rows, cols = self.patch_shape(config)
         local = (LocalArray("patch", "float", icc * rows * cols),) if config["stage_input"] else ()
         groups = (tiles_w, tiles_h, g.batch * g.groups * tiles_c)
-        return KernelSpec("conv2d_direct", kernel_buffers(self.workload), indent(body, 1),
-                          Launch(groups, (wgx, wgy, wgz)), local)
+        return KernelSpec(
+            "conv2d_direct",
+            kernel_buffers(self.workload),
+            indent(body, 1),
+            Launch(groups, (wgx, wgy, wgz)),
+            local,
+        )
 
     def _staging(self, config: Config) -> str:
         """The group copies ``ic_chunk`` channels of its input patch to local memory, zero
@@ -242,14 +263,19 @@ BARRIER();"""
         cols = config["ow_block"] * vec
         if config["stage_input"]:
             rows, width = self.patch_shape(config)
-            offsets = (f"const int tap = (ty * {ohb * sh} + ky * {dh}) * {width} "
-                       f"+ tx * {vec * sw} + kx * {dw};")
+            offsets = (
+                f"const int tap = (ty * {ohb * sh} + ky * {dh}) * {width} "
+                f"+ tx * {vec * sw} + kx * {dw};"
+            )
             at = f"(cc * {rows} + i * {sh}) * {width} + j * {wgx * vec * sw} + tap"
             # Lane by lane, not VLOAD: PoCL calls vload on local memory out of line (forcing the
             # accumulators to the stack); compilers merge adjacent lanes into one load anyway.
             lanes = [f"patch[{at} + {k * sw}]" for k in range(vec)]
-            return offsets, (f"const float xv = {lanes[0]};" if vec == 1 else
-                             f"const float{vec} xv = VEC{vec}({', '.join(lanes)});")
+            return offsets, (
+                f"const float xv = {lanes[0]};"
+                if vec == 1
+                else f"const float{vec} xv = VEC{vec}({', '.join(lanes)});"
+            )
         data = self.workload.nodes[0].inputs[0]
         plane = g.height * g.width
         offsets = f"""\
@@ -283,5 +309,6 @@ for (int v = 0; v < {vec}; ++v) {{
 }}
 """
         xv = ", ".join(f"lanes[{k}]" for k in range(vec))
-        return offsets, reads + (f"const float xv = {xv};" if vec == 1 else
-                                 f"const float{vec} xv = VEC{vec}({xv});")
+        return offsets, reads + (
+            f"const float xv = {xv};" if vec == 1 else f"const float{vec} xv = VEC{vec}({xv});"
+        )

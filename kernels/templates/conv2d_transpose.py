@@ -62,11 +62,14 @@ class Conv2dTransposeTemplate(Template):
         g = self.geometry
         ph, pw = self.phase_extent
         return [
-            Restriction("ic_chunk must divide the input channels per group",
-                        lambda c, _: g.in_per_group % c["ic_chunk"] == 0),
-            Restriction(f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
-                        lambda c, _: c["oc_block"] * c["oh_block"] * c["ow_block"]
-                        <= MAX_ACCUMULATORS),
+            Restriction(
+                "ic_chunk must divide the input channels per group",
+                lambda c, _: g.in_per_group % c["ic_chunk"] == 0,
+            ),
+            Restriction(
+                f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
+                lambda c, _: c["oc_block"] * c["oh_block"] * c["ow_block"] <= MAX_ACCUMULATORS,
+            ),
             covers("wg_x * ow_block", lambda c: c["wg_x"] * c["ow_block"], pw),
             covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], ph),
             covers("wg_z * oc_block", lambda c: c["wg_z"] * c["oc_block"], g.out_per_group),
@@ -81,13 +84,20 @@ class Conv2dTransposeTemplate(Template):
         g = self.geometry
         ph, pw = self.phase_extent
         cpu = limits.warp_size == 1
-        config = {"oc_block": 4, "oh_block": 2, "ow_block": 2,
-                  "ic_chunk": next(k for k in (4, 2, 1) if g.in_per_group % k == 0),
-                  "wg_x": 1 if cpu else 16, "wg_y": 1 if cpu else 4, "wg_z": 8 if cpu else 1}
+        config = {
+            "oc_block": 4,
+            "oh_block": 2,
+            "ow_block": 2,
+            "ic_chunk": next(k for k in (4, 2, 1) if g.in_per_group % k == 0),
+            "wg_x": 1 if cpu else 16,
+            "wg_y": 1 if cpu else 4,
+            "wg_z": 8 if cpu else 1,
+        }
         shrink_until(config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] < 2 * pw)
         shrink_until(config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] < 2 * ph)
-        shrink_until(config, ("wg_z", "oc_block"),
-                     lambda c: c["wg_z"] * c["oc_block"] < 2 * g.out_per_group)
+        shrink_until(
+            config, ("wg_z", "oc_block"), lambda c: c["wg_z"] * c["oc_block"] < 2 * g.out_per_group
+        )
         return self.space(limits).check(config)
 
     def spec(self, config: Config) -> KernelSpec:
@@ -106,10 +116,13 @@ class Conv2dTransposeTemplate(Template):
         idx = index_type(self.workload)
         out_channel = f"g * {og} + oc_base + o"
         oh, ow = f"(qh_base + i) * {sh} + phase_h", f"(qw_base + j * {wgx}) * {sw} + phase_w"
-        store = store_output(self.workload, f"acc[(o * {ohb} + i) * {owb} + j]",
-                             ("n", out_channel, oh, ow),
-                             f"oc_base + o < {og} && {oh} < {g.out_height} && "
-                             f"{ow} < {g.out_width}", out_channel)
+        store = store_output(
+            self.workload,
+            f"acc[(o * {ohb} + i) * {owb} + j]",
+            ("n", out_channel, oh, ow),
+            f"oc_base + o < {og} && {oh} < {g.out_height} && {ow} < {g.out_width}",
+            out_channel,
+        )
         # Taps are tested with a non-negative numerator: phase + pad + (kh - 1) * dh * sh - ...
         bias_h, bias_w = (kh - 1) * dh * sh, (kw - 1) * dw * sw
         body = f"""\
@@ -187,5 +200,9 @@ for (int o = 0; o < {ocb}; ++o) {{
   }}
 }}"""
         groups = (sw * tiles_w, sh * tiles_h, g.batch * g.groups * tiles_c)
-        return KernelSpec("conv2d_transpose", kernel_buffers(self.workload), indent(body, 1),
-                          Launch(groups, (wgx, wgy, wgz)))
+        return KernelSpec(
+            "conv2d_transpose",
+            kernel_buffers(self.workload),
+            indent(body, 1),
+            Launch(groups, (wgx, wgy, wgz)),
+        )

@@ -45,12 +45,20 @@ def _input_transform(d, v) -> list[str]:
     lines = []
     for s in range(4):
         col = [d(r, s) for r in range(4)]
-        lines += [f"tmp[{s}] = {col[0]} - {col[2]};", f"tmp[{4 + s}] = {col[1]} + {col[2]};",
-                  f"tmp[{8 + s}] = {col[2]} - {col[1]};", f"tmp[{12 + s}] = {col[1]} - {col[3]};"]
+        lines += [
+            f"tmp[{s}] = {col[0]} - {col[2]};",
+            f"tmp[{4 + s}] = {col[1]} + {col[2]};",
+            f"tmp[{8 + s}] = {col[2]} - {col[1]};",
+            f"tmp[{12 + s}] = {col[1]} - {col[3]};",
+        ]
     for r in range(4):
         t = [f"tmp[{4 * r + s}]" for s in range(4)]
-        lines += [f"{v(4 * r)} = {t[0]} - {t[2]};", f"{v(4 * r + 1)} = {t[1]} + {t[2]};",
-                  f"{v(4 * r + 2)} = {t[2]} - {t[1]};", f"{v(4 * r + 3)} = {t[1]} - {t[3]};"]
+        lines += [
+            f"{v(4 * r)} = {t[0]} - {t[2]};",
+            f"{v(4 * r + 1)} = {t[1]} + {t[2]};",
+            f"{v(4 * r + 2)} = {t[2]} - {t[1]};",
+            f"{v(4 * r + 3)} = {t[1]} - {t[3]};",
+        ]
     return lines
 
 
@@ -58,11 +66,15 @@ def _output_transform(m, y) -> list[str]:
     """y = A^T m A: the 2x2 outputs of a 4x4 tile of products ``m(k)``."""
     lines = []
     for c in range(4):
-        lines += [f"tmp[{c}] = {m(c)} + {m(4 + c)} + {m(8 + c)};",
-                  f"tmp[{4 + c}] = {m(4 + c)} - {m(8 + c)} - {m(12 + c)};"]
+        lines += [
+            f"tmp[{c}] = {m(c)} + {m(4 + c)} + {m(8 + c)};",
+            f"tmp[{4 + c}] = {m(4 + c)} - {m(8 + c)} - {m(12 + c)};",
+        ]
     for r in range(2):
-        lines += [f"{y(2 * r)} = tmp[{4 * r}] + tmp[{4 * r + 1}] + tmp[{4 * r + 2}];",
-                  f"{y(2 * r + 1)} = tmp[{4 * r + 1}] - tmp[{4 * r + 2}] - tmp[{4 * r + 3}];"]
+        lines += [
+            f"{y(2 * r)} = tmp[{4 * r}] + tmp[{4 * r + 1}] + tmp[{4 * r + 2}];",
+            f"{y(2 * r + 1)} = tmp[{4 * r + 1}] - tmp[{4 * r + 2}] - tmp[{4 * r + 3}];",
+        ]
     return lines
 
 
@@ -75,11 +87,13 @@ class Conv2dWinogradTemplate(Template):
             return False
         node = workload.nodes[0]
         weight = node.inputs[1]
-        return (workload.types[weight].shape[2:] == (3, 3)
-                and tuple(node.attrs["strides"]) == (1, 1)
-                and tuple(node.attrs["dilation"]) == (1, 1)
-                and weight not in node.inputs[:1] + node.inputs[2:]
-                and all(weight not in n.inputs for n in workload.nodes[1:]))
+        return (
+            workload.types[weight].shape[2:] == (3, 3)
+            and tuple(node.attrs["strides"]) == (1, 1)
+            and tuple(node.attrs["dilation"]) == (1, 1)
+            and weight not in node.inputs[:1] + node.inputs[2:]
+            and all(weight not in n.inputs for n in workload.nodes[1:])
+        )
 
     @property
     def geometry(self) -> WindowGeometry:
@@ -97,7 +111,8 @@ class Conv2dWinogradTemplate(Template):
         the weight (O, C/g, 3, 3) becomes U = G g G^T laid out (g, C/g, O/g, 16)."""
         g = self.geometry
         position = [name for name, _ in self.workload.inputs].index(
-            self.workload.nodes[0].inputs[1])
+            self.workload.nodes[0].inputs[1]
+        )
         weight = np.asarray(arrays[position], dtype=np.float64)
         u = np.einsum("ij,ocjk,lk->ocil", WEIGHT_TRANSFORM, weight, WEIGHT_TRANSFORM)
         u = u.reshape(g.groups, g.out_per_group, g.in_per_group, 16).transpose(0, 2, 1, 3)
@@ -118,10 +133,14 @@ class Conv2dWinogradTemplate(Template):
         g = self.geometry
         tiles_h, tiles_w = self.tiles
         return [
-            Restriction("ic_chunk must divide the input channels per group",
-                        lambda c, _: g.in_per_group % c["ic_chunk"] == 0),
-            Restriction(f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
-                        lambda c, _: 16 * c["oc_block"] * c["tile_block"] <= MAX_ACCUMULATORS),
+            Restriction(
+                "ic_chunk must divide the input channels per group",
+                lambda c, _: g.in_per_group % c["ic_chunk"] == 0,
+            ),
+            Restriction(
+                f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
+                lambda c, _: 16 * c["oc_block"] * c["tile_block"] <= MAX_ACCUMULATORS,
+            ),
             covers("wg_x * tile_block", lambda c: c["wg_x"] * c["tile_block"], tiles_w),
             covers("wg_y", lambda c: c["wg_y"], tiles_h),
             covers("wg_z * oc_block", lambda c: c["wg_z"] * c["oc_block"], g.out_per_group),
@@ -137,13 +156,21 @@ class Conv2dWinogradTemplate(Template):
         g = self.geometry
         tiles_h, tiles_w = self.tiles
         cpu = limits.warp_size == 1
-        config = {"oc_block": 8 if cpu else 4, "tile_block": 1, "ic_chunk": 1,
-                  "wg_x": 1 if cpu else 8, "wg_y": 1 if cpu else 8, "wg_z": 4 if cpu else 1}
-        shrink_until(config, ("wg_x", "tile_block"),
-                     lambda c: c["wg_x"] * c["tile_block"] < 2 * tiles_w)
+        config = {
+            "oc_block": 8 if cpu else 4,
+            "tile_block": 1,
+            "ic_chunk": 1,
+            "wg_x": 1 if cpu else 8,
+            "wg_y": 1 if cpu else 8,
+            "wg_z": 4 if cpu else 1,
+        }
+        shrink_until(
+            config, ("wg_x", "tile_block"), lambda c: c["wg_x"] * c["tile_block"] < 2 * tiles_w
+        )
         shrink_until(config, ("wg_y",), lambda c: c["wg_y"] < 2 * tiles_h)
-        shrink_until(config, ("wg_z", "oc_block"),
-                     lambda c: c["wg_z"] * c["oc_block"] < 2 * g.out_per_group)
+        shrink_until(
+            config, ("wg_z", "oc_block"), lambda c: c["wg_z"] * c["oc_block"] < 2 * g.out_per_group
+        )
         return self.space(limits).check(config)
 
     def spec(self, config: Config) -> KernelSpec:
@@ -156,15 +183,21 @@ class Conv2dWinogradTemplate(Template):
         cols = 2 * tb + 2
         data, weight = self.workload.nodes[0].inputs[:2]
         idx = index_type(self.workload)
-        forward = _input_transform(lambda r, s: f"patch[{r * cols} + 2 * t + {s}]",
-                                   lambda k: f"v[t * 16 + {k}]")
+        forward = _input_transform(
+            lambda r, s: f"patch[{r * cols} + 2 * t + {s}]", lambda k: f"v[t * 16 + {k}]"
+        )
         backward = _output_transform(
-            lambda k: f"acc[(o * {tb} + t) * 4 + {k // 4}].{'xyzw'[k % 4]}", lambda k: f"y[{k}]")
+            lambda k: f"acc[(o * {tb} + t) * 4 + {k // 4}].{'xyzw'[k % 4]}", lambda k: f"y[{k}]"
+        )
         out_channel = f"g * {og} + oc_base + o"
         oh, ow = "2 * th + q / 2", "2 * (tw0 + t) + q % 2"
-        store = store_output(self.workload, "y[q]", ("n", out_channel, oh, ow),
-                             f"oc_base + o < {og} && {oh} < {g.out_height} && "
-                             f"{ow} < {g.out_width}", out_channel)
+        store = store_output(
+            self.workload,
+            "y[q]",
+            ("n", out_channel, oh, ow),
+            f"oc_base + o < {og} && {oh} < {g.out_height} && {ow} < {g.out_width}",
+            out_channel,
+        )
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1), tz = LOCAL_ID(2);
 const int zblock = GROUP_ID(2);
@@ -242,10 +275,12 @@ for (int o = 0; o < {ocb}; ++o) {{
     }}
   }}
 }}"""
-        groups = (ceil_div(tiles_w, wgx * tb), ceil_div(tiles_h, wgy),
-                  g.batch * g.groups * tiles_c)
+        groups = (ceil_div(tiles_w, wgx * tb), ceil_div(tiles_h, wgy), g.batch * g.groups * tiles_c)
         # The transformed weights travel as float4 rows: one aligned vector load each.
-        buffers = tuple(Buffer(b.name, "float4") if b.name == weight else b
-                        for b in kernel_buffers(self.workload))
-        return KernelSpec("conv2d_winograd", buffers, indent(body, 1),
-                          Launch(groups, (wgx, wgy, wgz)))
+        buffers = tuple(
+            Buffer(b.name, "float4") if b.name == weight else b
+            for b in kernel_buffers(self.workload)
+        )
+        return KernelSpec(
+            "conv2d_winograd", buffers, indent(body, 1), Launch(groups, (wgx, wgy, wgz))
+        )

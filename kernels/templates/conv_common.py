@@ -49,8 +49,20 @@ class WindowGeometry:
             kernel, groups = workload.types[node.inputs[1]].shape[2:], a["groups"]
         else:
             kernel, groups = a["pool_size"], c
-        return cls(n, c, h, w, o, oh, ow, tuple(kernel), tuple(a["strides"]),
-                   tuple(a["padding"]), tuple(a["dilation"]), groups)
+        return cls(
+            n,
+            c,
+            h,
+            w,
+            o,
+            oh,
+            ow,
+            tuple(kernel),
+            tuple(a["strides"]),
+            tuple(a["padding"]),
+            tuple(a["dilation"]),
+            groups,
+        )
 
     @property
     def in_per_group(self) -> int:
@@ -78,8 +90,10 @@ def index_type(workload: Workload) -> str:
 def kernel_buffers(workload: Workload) -> tuple[Buffer, ...]:
     """Every workload input in order (the epilogue reads its own by name), then the output."""
     out = workload.outputs[0]
-    return (*(Buffer(name, buffer_type(t.dtype)) for name, t in workload.inputs),
-            Buffer(out, buffer_type(workload.types[out].dtype), output=True))
+    return (
+        *(Buffer(name, buffer_type(t.dtype)) for name, t in workload.inputs),
+        Buffer(out, buffer_type(workload.types[out].dtype), output=True),
+    )
 
 
 def bias_of(workload: Workload) -> str | None:
@@ -87,8 +101,13 @@ def bias_of(workload: Workload) -> str | None:
     return node.inputs[2] if len(node.inputs) > 2 else None
 
 
-def store_output(workload: Workload, value: str, index: tuple[str, str, str, str], guard: str,
-                 channel: str | None = None) -> str:
+def store_output(
+    workload: Workload,
+    value: str,
+    index: tuple[str, str, str, str],
+    guard: str,
+    channel: str | None = None,
+) -> str:
     """A guarded block: add the anchor's bias (at ``channel``), run the epilogue, store."""
     bias = bias_of(workload)
     lines = [f"float anchor_value = {value};"]
@@ -124,8 +143,9 @@ def work_group_knobs() -> list[Knob]:
 
 def covers(reason: str, tile, extent: int) -> Restriction:
     """A work-group's tile at most twice the extent it covers: bigger tiles only idle."""
-    return Restriction(f"{reason} must be < 2x the extent it covers ({extent})",
-                       lambda c, _: tile(c) < 2 * extent)
+    return Restriction(
+        f"{reason} must be < 2x the extent it covers ({extent})", lambda c, _: tile(c) < 2 * extent
+    )
 
 
 def shrink_until(config: dict, knobs: tuple[str, ...], fits) -> dict:

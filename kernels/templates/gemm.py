@@ -39,21 +39,40 @@ def geometry_of(workload) -> GemmGeometry:
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         per_column = bias is not None and workload.types[bias].shape == (b_shape[0],)
         return GemmGeometry(
-            a=node.inputs[0], b=node.inputs[1], bias=bias,
-            bias_per_column=per_column and b_shape[0] > 1, b_is_nk=True,
-            batch_shape=(), a_batch_strides=(), b_batch_strides=(),
-            m=math.prod(a_shape[:-1]), n=b_shape[0], k=b_shape[1],
-            row_shape=a_shape[:-1], has_col_axis=True)
+            a=node.inputs[0],
+            b=node.inputs[1],
+            bias=bias,
+            bias_per_column=per_column and b_shape[0] > 1,
+            b_is_nk=True,
+            batch_shape=(),
+            a_batch_strides=(),
+            b_batch_strides=(),
+            m=math.prod(a_shape[:-1]),
+            n=b_shape[0],
+            k=b_shape[1],
+            row_shape=a_shape[:-1],
+            has_col_axis=True,
+        )
     a2 = (1, *a_shape) if len(a_shape) == 1 else a_shape
     b2 = (*b_shape, 1) if len(b_shape) == 1 else b_shape
     out_shape = workload.types[node.outputs[0]].shape
     batch = out_shape[: len(out_shape) - (len(a_shape) > 1) - (len(b_shape) > 1)]
     m, k, n = a2[-2], a2[-1], b2[-1]
     return GemmGeometry(
-        a=node.inputs[0], b=node.inputs[1], bias=None, bias_per_column=False, b_is_nk=False,
-        batch_shape=batch, a_batch_strides=_batch_strides(a2[:-2], batch, m * k),
-        b_batch_strides=_batch_strides(b2[:-2], batch, k * n), m=m, n=n, k=k,
-        row_shape=(m,) if len(a_shape) > 1 else (), has_col_axis=len(b_shape) > 1)
+        a=node.inputs[0],
+        b=node.inputs[1],
+        bias=None,
+        bias_per_column=False,
+        b_is_nk=False,
+        batch_shape=batch,
+        a_batch_strides=_batch_strides(a2[:-2], batch, m * k),
+        b_batch_strides=_batch_strides(b2[:-2], batch, k * n),
+        m=m,
+        n=n,
+        k=k,
+        row_shape=(m,) if len(a_shape) > 1 else (),
+        has_col_axis=len(b_shape) > 1,
+    )
 
 
 def _batch_strides(shape, batch, matrix) -> tuple[int, ...]:
@@ -85,16 +104,22 @@ class GemmTemplate(Template):
 
         return [
             Knob("tile_m", upto((1, 2, 4, 8), g.m), "rows of C per work-item (register block)"),
-            Knob("tile_n", upto((1, 2, 4, 8, 16), g.n),
-                 "columns of C per work-item (register block)"),
+            Knob(
+                "tile_n", upto((1, 2, 4, 8, 16), g.n), "columns of C per work-item (register block)"
+            ),
             Knob("wg_m", upto((1, 2, 4, 8, 16, 32), g.m), "work-items per group along rows"),
-            Knob("wg_n", upto((1, 2, 4, 8, 16, 32, 64), g.n),
-                 "work-items per group along columns"),
-            Knob("wg_k", upto((1, 8, 32), g.k),
-                 "work-items per group splitting k (direct loops; summed in local memory)"),
+            Knob("wg_n", upto((1, 2, 4, 8, 16, 32, 64), g.n), "work-items per group along columns"),
+            Knob(
+                "wg_k",
+                upto((1, 8, 32), g.k),
+                "work-items per group splitting k (direct loops; summed in local memory)",
+            ),
             Knob("vector", (1, 4, 8), "float lanes per load: along n of B (k for dense B rows)"),
-            Knob("interleave_n", (True, False),
-                 "neighbouring work-items own neighbouring column vectors (else a block each)"),
+            Knob(
+                "interleave_n",
+                (True, False),
+                "neighbouring work-items own neighbouring column vectors (else a block each)",
+            ),
             Knob("stage_local", (False, True), "stage A and B tiles through local memory"),
             Knob("tile_k", (8, 16, 32), "k steps per staged tile"),
             Knob("unroll_k", (1, 2, 4, 8), "k steps unrolled in the inner loop"),
@@ -103,17 +128,27 @@ class GemmTemplate(Template):
     def restrictions(self):
         g = self.geometry
         return [
-            Restriction(f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
-                        lambda c, _: self.accumulators(c) <= MAX_ACCUMULATORS),
-            Restriction("vector must divide tile_n (accumulators are vectors of columns)",
-                        lambda c, _: self.vectors_along_k(c) or c["tile_n"] % c["vector"] == 0),
-            Restriction("tile_k is only used with stage_local: keep it at 8 without",
-                        lambda c, _: c["stage_local"] or c["tile_k"] == 8),
-            Restriction("interleave_n is moot with one column block per work-item or one "
-                        "work-item per row: keep it True",
-                        lambda c, _: c["interleave_n"] or not self.interleave_is_moot(c)),
-            Restriction("wg_k splits the direct k loops: keep it 1 with stage_local",
-                        lambda c, _: not c["stage_local"] or c["wg_k"] == 1),
+            Restriction(
+                f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
+                lambda c, _: self.accumulators(c) <= MAX_ACCUMULATORS,
+            ),
+            Restriction(
+                "vector must divide tile_n (accumulators are vectors of columns)",
+                lambda c, _: self.vectors_along_k(c) or c["tile_n"] % c["vector"] == 0,
+            ),
+            Restriction(
+                "tile_k is only used with stage_local: keep it at 8 without",
+                lambda c, _: c["stage_local"] or c["tile_k"] == 8,
+            ),
+            Restriction(
+                "interleave_n is moot with one column block per work-item or one "
+                "work-item per row: keep it True",
+                lambda c, _: c["interleave_n"] or not self.interleave_is_moot(c),
+            ),
+            Restriction(
+                "wg_k splits the direct k loops: keep it 1 with stage_local",
+                lambda c, _: not c["stage_local"] or c["wg_k"] == 1,
+            ),
             covers("wg_k * k step", lambda c: c["wg_k"] * self.k_step(c), g.k),
             covers("wg_m * tile_m", lambda c: self.block(c)[0], g.m),
             covers("wg_n * tile_n", lambda c: self.block(c)[1], g.n),
@@ -173,10 +208,18 @@ class GemmTemplate(Template):
         dense, 8 x 8 for matmul; 4 x 4 groups (PoCL runs a group's work-items in turn, so
         neighbours find the rows they share in cache)."""
         nk = self.geometry.b_is_nk
-        return {"stage_local": False, "tile_k": 8, "wg_m": 4, "wg_n": 4, "wg_k": 1,
-                "vector": 8 if limits.preferred_vector_width >= 8 else 4,
-                "tile_m": 4 if nk else 8, "tile_n": 2 if nk else 8,
-                "unroll_k": 4 if nk else 2, "interleave_n": True}
+        return {
+            "stage_local": False,
+            "tile_k": 8,
+            "wg_m": 4,
+            "wg_n": 4,
+            "wg_k": 1,
+            "vector": 8 if limits.preferred_vector_width >= 8 else 4,
+            "tile_m": 4 if nk else 8,
+            "tile_n": 2 if nk else 8,
+            "unroll_k": 4 if nk else 2,
+            "interleave_n": True,
+        }
 
     def _gpu_start(self) -> dict:
         """Enough rows: 4 x 4 per work-item in 16 x 16 groups staged through local memory 16
@@ -185,11 +228,26 @@ class GemmTemplate(Template):
         from splitting k over the group's work-items too; neighbours read neighbouring k of
         a dense B row, or neighbouring columns of a matmul B row (coalesced)."""
         g = self.geometry
-        config = {"stage_local": False, "tile_k": 8, "unroll_k": 4, "wg_m": 1, "tile_m": 4,
-                  "tile_n": 2, "vector": 1, "interleave_n": True}
+        config = {
+            "stage_local": False,
+            "tile_k": 8,
+            "unroll_k": 4,
+            "wg_m": 1,
+            "tile_m": 4,
+            "tile_n": 2,
+            "vector": 1,
+            "interleave_n": True,
+        }
         if g.m >= 16:
-            return {**config, "stage_local": True, "tile_k": 16, "wg_m": 16, "wg_n": 16,
-                    "wg_k": 1, "tile_n": 4}
+            return {
+                **config,
+                "stage_local": True,
+                "tile_k": 16,
+                "wg_m": 16,
+                "wg_n": 16,
+                "wg_k": 1,
+                "tile_n": 4,
+            }
         if g.b_is_nk:
             return {**config, "wg_n": 4, "wg_k": 32}
         return {**config, "wg_n": 32, "tile_n": 1, "wg_k": 8}
@@ -201,11 +259,17 @@ class GemmTemplate(Template):
         local = ()
         if config["stage_local"]:
             tk = config["tile_k"]
-            local = (LocalArray("a_tile", "float", tk * (bm + 1)),
-                     LocalArray("b_tile", "float", tk * (bn + 1)))
+            local = (
+                LocalArray("a_tile", "float", tk * (bm + 1)),
+                LocalArray("b_tile", "float", tk * (bn + 1)),
+            )
         elif config["wg_k"] > 1:
             local = (LocalArray("partial", "float", bm * bn * config["wg_k"]),)
         groups = (ceil_div(g.n, bn), ceil_div(g.m, bm), g.batch)
-        return KernelSpec("gemm", kernel_buffers(self.workload), indent(source.body(), 1),
-                          Launch(groups, self.work_group(config)), local)
-
+        return KernelSpec(
+            "gemm",
+            kernel_buffers(self.workload),
+            indent(source.body(), 1),
+            Launch(groups, self.work_group(config)),
+            local,
+        )

@@ -74,8 +74,9 @@ def vector_lanes(expr_of_lane, width: int) -> str:
 def vector_load(pointer: str, offset: str, width: int) -> str:
     """``width`` consecutive floats, lane by lane. Not VLOADn: PoCL calls vload out of line,
     which forces the accumulators to the stack; compilers merge the lanes into one load."""
-    return vector_lanes(lambda v: f"{pointer}[{offset} + {v}]" if v else f"{pointer}[{offset}]",
-                        width)
+    return vector_lanes(
+        lambda v: f"{pointer}[{offset} + {v}]" if v else f"{pointer}[{offset}]", width
+    )
 
 
 class GemmSource:
@@ -113,8 +114,13 @@ class GemmSource:
         for name, d, s in zip(
             self.batch_index, g.batch_shape, row_major_strides(g.batch_shape), strict=True
         ):
-            expr = "0" if d == 1 else f"((int)GROUP_ID(2) / {s}) % {d}" if s > 1 else (
-                f"(int)GROUP_ID(2) % {d}")
+            expr = (
+                "0"
+                if d == 1
+                else f"((int)GROUP_ID(2) / {s}) % {d}"
+                if s > 1
+                else (f"(int)GROUP_ID(2) % {d}")
+            )
             lines.append(f"const int {name} = {expr};")
         for name, strides in (("a_base", g.a_batch_strides), ("b_base", g.b_batch_strides)):
             terms = [f"({idx})batch{i} * {s}" for i, s in enumerate(strides) if s]
@@ -179,8 +185,9 @@ for (int j = 0; j < {rows}; ++j) {{
 }}"""
 
             def b_load(k):
-                return vector_lanes(lambda v: f"{g.b}[b_col[j * {vec} + {v}] + ({idx})({k}) * "
-                                              f"{g.n}]", vec)
+                return vector_lanes(
+                    lambda v: f"{g.b}[b_col[j * {vec} + {v}] + ({idx})({k}) * {g.n}]", vec
+                )
 
         def step(k):
             return self.fma_block("float", f"{g.a}[a_row[i] + {k}]", b_load(k))
@@ -196,8 +203,11 @@ for (int j = 0; j < {rows}; ++j) {{
         col = clamp(f"n_group + {self.column('j')}", g.n - 1, ragged)
 
         def step(k):
-            return self.fma_block(vector_type(vec), vector_load(g.a, f"a_row[i] + {k}", vec),
-                                  vector_load(g.b, f"b_row[j] + {k}", vec))
+            return self.fma_block(
+                vector_type(vec),
+                vector_load(g.a, f"a_row[i] + {k}", vec),
+                vector_load(g.b, f"b_row[j] + {k}", vec),
+            )
 
         main = g.k - g.k % vec
         lane_sum = " + ".join(f"acc[a].{lane}" for lane in lane_names(vec)) if vec > 1 else "acc[a]"
@@ -270,7 +280,8 @@ for (int k = {start}; k < {end}; k += {own}) {{
             b_split = f"const int kk = e / {self.bn}, q = e % {self.bn};"
             b_load = guarded(f"{g.b}[b_base + ({idx})(k0 + kk) * {g.n} + {col}]")
         b_value = vector_lanes(
-            lambda v: f"b_tile[kk * {b_pitch} + {self.column('j', str(v))}]", vec)
+            lambda v: f"b_tile[kk * {b_pitch} + {self.column('j', str(v))}]", vec
+        )
         return f"""\
 for (int k0 = 0; k0 < {g.k}; k0 += {tk}) {{
   for (int e = tid; e < {self.bm * tk}; e += {threads}) {{
@@ -298,13 +309,17 @@ for (int k0 = 0; k0 < {g.k}; k0 += {tk}) {{
             value = f"sum[i * {self.tn} + j]"
         else:
             names = ", ".join(f"tile.{lane}" for lane in lane_names(w)) if w > 1 else "tile"
-            setup = (f"const {vector_type(w)} tile = acc[i * {self.accs_per_row} + j];\n"
-                     f"const float lane[{w}] = {{{names}}};")
+            setup = (
+                f"const {vector_type(w)} tile = acc[i * {self.accs_per_row} + j];\n"
+                f"const float lane[{w}] = {{{names}}};"
+            )
             value = "lane[v]"
         names = [f"const int e = (i * {self.accs_per_row} + j) * {w} + v;"] if numbered else []
         if position:
-            names += ["const int m = m_first + i;",
-                      f"const int n = n_group + {self.column('j', 'v')};"]
+            names += [
+                "const int m = m_first + i;",
+                f"const int n = n_group + {self.column('j', 'v')};",
+            ]
         return f"""\
 {UNROLL}
 for (int i = 0; i < {self.tm}; ++i) {{
@@ -334,7 +349,9 @@ for (int i = 0; i < {self.tm}; ++i) {{
         elements, threads = self.tm * self.tn, self.threads_mn
         publish = self.for_each_output(
             lambda value: f"partial[(kz * {elements} + e) * {threads} + tid] = {value};",
-            position=False, numbered=True)
+            position=False,
+            numbered=True,
+        )
         combine = f"""\
 if (e % {self.wg_k} == kz) {{
   float total = partial[e * {threads} + tid];

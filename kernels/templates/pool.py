@@ -54,8 +54,10 @@ class Pool2dTemplate(Template):
     def restrictions(self):
         g = self.geometry
         return [
-            Restriction(f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
-                        lambda c, _: c["oh_block"] * c["ow_block"] <= MAX_ACCUMULATORS),
+            Restriction(
+                f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
+                lambda c, _: c["oh_block"] * c["ow_block"] <= MAX_ACCUMULATORS,
+            ),
             covers("wg_x * ow_block", lambda c: c["wg_x"] * c["ow_block"], g.out_width),
             covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], g.out_height),
         ]
@@ -67,12 +69,19 @@ class Pool2dTemplate(Template):
         """A 16 x 4 group of work-items, 2 rows each: pooling is bandwidth-bound, so the
         group reads wide contiguous rows."""
         g = self.geometry
-        config = {"oh_block": 2, "ow_block": 1,
-                  "unroll_window": g.kernel[0] * g.kernel[1] <= 25, "wg_x": 16, "wg_y": 4}
-        shrink_until(config, ("wg_x", "ow_block"),
-                     lambda c: c["wg_x"] * c["ow_block"] < 2 * g.out_width)
-        shrink_until(config, ("wg_y", "oh_block"),
-                     lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height)
+        config = {
+            "oh_block": 2,
+            "ow_block": 1,
+            "unroll_window": g.kernel[0] * g.kernel[1] <= 25,
+            "wg_x": 16,
+            "wg_y": 4,
+        }
+        shrink_until(
+            config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] < 2 * g.out_width
+        )
+        shrink_until(
+            config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height
+        )
         return self.space(limits).check(config)
 
     def spec(self, config: Config) -> KernelSpec:
@@ -100,10 +109,14 @@ class Pool2dTemplate(Template):
         else:
             init = "0.0f"
             update = "acc[a] += value;"
-            result = (f"acc[i * {owb} + j] / (float)(row_count[i] * col_count[j])")
+            result = f"acc[i * {owb} + j] / (float)(row_count[i] * col_count[j])"
         ow = f"ow_base + j * {wgx}"
-        store = store_output(self.workload, result, ("n", "c", "oh_base + i", ow),
-                             f"oh_base + i < {g.out_height} && {ow} < {g.out_width}")
+        store = store_output(
+            self.workload,
+            result,
+            ("n", "c", "oh_base + i", ow),
+            f"oh_base + i < {g.out_height} && {ow} < {g.out_width}",
+        )
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);
 const int c = GROUP_ID(2) % {g.channels};
@@ -156,7 +169,11 @@ for (int i = 0; i < {ohb}; ++i) {{
 {indent(store, 2)}
   }}
 }}"""
-        groups = (ceil_div(g.out_width, wgx * owb), ceil_div(g.out_height, wgy * ohb),
-                  g.batch * g.channels)
-        return KernelSpec(node.op, kernel_buffers(self.workload), indent(body, 1),
-                          Launch(groups, (wgx, wgy, 1)))
+        groups = (
+            ceil_div(g.out_width, wgx * owb),
+            ceil_div(g.out_height, wgy * ohb),
+            g.batch * g.channels,
+        )
+        return KernelSpec(
+            node.op, kernel_buffers(self.workload), indent(body, 1), Launch(groups, (wgx, wgy, 1))
+        )

@@ -118,17 +118,28 @@ class ReductionTemplate(Template):
     def restrictions(self):
         g = self.geometry
         return [
-            Restriction("the serial scheme gives each work-item whole rows: row_threads must be 1",
-                        lambda c, _: _is_tree(c) or c["row_threads"] == 1),
-            Restriction("a tree reduction needs at least 2 row_threads",
-                        lambda c, _: not _is_tree(c) or c["row_threads"] >= 2),
-            Restriction("row_threads must divide work_group (a work-group holds whole rows)",
-                        lambda c, _: c["work_group"] % c["row_threads"] == 0),
-            Restriction("more row_threads than the row has elements would idle",
-                        lambda c, _: c["row_threads"] <= next_pow2(g.length)),
-            Restriction("more rows per work-group than the workload has would idle",
-                        lambda c, _: self.rows_per_group(c) <= next_pow2(g.rows)
-                        or c["work_group"] == WORK_GROUPS[0]),
+            Restriction(
+                "the serial scheme gives each work-item whole rows: row_threads must be 1",
+                lambda c, _: _is_tree(c) or c["row_threads"] == 1,
+            ),
+            Restriction(
+                "a tree reduction needs at least 2 row_threads",
+                lambda c, _: not _is_tree(c) or c["row_threads"] >= 2,
+            ),
+            Restriction(
+                "row_threads must divide work_group (a work-group holds whole rows)",
+                lambda c, _: c["work_group"] % c["row_threads"] == 0,
+            ),
+            Restriction(
+                "more row_threads than the row has elements would idle",
+                lambda c, _: c["row_threads"] <= next_pow2(g.length),
+            ),
+            Restriction(
+                "more rows per work-group than the workload has would idle",
+                lambda c, _: (
+                    self.rows_per_group(c) <= next_pow2(g.rows) or c["work_group"] == WORK_GROUPS[0]
+                ),
+            ),
         ]
 
     @staticmethod
@@ -163,14 +174,19 @@ class ReductionTemplate(Template):
             threads = max(2, min(cap // pack, next_pow2(-(-n // 4))))
             pack = max(pack, min(prev_pow2(rows), 128 // threads))
             items = next(k for k in (4, 2, 1) if n >= k * threads)
-            config = {"scheme": "tree", "work_group": threads * pack, "row_threads": threads,
-                      "items": items}
+            config = {
+                "scheme": "tree",
+                "work_group": threads * pack,
+                "row_threads": threads,
+                "items": items,
+            }
             if space.is_valid(config):
                 return space.check(config)
         group = min(64 if cpu else cap, max(WORK_GROUPS[0], next_pow2(rows)))
         items = next(k for k in (8 if cpu else 4, 2, 1) if n >= k)
-        return space.check({"scheme": "serial", "work_group": group, "row_threads": 1,
-                            "items": items})
+        return space.check(
+            {"scheme": "serial", "work_group": group, "row_threads": 1, "items": items}
+        )
 
     # ---- the kernel ---------------------------------------------------------------------
     def spec(self, config: Config) -> KernelSpec:
@@ -201,8 +217,7 @@ class _KernelWriter:
         thread = f"LOCAL_ID({1 - self.row_dim})" if self.threads > 1 else "0"
         lines = [
             f"const int t = {thread};",
-            f"const {it} r = ({it})GROUP_ID(0) * {self.rows_per_group} + "
-            f"LOCAL_ID({self.row_dim});",
+            f"const {it} r = ({it})GROUP_ID(0) * {self.rows_per_group} + LOCAL_ID({self.row_dim});",
             # Surplus rows of the last group redo the last row (barriers stay uniform) but
             # never store.
             f"const {it} row = r < {g.rows} ? r : {g.rows - 1};",

@@ -142,15 +142,24 @@ def reduction_of(op: str, attrs: dict, shape: tuple[int, ...], beta: bool = Fals
         fold = arg_fold(op == "argmax", attrs["select_last_index"])
         return Reduction(fold, axes, "(long)a_i")
     if op == "softmax":
-        return Reduction(ONLINE_SOFTMAX, axes, "exp({x} - a_m) * inv_s",
-                         "float inv_s = 1.0f / a_s;", per_element=True)
+        return Reduction(
+            ONLINE_SOFTMAX,
+            axes,
+            "exp({x} - a_m) * inv_s",
+            "float inv_s = 1.0f / a_s;",
+            per_element=True,
+        )
     if op == "log_softmax":
-        return Reduction(ONLINE_SOFTMAX, axes, "({x} - a_m) - log_s", "float log_s = log(a_s);",
-                         per_element=True)
+        return Reduction(
+            ONLINE_SOFTMAX, axes, "({x} - a_m) - log_s", "float log_s = log(a_s);", per_element=True
+        )
     eps = literal(attrs["epsilon"], "float32")
     return Reduction(
-        WELFORD, axes, "({x} - a_mean) * rstd * {g}" + (" + {b}" if beta else ""),
-        f"float rstd = 1.0f / sqrt(a_m2 * {inverse} + {eps});", per_element=True,
+        WELFORD,
+        axes,
+        "({x} - a_mean) * rstd * {g}" + (" + {b}" if beta else ""),
+        f"float rstd = 1.0f / sqrt(a_m2 * {inverse} + {eps});",
+        per_element=True,
     )
 
 
