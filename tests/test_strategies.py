@@ -89,3 +89,14 @@ def test_bayesian_beats_random_at_32_trials(setup):
 def test_configs_are_hashable_values():
     a, b = Config({"x": 1, "y": 2}), Config({"y": 2, "x": 1})
     assert a == b and hash(a) == hash(b) and a.key() == '{"x":1,"y":2}'
+
+
+def test_random_search_resumes_exactly(setup):
+    """Killed after some trials and restarted from its log, a random search proposes exactly
+    what the uninterrupted run would have (the kill campaign relies on it)."""
+    _, table, space = setup
+    whole = make_strategy("random", space, seed=5)
+    uninterrupted = whole.propose(4) + whole.propose(4) + whole.propose(4)
+    resumed = make_strategy("random", space, seed=5)
+    resumed.observe(uninterrupted[:6], [table[c] for c in uninterrupted[:6]])
+    assert resumed.propose(6) == uninterrupted[6:]

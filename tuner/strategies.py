@@ -31,15 +31,33 @@ class Strategy:
 
 
 class RandomSearch(Strategy):
+    """Uniform over the valid configs, in one seeded order: proposals depend only on the seed
+    and on what was already measured, so a run resumed from its log continues exactly as the
+    uninterrupted run would have."""
+
     name = "random"
+
+    def __init__(self, space, seed=0):
+        super().__init__(space, seed)
+        self._order = self._draws()
+
+    def _draws(self):
+        knobs = self.space.knobs
+        for _ in range(100_000):
+            config = Config({k.name: k.choices[self.rng.integers(len(k.choices))] for k in knobs})
+            if self.space.is_valid(config):
+                yield config
+        yield from self.space.all_valid()  # a nearly exhausted space: the rest, in order
 
     def propose(self, n):
         picked = []
-        for config in self.space.sample(n + len(self.seen), self.rng):
-            if config not in self.seen and len(picked) < n:
+        while len(picked) < n:  # take only what is used: the order must not skip a draw
+            config = next(self._order, None)
+            if config is None:
+                break
+            if config not in self.seen and config not in picked:
                 picked.append(config)
-                self.seen.add(config)
-        self.rng.shuffle(picked)
+        self.seen.update(picked)
         return picked
 
 

@@ -7,6 +7,7 @@ it emits whose operands are all constants is evaluated at once with that op's nu
 leave no node behind.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,10 @@ def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 _REQUIRED = object()
+
+
+# A constant folded at import larger than this is refused (a ConstantOfShape or Expand bomb).
+MAX_FOLDED_BYTES = 1 << 30
 
 
 class ConvertContext:
@@ -207,6 +212,12 @@ class ConvertContext:
         except GraphError as exc:
             raise self.error(str(exc)) from None
         if all(v.name in self.consts for v in operands):
+            folded = sum(math.prod(shape) * DTYPES[dtype].itemsize for shape, dtype in outs)
+            if folded > MAX_FOLDED_BYTES:  # checked before anything is allocated
+                raise self.error(
+                    f"folding {op_name} would make a {folded} B constant (limit "
+                    f"{MAX_FOLDED_BYTES} B): the model is malformed or hostile"
+                )
             try:
                 arrays = opdef.evaluate([self.consts[v.name] for v in operands], attrs)
             except (ValueError, IndexError, TypeError) as exc:  # e.g. a constant index too big

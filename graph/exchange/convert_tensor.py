@@ -4,9 +4,11 @@ Shape, Constant and ConstantOfShape produce constants, so the shape arithmetic e
 around them folds away during import.
 """
 
+import math
+
 import numpy as np
 
-from .convert_base import ConvertContext, converts
+from .convert_base import MAX_FOLDED_BYTES, ConvertContext, converts
 
 
 @converts("Identity")
@@ -33,6 +35,9 @@ def constant(ctx: ConvertContext):
 def constant_of_shape(ctx: ConvertContext):
     shape = tuple(int(d) for d in ctx.constant(0, "the shape"))
     fill = ctx.attr("value", np.zeros(1, dtype=np.float32))
+    nbytes = math.prod(shape) * fill.dtype.itemsize
+    if min(shape, default=0) < 0 or nbytes > MAX_FOLDED_BYTES:  # before allocating anything
+        raise ctx.error(f"ConstantOfShape asks for an implausible constant of shape {shape}")
     return ctx.const(np.full(shape, fill.reshape(())[()], dtype=fill.dtype))
 
 

@@ -8,6 +8,7 @@ approximated. Core tensors keep their ONNX names; nodes keep their ONNX names (m
 """
 
 import dataclasses
+import math
 import os
 from collections import defaultdict
 
@@ -43,6 +44,24 @@ def import_onnx(model, input_shapes=None, *, input_values=None) -> Graph:
     ``input_values`` ({name: array}) fixes graph inputs to constants, for models that feed a
     shape, axes or pads as an input (see ``constant_inputs``).
     """
+    try:
+        return _import(model, input_shapes, input_values)
+    except _MALFORMED as exc:  # the last line of defence: damaged protos fail in many places
+        raise ModelLoadError(f"malformed model: {type(exc).__name__}: {exc}") from None
+
+
+_MALFORMED = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    UnicodeDecodeError,
+)
+
+
+def _import(model, input_shapes, input_values) -> Graph:
     proto = load_model(model)
     opset = default_opset(proto)
     if proto.functions:  # model-local functions: inline them so their nodes are checked too
@@ -207,6 +226,12 @@ def _convert(
             if problems:  # the unsupported nodes are the first thing to fix
                 break
             raise
+        except _MALFORMED as exc:  # attributes or constants of the wrong type, rank or size
+            if problems:
+                break
+            raise GraphError(
+                f"node {name!r} ({node.op_type}) is malformed: {type(exc).__name__}: {exc}"
+            ) from None
     if problems:
         raise _unsupported(proto, opset, problems)
     outputs = _bind_outputs(ctx, [o.name for o in graph.output])
@@ -307,7 +332,7 @@ def _input_type(info: onnx.ValueInfoProto, override) -> TensorType:
                 f"input_shapes gives input {info.name!r} the shape {shape}, but the "
                 f"model declares {tuple(dims)}"
             )
-        return TensorType(shape, dtype)
+        return TensorType(_bounded(info.name, shape), dtype)
     if dims is None:
         raise InputError(
             f"input {info.name!r} has no declared shape; give it with "
@@ -320,7 +345,17 @@ def _input_type(info: onnx.ValueInfoProto, override) -> TensorType:
                 f"static size; give the shape with import_onnx(..., "
                 f"input_shapes={{{info.name!r}: (...)}})"
             )
-    return TensorType(tuple(dims), dtype)
+    return TensorType(_bounded(info.name, tuple(dims)), dtype)
+
+
+# Kernels index with 32- or 64-bit integers; no real tensor comes near these.
+MAX_DIM, MAX_ELEMENTS = 2**31 - 1, 2**40
+
+
+def _bounded(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if any(d < 0 or d > MAX_DIM for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise InputError(f"input {name!r} has an implausible shape {shape}")
+    return shape
 
 
 def _bind_outputs(ctx: ConvertContext, outputs: list[str]) -> list[str]:
