@@ -133,11 +133,11 @@ def killed_run(log: pathlib.Path, trials: int, seed: int, kills: int, rng: rando
             return events, survivors
         before = _complete_lines(log)
         if len(events) % 2 == 0:
-            mode, delay = "timed", rng.uniform(0.2, 3.0)
+            mode, delay = "timed", rng.uniform(0.2, 1.6)
             wait_for = None
         else:
             mode, delay = "after-record", rng.uniform(0.0, 0.3)
-            wait_for = before + rng.randint(1, 2)
+            wait_for = before + 1
         deadline = started + RUN_LIMIT
         while process.poll() is None and time.monotonic() < deadline:
             if wait_for is None and time.monotonic() - started >= delay:
@@ -226,7 +226,7 @@ def check(campaign_log, reference_log, table_log, trials) -> tuple[list, dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=25)
-    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--trials", type=int, default=84)
     parser.add_argument("--seed", type=int, default=5, help="the tuner's seed")
     parser.add_argument("--campaign-seed", type=int, default=2026, help="where the kills land")
     parser.add_argument("--strategy", default="random")
