@@ -11,7 +11,7 @@ reads are coalesced and the inner loop has no padding checks.
 from coretune.kernels.device import DeviceLimits
 
 from ..render import KernelSpec, Launch, LocalArray
-from ..space import Config, Knob, Restriction
+from ..space import Config, Knob
 from .base import Template
 from .conv_common import (
     NO_UNROLL,
@@ -19,10 +19,10 @@ from .conv_common import (
     WindowGeometry,
     anchor_is_float,
     ceil_div,
-    covers,
     indent,
     index_type,
     kernel_buffers,
+    row_tile_restrictions,
     shrink_until,
     store_output,
     work_group_knobs,
@@ -55,15 +55,7 @@ class DepthwiseConv2dTemplate(Template):
         ]
 
     def restrictions(self):
-        g = self.geometry
-        return [
-            Restriction(
-                f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
-                lambda c, _: c["oh_block"] * c["ow_block"] <= MAX_ACCUMULATORS,
-            ),
-            covers("wg_x * ow_block", lambda c: c["wg_x"] * c["ow_block"], g.out_width),
-            covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], g.out_height),
-        ]
+        return row_tile_restrictions(self.geometry, MAX_ACCUMULATORS)
 
     def work_group(self, config):
         return (config["wg_x"], config["wg_y"], 1)

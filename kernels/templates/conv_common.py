@@ -155,3 +155,16 @@ def shrink_until(config: dict, knobs: tuple[str, ...], fits) -> dict:
         while not fits(config) and config[knob] > 1:
             config[knob] //= 2
     return config
+
+
+def row_tile_restrictions(g: "WindowGeometry", max_accumulators: int) -> list[Restriction]:
+    """Restrictions of a template whose work-item computes oh_block x ow_block outputs and whose
+    group is wg_x x wg_y (depthwise conv, pooling): registers bounded, no idle group rows."""
+    return [
+        Restriction(
+            f"register tile must hold at most {max_accumulators} accumulators",
+            lambda c, _: c["oh_block"] * c["ow_block"] <= max_accumulators,
+        ),
+        covers("wg_x * ow_block", lambda c: c["wg_x"] * c["ow_block"], g.out_width),
+        covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], g.out_height),
+    ]
