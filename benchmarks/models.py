@@ -1,0 +1,137 @@
+"""The test models end to end: tune each with the real tuner, then time the default build, the
+tuned build and onnxruntime (2 intra-op threads) in one interleaved run per model (medians).
+
+For each model: save it to a temp .onnx, run `coretune tune MODEL.onnx --trials N --log
+benchmarks/results/models_<name>.jsonl --no-e2e` (a fresh log each time), then compile both
+builds and time them with coretune.cli_bench's interleaved runners.
+
+    python benchmarks/models.py [--trials 48] [--repeat 30]
+
+Writes benchmarks/results/models.md and keeps the logs beside it.
+"""
+
+import argparse
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import onnx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import environment, header  # noqa: E402
+
+import coretune  # noqa: E402
+from coretune.cli_bench import interleaved, module_runner, onnxruntime_runner  # noqa: E402
+from coretune.kernels import open_device  # noqa: E402
+from tests.onnx_models import MODELS  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+CASES = {
+    "mlp_batch1": lambda: MODELS["mlp"](),
+    "mlp_batch64": lambda: MODELS["mlp"](batch=64),
+    "cnn": MODELS["cnn"],
+    "mobilenet_block_bn": lambda: MODELS["mobilenet_block"](batch_norms=True),
+    "transformer_layer": MODELS["transformer_layer"],
+}
+
+
+def tune(path: pathlib.Path, log: pathlib.Path, trials: int) -> None:
+    log.unlink(missing_ok=True)
+    command = ["coretune", "tune", str(path), "--trials", str(trials), "--log", str(log)]
+    subprocess.run([*command, "--no-e2e"], check=True, stdout=subprocess.DEVNULL)
+
+
+def measure(path: pathlib.Path, inputs: dict, log: pathlib.Path, device, repeat: int) -> dict:
+    builds = {
+        "default": coretune.compile(str(path), device),
+        "tuned": coretune.compile(str(path), device, logs=[str(log)]),
+    }
+    runners = {name: module_runner(module, inputs) for name, module in builds.items()}
+    found = onnxruntime_runner(path, inputs, builds["default"].input_names)
+    if found is None:
+        raise SystemExit("onnxruntime is not installed")
+    runners["onnxruntime"] = found[0]
+    times = {k: v["wall_median_s"] for k, v in interleaved(runners, repeat).items()}
+    return {
+        "times": times,
+        "default": builds["default"].summary(),
+        "tuned": builds["tuned"].summary(),
+    }
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f} us"
+
+
+def row(name: str, r: dict) -> str:
+    t, d, tuned = r["times"], r["default"], r["tuned"]
+    kernels = f"{tuned['kernels']} ({tuned['tuned']} tuned)"
+    memory = f"{tuned['planned_bytes']:,} / {tuned['unshared_bytes']:,}"
+    if d["planned_bytes"] != tuned["planned_bytes"]:
+        memory += f" (default build {d['planned_bytes']:,})"
+    cells = [
+        name,
+        kernels,
+        memory,
+        us(t["default"]),
+        us(t["tuned"]),
+        us(t["onnxruntime"]),
+        f"{t['default'] / t['tuned']:.2f}x",
+        f"{t['tuned'] / t['onnxruntime']:.2f}x",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=48, help="tuning trials per model")
+    parser.add_argument("--repeat", type=int, default=30, help="timed runs per build")
+    args = parser.parse_args()
+    device = open_device(None)
+    RESULTS.mkdir(exist_ok=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, build in CASES.items():
+            model, inputs = build()
+            path = pathlib.Path(tmp) / f"{name}.onnx"
+            onnx.save(model, path)
+            log = RESULTS / f"models_{name}.jsonl"
+            print(f"{name}: tuning, {args.trials} trials ...", flush=True)
+            tune(path, log, args.trials)
+            results[name] = measure(path, inputs, log, device, args.repeat)
+            print(row(name, results[name]), flush=True)
+    lines = [
+        "# Test models: default vs tuned build vs onnxruntime",
+        "",
+        header(environment(device)),
+        "",
+        f"Tuned with `coretune tune MODEL.onnx --trials {args.trials} --no-e2e` (bayesian, "
+        "fresh log per model: `models_<name>.jsonl`). Latencies are medians of wall time per "
+        f"run over {args.repeat} runs each, default / tuned / onnxruntime interleaved in rounds "
+        "(coretune.cli_bench.interleaved); onnxruntime uses the CPU provider with 2 intra-op "
+        "threads. Kernels and memory are the tuned build's (Module.summary()): kernels per run, "
+        "planned buffer bytes vs one buffer per tensor (no reuse). Speedup = "
+        "default / tuned; the last column = tuned / onnxruntime (below 1 means coretune is "
+        "faster).",
+        "",
+        "| model | kernels | planned / no-reuse bytes | default | tuned | onnxruntime "
+        "| tuned/default speedup | tuned vs onnxruntime |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+        *(row(name, r) for name, r in results.items()),
+        "",
+        "Command: `python benchmarks/models.py"
+        + (f" --trials {args.trials}" if args.trials != 48 else "")
+        + (f" --repeat {args.repeat}" if args.repeat != 30 else "")
+        + "`",
+        "",
+    ]
+    (RESULTS / "models.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
