@@ -12,11 +12,11 @@ from coretune.kernels.device import DeviceLimits
 
 from ..render import KernelSpec, Launch, LocalArray
 from ..space import Config, Knob
-from .base import Template
 from .conv_common import (
     NO_UNROLL,
     UNROLL,
     WindowGeometry,
+    WindowTemplate,
     anchor_is_float,
     ceil_div,
     indent,
@@ -31,7 +31,7 @@ from .conv_common import (
 MAX_ACCUMULATORS = 32
 
 
-class DepthwiseConv2dTemplate(Template):
+class DepthwiseConv2dTemplate(WindowTemplate):
     name = "conv2d_depthwise"
 
     @classmethod
@@ -40,10 +40,6 @@ class DepthwiseConv2dTemplate(Template):
             return False
         g = WindowGeometry.of(workload)
         return g.groups == g.channels and g.in_per_group == 1
-
-    @property
-    def geometry(self) -> WindowGeometry:
-        return WindowGeometry.of(self.workload)
 
     def knobs(self):
         return [

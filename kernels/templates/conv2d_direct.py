@@ -16,11 +16,10 @@ from coretune.kernels.device import DeviceLimits
 
 from ..render import KernelSpec, Launch, LocalArray
 from ..space import Config, Knob, Restriction
-from .base import Template
 from .conv_common import (
     NO_UNROLL,
     UNROLL,
-    WindowGeometry,
+    WindowTemplate,
     anchor_is_float,
     ceil_div,
     covers,
@@ -38,16 +37,12 @@ from .conv_common import (
 MAX_ACCUMULATORS = 64  # floats of register tile per work-item: beyond this GPUs spill
 
 
-class Conv2dDirectTemplate(Template):
+class Conv2dDirectTemplate(WindowTemplate):
     name = "conv2d_direct"
 
     @classmethod
     def matches(cls, workload) -> bool:
         return anchor_is_float(workload, {"conv2d"})
-
-    @property
-    def geometry(self) -> WindowGeometry:
-        return WindowGeometry.of(self.workload)
 
     def knobs(self):
         return [

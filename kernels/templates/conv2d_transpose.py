@@ -13,10 +13,9 @@ from coretune.kernels.device import DeviceLimits
 
 from ..render import KernelSpec, Launch
 from ..space import Config, Knob, Restriction
-from .base import Template
 from .conv_common import (
     UNROLL,
-    WindowGeometry,
+    WindowTemplate,
     anchor_is_float,
     ceil_div,
     covers,
@@ -31,16 +30,12 @@ from .conv_common import (
 MAX_ACCUMULATORS = 64
 
 
-class Conv2dTransposeTemplate(Template):
+class Conv2dTransposeTemplate(WindowTemplate):
     name = "conv2d_transpose"
 
     @classmethod
     def matches(cls, workload) -> bool:
         return anchor_is_float(workload, {"conv2d_transpose"})
-
-    @property
-    def geometry(self) -> WindowGeometry:
-        return WindowGeometry.of(self.workload)
 
     @property
     def phase_extent(self) -> tuple[int, int]:

@@ -18,11 +18,10 @@ from coretune.kernels.device import DeviceLimits
 
 from ..render import Buffer, KernelSpec, Launch
 from ..space import Config, Knob, Restriction
-from .base import Template
 from .conv_common import (
     NO_UNROLL,
     UNROLL,
-    WindowGeometry,
+    WindowTemplate,
     anchor_is_float,
     ceil_div,
     covers,
@@ -78,7 +77,7 @@ def _output_transform(m, y) -> list[str]:
     return lines
 
 
-class Conv2dWinogradTemplate(Template):
+class Conv2dWinogradTemplate(WindowTemplate):
     name = "conv2d_winograd"
 
     @classmethod
@@ -94,10 +93,6 @@ class Conv2dWinogradTemplate(Template):
             and weight not in node.inputs[:1] + node.inputs[2:]
             and all(weight not in n.inputs for n in workload.nodes[1:])
         )
-
-    @property
-    def geometry(self) -> WindowGeometry:
-        return WindowGeometry.of(self.workload)
 
     @property
     def tiles(self) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from ..epilogue import Epilogue, epilogue_fusable
 from ..render import Buffer
 from ..space import Knob, Restriction
 from ..workload import Workload
+from .base import Template
 
 UNROLL = "#pragma unroll"
 NO_UNROLL = "#pragma unroll 1"
@@ -168,3 +169,11 @@ def row_tile_restrictions(g: "WindowGeometry", max_accumulators: int) -> list[Re
         covers("wg_x * ow_block", lambda c: c["wg_x"] * c["ow_block"], g.out_width),
         covers("wg_y * oh_block", lambda c: c["wg_y"] * c["oh_block"], g.out_height),
     ]
+
+
+class WindowTemplate(Template):
+    """Base of the NCHW window templates (convolutions, pooling): the workload's geometry."""
+
+    @property
+    def geometry(self) -> WindowGeometry:
+        return WindowGeometry.of(self.workload)

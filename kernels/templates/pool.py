@@ -12,11 +12,10 @@ from coretune.kernels.device import DeviceLimits
 
 from ..render import KernelSpec, Launch
 from ..space import Config, Knob
-from .base import Template
 from .conv_common import (
     NO_UNROLL,
     UNROLL,
-    WindowGeometry,
+    WindowTemplate,
     anchor_is_float,
     ceil_div,
     indent,
@@ -32,16 +31,12 @@ MAX_ACCUMULATORS = 32
 POOL_OPS = {"max_pool2d", "avg_pool2d"}
 
 
-class Pool2dTemplate(Template):
+class Pool2dTemplate(WindowTemplate):
     name = "pool2d"
 
     @classmethod
     def matches(cls, workload) -> bool:
         return anchor_is_float(workload, POOL_OPS)
-
-    @property
-    def geometry(self) -> WindowGeometry:
-        return WindowGeometry.of(self.workload)
 
     def knobs(self):
         return [
