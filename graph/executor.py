@@ -156,28 +156,45 @@ def _choose(candidates, workload, limits, fingerprint, database, version):
 
 
 class Executor:
-    """Runs a plan on a device: parameters uploaded once, intermediates in planned buffers."""
+    """Runs a plan on a device. Everything a run touches is fixed once, here: parameters are
+    uploaded, the graph inputs and outputs get buffers of their own, views are resolved to the
+    buffer they alias and every kernel gets its arguments bound. A run then only writes the
+    inputs, enqueues the kernels and reads the outputs (a module is not re-entrant: one run at
+    a time)."""
 
     def __init__(self, plan: Plan, device):
-        from coretune.kernels.render import Launch, RenderedKernel
-
         self.plan = plan
         self.device = device
         graph = plan.graph
-        self._params = {n: device.upload(a) for n, a in graph.params.items()}
-        self._pool = [device.empty(n) for n in plan.buffer_bytes]
-        self._compiled = []
-        self._prepared: list[dict[int, object]] = []  # per step: argument -> prepared buffer
+        pool = [device.empty(n) for n in plan.buffer_bytes]
+        buffers = {n: device.upload(a) for n, a in graph.params.items()}
+        for name in (*graph.inputs, *graph.outputs):
+            if name not in buffers:
+                buffers[name] = device.empty(_nbytes(graph, name))
+        for name, index in plan.buffer_of.items():
+            buffers.setdefault(name, pool[index])
+        self._actions = []  # what a run does, in order: (kind, payload)
         for step in plan.steps:
-            self._prepared.append(self._prepare(step) if isinstance(step, KernelStep) else {})
-            if isinstance(step, KernelStep):
-                launch = Launch(tuple(step.launch["groups"]), tuple(step.launch["local"]))
-                rendered = RenderedKernel(
-                    device.info.backend, step.source, step.entry, launch, tuple(step.args)
-                )
-                self._compiled.append(device.compile(rendered))
+            if isinstance(step, ViewStep):
+                copy = self._view(buffers, step)
+                if copy:
+                    self._actions.append(("copy", copy))
+            elif isinstance(step, HostStep):
+                self._actions.append(("host", step))
             else:
-                self._compiled.append(None)
+                self._actions.append(("kernel", self._bind(buffers, step)))
+        self._buffers = buffers
+
+    def _bind(self, buffers, step: KernelStep):
+        from coretune.kernels.render import Launch, RenderedKernel
+
+        launch = Launch(tuple(step.launch["groups"]), tuple(step.launch["local"]))
+        rendered = RenderedKernel(
+            self.device.info.backend, step.source, step.entry, launch, tuple(step.args)
+        )
+        prepared = self._prepare(step)
+        args = [prepared.get(i) or buffers[a] for i, a in enumerate(step.args)]
+        return self.device.bind(self.device.compile(rendered), args)
 
     def _prepare(self, step: KernelStep) -> dict[int, object]:
         """Upload the weights a template transforms once (e.g. Winograd's U = G g G^T)."""
@@ -193,63 +210,45 @@ class Executor:
             if new is not old
         }
 
-    def _buffers(self, inputs):
-        graph = self.plan.graph
-        buffers = dict(self._params)
-        for name, array in inputs.items():
-            buffers[name] = self.device.upload(array)
-        for name in graph.outputs:
-            if name not in buffers:
-                buffers[name] = self.device.empty(_nbytes(graph, name))
-        return buffers
-
-    def _lookup(self, buffers, name):
-        if name not in buffers:
-            buffers[name] = self._pool[self.plan.buffer_of[name]]
-        return buffers[name]
+    def _view(self, buffers, step: ViewStep) -> tuple | None:
+        """Alias the target to its source's buffer; a graph output owns its memory, so it
+        gets a copy at run time instead (returned as the copy's arguments)."""
+        source = buffers[step.source]
+        if step.target in self.plan.graph.outputs:
+            return (source, buffers[step.target], _nbytes(self.plan.graph, step.target))
+        buffers[step.target] = source
+        return None
 
     def run(self, inputs: dict[str, np.ndarray], events: list | None = None) -> list[np.ndarray]:
         graph = self.plan.graph
-        arrays = check_inputs(graph, inputs)
-        buffers = self._buffers(arrays)
-        steps = zip(self.plan.steps, self._compiled, self._prepared, strict=True)
-        for step, compiled, prepared in steps:
-            if isinstance(step, ViewStep):
-                self._view(buffers, step)
-            elif isinstance(step, HostStep):
-                self._host(buffers, step)
-            else:
-                args = [
-                    prepared.get(i) or self._lookup(buffers, a) for i, a in enumerate(step.args)
-                ]
-                event = self.device.launch(compiled, args)
+        arrays = check_inputs(graph, inputs)  # alive until the blocking downloads below
+        for name, array in arrays.items():
+            self.device.write(self._buffers[name], array, blocking=False)
+        for kind, payload in self._actions:
+            if kind == "kernel":
+                event = payload.launch()
                 if events is not None:
                     events.append(event)
-        return [self._download(buffers, name) for name in graph.outputs]
+            elif kind == "copy":
+                self.device.copy(*payload)
+            elif kind == "host":
+                self._host(payload)
+        return [self._download(name) for name in graph.outputs]
 
-    def _view(self, buffers, step: ViewStep):
-        source = self._lookup(buffers, step.source)
-        if step.target in buffers:  # a graph output owns its memory: copy into it
-            self.device.copy(source, buffers[step.target], _nbytes(self.plan.graph, step.target))
-        else:
-            buffers[step.target] = source
-
-    def _host(self, buffers, step: HostStep):
-        graph = self.plan.graph
-        env = {t: self._download(buffers, t) for t in step.group.inputs}
+    def _host(self, step: HostStep):
+        env = {t: self._download(t) for t in step.group.inputs}
         for node in step.group.nodes:
             results = get_op(node.op).evaluate([env[i] for i in node.inputs], node.attrs)
             env.update(zip(node.outputs, results, strict=True))
         for name in step.group.outputs:
-            target = self._lookup(buffers, name)
-            self.device.write(target, np.ascontiguousarray(env[name]))
-        del graph
+            self.device.write(self._buffers[name], np.ascontiguousarray(env[name]))
 
-    def _download(self, buffers, name):
-        t = self.plan.graph.types[name]
-        if name in self.plan.graph.params and name not in buffers:
-            return self.plan.graph.params[name]
-        return self.device.download(self._lookup(buffers, name), t.shape, t.dtype)
+    def _download(self, name):
+        graph = self.plan.graph
+        if name in graph.params:
+            return graph.params[name].copy()
+        t = graph.types[name]
+        return self.device.download(self._buffers[name], t.shape, t.dtype)
 
     def benchmark(self, inputs, repeat: int = 10, warmup: int = 2) -> dict:
         """Latency per run: device time (sum of kernel events) and wall time, in seconds."""

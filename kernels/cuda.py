@@ -105,6 +105,13 @@ class CUDADevice:
             self._driver.memcpy_dtoh(out, buffer)
         return out
 
+    def write(self, buffer, array: np.ndarray, blocking: bool = True) -> None:  # always sync
+        if array.nbytes:
+            self._driver.memcpy_htod(buffer, np.ascontiguousarray(array))
+
+    def copy(self, source, target, nbytes: int) -> None:
+        self._driver.memcpy_dtod(target, source, nbytes)
+
     def launch(self, compiled, buffers):
         start, end = self._driver.Event(), self._driver.Event()
         launch = compiled.rendered.launch
@@ -112,6 +119,14 @@ class CUDADevice:
         compiled.function(*buffers, block=launch.local, grid=launch.groups)
         end.record()
         return _CudaEvent(start, end)
+
+    @staticmethod
+    def event_seconds(event) -> float:
+        return event.seconds()
+
+    def bind(self, compiled, buffers):
+        """Same contract as OpenCLDevice.bind: ``.launch()`` runs the kernel on these buffers."""
+        return _BoundCudaKernel(self, compiled, tuple(buffers))
 
     def time(self, compiled, buffers, number=1, repeat=3, warmup=1) -> list[float]:
         for _ in range(warmup):
@@ -122,6 +137,16 @@ class CUDADevice:
             events[-1].wait()
             costs.append(sum(e.seconds() for e in events) / number)
         return costs
+
+
+@dataclass
+class _BoundCudaKernel:
+    device: CUDADevice
+    compiled: CompiledCudaKernel
+    buffers: tuple
+
+    def launch(self):
+        return self.device.launch(self.compiled, self.buffers)
 
 
 @dataclass

@@ -81,6 +81,25 @@ def device_info(device) -> DeviceInfo:
 class CompiledKernel:
     rendered: RenderedKernel
     kernel: object  # pyopencl.Kernel
+    program: object  # pyopencl.Program: bind() makes one Kernel object per use from it
+
+
+@dataclass
+class BoundKernel:
+    """A kernel with its arguments set once, for launching the same buffers many times (a
+    Kernel object of its own: two steps running one cached program must not share args)."""
+
+    queue: object
+    kernel: object
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...]
+    buffers: tuple  # held here: clSetKernelArg does not keep a buffer alive
+
+    def launch(self):
+        """Enqueue once; returns the profiling event."""
+        return _cl().enqueue_nd_range_kernel(
+            self.queue, self.kernel, self.global_size, self.local_size
+        )
 
 
 class OpenCLDevice:
@@ -110,7 +129,8 @@ class OpenCLDevice:
                 program = self._cl.Program(self.context, rendered.source).build(list(options))
             except self._cl.RuntimeError as exc:
                 raise KernelBuildError(f"OpenCL build of {rendered.entry} failed:\n{exc}") from None
-            compiled = CompiledKernel(rendered, self._cl.Kernel(program, rendered.entry))
+            kernel = self._cl.Kernel(program, rendered.entry)
+            compiled = CompiledKernel(rendered, kernel, program)
             self._kernels[key.hexdigest()] = compiled
         return compiled
 
@@ -130,9 +150,13 @@ class OpenCLDevice:
             self._cl.enqueue_copy(self.queue, out, buffer)
         return out
 
-    def write(self, buffer, array: np.ndarray) -> None:
+    def write(self, buffer, array: np.ndarray, blocking: bool = True) -> None:
+        """Copy host -> device. Non-blocking only for a caller that keeps ``array`` alive and
+        unchanged until a later blocking command on this queue returns."""
         if array.nbytes:
-            self._cl.enqueue_copy(self.queue, buffer, np.ascontiguousarray(array))
+            self._cl.enqueue_copy(
+                self.queue, buffer, np.ascontiguousarray(array), is_blocking=blocking
+            )
 
     def copy(self, source, target, nbytes: int) -> None:
         self._cl.enqueue_copy(self.queue, target, source, byte_count=nbytes)
@@ -141,6 +165,12 @@ class OpenCLDevice:
     def event_seconds(event) -> float:
         event.wait()
         return (event.profile.end - event.profile.start) * 1e-9
+
+    def bind(self, compiled: CompiledKernel, buffers: list) -> BoundKernel:
+        kernel = self._cl.Kernel(compiled.program, compiled.rendered.entry)
+        kernel.set_args(*buffers)
+        launch = compiled.rendered.launch
+        return BoundKernel(self.queue, kernel, launch.global_size, launch.local, tuple(buffers))
 
     def launch(self, compiled: CompiledKernel, buffers: list):
         """Enqueue once; returns the profiling event."""

@@ -151,3 +151,26 @@ def test_kernel_code_from_the_file_is_never_used(saved, tmp_path, device, edit, 
     assert module.plan.kernels, "the example should compile to at least one kernel"
     with pytest.raises(ModelLoadError, match=message):
         load(_rewrite(path, tmp_path, _first_kernel(edit)), device=device)
+
+
+def test_layers_sharing_one_compiled_kernel_keep_their_own_arguments(device):
+    """Two identical layers render the same source, so they share one cached program; the
+    executor binds each step's arguments once, which must not let one layer's weights leak
+    into the other's launch. The graph outputs are written and read in place each run."""
+    from coretune.graph import GraphBuilder
+
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    h = b.input("x", (7, 33))
+    for layer in range(3):
+        w = b.param(f"w{layer}", rng.standard_normal((33, 33)).astype(np.float32) / 6)
+        h = b.relu(b.dense(h, w))
+    graph = b.build(h)
+    module = compile_module(graph, device=device)
+    sources = [step.source for step in module.plan.kernels]
+    assert len(sources) == 3 and len(set(sources)) == 1, "the layers should share one kernel"
+    for seed in (1, 2):  # a second run must not see the first run's inputs or outputs
+        inputs = random_inputs(graph, seed=seed)
+        want = run_reference(graph, inputs)[0]
+        got = module.run(**inputs)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
