@@ -125,6 +125,17 @@ class ConfigSpace:
             if self.is_valid(config):
                 yield config
 
+    def neighbours(self, config: Config) -> list[Config]:
+        """The valid configs that differ from ``config`` in exactly one knob."""
+        found = []
+        for knob in self.knobs:
+            for value in knob.choices:
+                if value != config[knob.name]:
+                    other = Config({**config.to_json(), knob.name: value})
+                    if self.is_valid(other):
+                        found.append(other)
+        return found
+
     def sample(
         self, count: int, rng: np.random.Generator, max_tries: int = 100_000
     ) -> list[Config]:

@@ -88,6 +88,12 @@ class BayesianSearch(Strategy):
     lies between 32 and 128); others are categorical. The model is a Gaussian process with the
     hedged acquisition (gp_hedge) or, for large categorical spaces, extra trees. Costs are
     modelled as log(seconds); a failed trial counts as twice the worst cost seen.
+
+    Once the model exists, one proposal in each batch (every other one when proposing one at a
+    time) is local: the unmeasured one-knob neighbour of the best config so far that the model
+    predicts fastest. Kernel spaces are rugged, and the global acquisition often lands next to
+    the best config without trying the neighbour that is better still (measured in
+    benchmarks/tuner_efficiency.py).
     """
 
     name = "bayesian"
@@ -99,6 +105,7 @@ class BayesianSearch(Strategy):
         initial_points: int = 8,
         acquisition: str = "gp_hedge",
         initial_generator: str = "random",
+        local_search: bool = True,
     ):
         super().__init__(space, seed)
         from skopt import Optimizer
@@ -143,9 +150,13 @@ class BayesianSearch(Strategy):
             random_state=seed,
             space_constraint=self._is_valid_point,
             acq_optimizer_kwargs={"n_points": 1000},
+            model_queue_size=1,  # skopt keeps every fitted model otherwise: memory grows per trial
         )
         self._worst = None
         self._failed: list[list[int]] = []
+        self._local_search = local_search
+        self._best: tuple[float, Config] | None = None
+        self._calls = 0
 
     def _is_valid_point(self, point) -> bool:
         """The constraint skopt samples under; memoised, as it asks about the same points
@@ -162,7 +173,12 @@ class BayesianSearch(Strategy):
         return [k.choices.index(config[k.name]) for k in self._knobs]
 
     def propose(self, n):
+        self._calls += 1
         picked: list[Config] = []
+        if n and self._local_search and (n > 1 or self._calls % 2 == 0):
+            local = self._best_neighbour()
+            if local is not None:
+                picked.append(local)
         for _attempt in range(4):
             if len(picked) >= n:
                 break
@@ -180,6 +196,17 @@ class BayesianSearch(Strategy):
         self.seen.update(picked)
         return picked
 
+    def _best_neighbour(self) -> Config | None:
+        """The unmeasured neighbour of the best config with the lowest predicted cost."""
+        if self._best is None or not self._optimizer.models:
+            return None
+        candidates = [c for c in self.space.neighbours(self._best[1]) if c not in self.seen]
+        if not candidates:
+            return None
+        points = self._optimizer.space.transform([self._encode(c) for c in candidates])
+        predicted = self._optimizer.models[-1].predict(points)
+        return candidates[int(np.argmin(predicted))]
+
     def observe(self, configs, costs):
         super().observe(configs, costs)
         good = [math.log(c) for c in costs if math.isfinite(c) and c > 0]
@@ -188,6 +215,8 @@ class BayesianSearch(Strategy):
         xs, ys = [], []
         for config, cost in zip(configs, costs, strict=True):
             if math.isfinite(cost) and cost > 0:
+                if self._best is None or cost < self._best[0]:
+                    self._best = (cost, config)
                 xs.append(self._encode(config))
                 ys.append(math.log(cost))
             else:
