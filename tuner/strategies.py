@@ -6,6 +6,7 @@ Strategies never see an invalid config and never propose one twice. The measure/
 loop lives once, in the driver.
 """
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -81,6 +82,9 @@ class GridSearch(Strategy):
         return picked
 
 
+VALIDITY_CACHE = 1 << 16  # answers kept about which knob-index points are valid
+
+
 class BayesianSearch(Strategy):
     """scikit-optimize's Optimizer over the knobs, constrained to valid configs.
 
@@ -139,7 +143,9 @@ class BayesianSearch(Strategy):
                 noise="gaussian",
                 n_restarts_optimizer=0,
             )
-        self._valid: dict[tuple, bool] = {}
+        # skopt samples thousands of points per proposal under the constraint; remembering
+        # every answer would grow without bound on large spaces (millions of points).
+        self._valid_key = functools.lru_cache(maxsize=VALIDITY_CACHE)(self._valid_key_uncached)
         self._optimizer = Optimizer(
             dims,
             base_estimator=estimator,
@@ -159,12 +165,11 @@ class BayesianSearch(Strategy):
         self._calls = 0
 
     def _is_valid_point(self, point) -> bool:
-        """The constraint skopt samples under; memoised, as it asks about the same points
-        thousands of times."""
-        key = tuple(int(i) for i in point)
-        if key not in self._valid:
-            self._valid[key] = self.space.is_valid(self._decode(key))
-        return self._valid[key]
+        """The constraint skopt samples under (asked about the same points many times)."""
+        return self._valid_key(tuple(int(i) for i in point))
+
+    def _valid_key_uncached(self, key: tuple) -> bool:
+        return self.space.is_valid(self._decode(key))
 
     def _decode(self, point) -> Config:
         return Config({k.name: k.choices[int(i)] for k, i in zip(self._knobs, point, strict=True)})
