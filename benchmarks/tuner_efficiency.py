@@ -6,7 +6,7 @@ Step 2 (always): replay each strategy against those tables (the objective is the
 and seedable) with 20+ seeds and budgets 8, 16, 32, 64; report the median and 10th percentile
 of exhaustive-best / best-found (1.0 = found the best), and plot convergence curves.
 
-    python benchmarks/tuner_efficiency.py --measure     # once, to make the tables
+    python benchmarks/tuner_efficiency.py --measure     # once, to make the tables (~15 min)
     python benchmarks/tuner_efficiency.py               # replay
 """
 
@@ -101,7 +101,11 @@ def space_for(name, task, limits):
     )
 
 
-def measure_table(name, task, device_spec=None):
+def measure_table(name, task, sweeps, device_spec=None):
+    """Every valid config, measured in ``sweeps`` passes over the space (each pass in its own
+    shuffled order). This machine's speed drifts by up to 2x over minutes (a shared VM), so
+    one pass would turn the configs that happened to run in a fast minute into false needles;
+    a config's cost is the min over its passes, the speed it reaches when the machine is."""
     from coretune.kernels import open_device
     from coretune.tuner.measure import MeasureOptions, Measurer
 
@@ -110,17 +114,29 @@ def measure_table(name, task, device_spec=None):
     configs = list(space.all_valid())
     print(f"{name}: {task.template_name}, {len(configs)} valid configs of {space.size}", flush=True)
     path = RESULTS / f"tuner_table_{name}.csv"
-    rows = []
+    costs = {c: math.inf for c in configs}
+    errors = {c: "none" for c in configs}
+    rng = np.random.default_rng(0)
     with Measurer(task, device_spec, MeasureOptions(number=2, repeat=3, min_repeat_ms=2)) as m:
-        for start in range(0, len(configs), 8):
-            batch = configs[start : start + 8]
-            for config, result in zip(batch, m.measure(batch), strict=True):
-                cost = float(np.median(result.costs)) if result.ok else math.inf
-                rows.append({"config": config.key(), "cost": cost, "error": result.error.value})
-            print(f"  {len(rows)}/{len(configs)}", end="\r", flush=True)
+        for sweep in range(sweeps):
+            order = [configs[i] for i in rng.permutation(len(configs))]
+            for start in range(0, len(order), 8):
+                batch = order[start : start + 8]
+                for config, result in zip(batch, m.measure(batch), strict=True):
+                    # min of the repeats: what the tuner ranks configs by (Record.best_cost)
+                    if result.ok:
+                        costs[config] = min(costs[config], *result.costs)
+                    else:
+                        errors[config] = result.error.value
+                done = sweep * len(order) + start + len(batch)
+                print(f"  {done}/{sweeps * len(order)}", end="\r", flush=True)
+    rows = [
+        {"config": c.key(), "cost": costs[c] if errors[c] == "none" else math.inf, "error": e}
+        for c, e in errors.items()
+    ]
     with open(path, "w", newline="") as f:
         about = header(environment(device)).replace("\n- ", "; ")
-        f.write(f"# task {name}; template {task.template_name}; {about}\n")
+        f.write(f"# task {name}; template {task.template_name}; sweeps {sweeps}; {about}\n")
         writer = csv.DictWriter(f, ["config", "cost", "error"])
         writer.writeheader()
         writer.writerows(rows)
@@ -156,6 +172,7 @@ def replay(name, task, table, strategy, seed, budget, batch=4):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="measure the full tables first")
+    parser.add_argument("--sweeps", type=int, default=3, help="passes over each space (--measure)")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
     args = parser.parse_args()
@@ -163,7 +180,7 @@ def main():
     tasks = {name: TASKS[name]() for name in args.tasks}
     if args.measure:
         for name, task in tasks.items():
-            measure_table(name, task)
+            measure_table(name, task, args.sweeps)
     lines = [
         "| task | valid configs | strategy | "
         + " | ".join(f"median@{b} | p10@{b}" for b in BUDGETS)
