@@ -2,15 +2,18 @@
 tuned build and onnxruntime (2 intra-op threads) in one interleaved run per model (medians).
 
 For each model: save it to a temp .onnx, run `coretune tune MODEL.onnx --trials N --log
-benchmarks/results/models_<name>.jsonl --no-e2e` (a fresh log each time), then compile both
-builds and time them with coretune.cli_bench's interleaved runners.
+benchmarks/results/models_<name>.jsonl --no-e2e` (a fresh log each time; N = --trials per
+kernel of the model), then compile both builds and time them with coretune.cli_bench's
+interleaved runners.
 
-    python benchmarks/models.py [--trials 48] [--repeat 30]
+    python benchmarks/models.py [--trials 24] [--repeat 30] [--only cnn ...]
 
-Writes benchmarks/results/models.md and keeps the logs beside it.
+Writes benchmarks/results/models_<name>.json per model and benchmarks/results/models.md with
+every model measured so far, and keeps the tuning logs beside them.
 """
 
 import argparse
+import json
 import pathlib
 import subprocess
 import sys
@@ -34,6 +37,9 @@ CASES = {
     "mlp_batch1": lambda: MODELS["mlp"](),
     "mlp_batch64": lambda: MODELS["mlp"](batch=64),
     "cnn": MODELS["cnn"],
+    # The same network at a ResNet stage's size (32 channels, 64x64): the test-size models
+    # above take tens of microseconds, so launch overheads, not kernels, decide their times.
+    "cnn_32ch_64x64": lambda: MODELS["cnn"](width=32, size=64),
     "mobilenet_block_bn": lambda: MODELS["mobilenet_block"](batch_norms=True),
     "transformer_layer": MODELS["transformer_layer"],
 }
@@ -88,29 +94,40 @@ def row(name: str, r: dict) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=48, help="tuning trials per model")
+    parser.add_argument(
+        "--trials", type=int, default=24, help="tuning trials per kernel of the model"
+    )
     parser.add_argument("--repeat", type=int, default=30, help="timed runs per build")
+    parser.add_argument("--only", nargs="*", choices=list(CASES), help="re-run these models")
     args = parser.parse_args()
     device = open_device(None)
     RESULTS.mkdir(exist_ok=True)
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, build in CASES.items():
-            model, inputs = build()
+        for name in args.only or CASES:
+            model, inputs = CASES[name]()
             path = pathlib.Path(tmp) / f"{name}.onnx"
             onnx.save(model, path)
             log = RESULTS / f"models_{name}.jsonl"
-            print(f"{name}: tuning, {args.trials} trials ...", flush=True)
-            tune(path, log, args.trials)
-            results[name] = measure(path, inputs, log, device, args.repeat)
-            print(row(name, results[name]), flush=True)
+            trials = args.trials * len(coretune.compile(model, device).plan.kernels)
+            print(f"{name}: tuning, {trials} trials ...", flush=True)
+            tune(path, log, trials)
+            result = {"trials": trials, **measure(path, inputs, log, device, args.repeat)}
+            (RESULTS / f"models_{name}.json").write_text(json.dumps(result, indent=1))
+            print(row(name, result), flush=True)
+    # The table holds every model measured so far (--only re-runs some of them).
+    results = {
+        name: json.loads((RESULTS / f"models_{name}.json").read_text())
+        for name in CASES
+        if (RESULTS / f"models_{name}.json").exists()
+    }
     lines = [
         "# Test models: default vs tuned build vs onnxruntime",
         "",
         header(environment(device)),
         "",
-        f"Tuned with `coretune tune MODEL.onnx --trials {args.trials} --no-e2e` (bayesian, "
-        "fresh log per model: `models_<name>.jsonl`). Latencies are medians of wall time per "
+        f"Tuned with `coretune tune MODEL.onnx --trials N --no-e2e`, N = {args.trials} per "
+        "kernel of the model (bayesian, fresh log per model: `models_<name>.jsonl`). "
+        "Latencies are medians of wall time per "
         f"run over {args.repeat} runs each, default / tuned / onnxruntime interleaved in rounds "
         "(coretune.cli_bench.interleaved); onnxruntime uses the CPU provider with 2 intra-op "
         "threads. Kernels and memory are the tuned build's (Module.summary()): kernels per run, "
@@ -124,7 +141,7 @@ def main():
         *(row(name, r) for name, r in results.items()),
         "",
         "Command: `python benchmarks/models.py"
-        + (f" --trials {args.trials}" if args.trials != 48 else "")
+        + (f" --trials {args.trials}" if args.trials != 24 else "")
         + (f" --repeat {args.repeat}" if args.repeat != 30 else "")
         + "`",
         "",

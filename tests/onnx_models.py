@@ -103,21 +103,28 @@ def mlp(batch: int = 1):
     return model, _example(11, x=(batch, 64))
 
 
-def cnn(batch: int = 1):
-    """Conv + BN + Relu, a residual block, MaxPool, GlobalAveragePool, Flatten, Gemm."""
+def cnn(batch: int = 1, width: int = 8, size: int = 16):
+    """Conv + BN + Relu, a residual block, MaxPool, GlobalAveragePool, Flatten, Gemm.
+    ``width`` channels in the residual block (twice that after it) on ``size`` x ``size``
+    images: the tests keep it small; the benchmarks also run it at a ResNet stage's size."""
     net = _Net(seed=2)
-    h = net.node("Relu", [net.batch_norm(net.conv("x", "conv1", 3, 8, 3), "bn1", 8)], "relu1")
-    r = net.node("Relu", [net.batch_norm(net.conv(h, "conv2", 8, 8, 3), "bn2", 8)], "relu2")
-    r = net.batch_norm(net.conv(r, "conv3", 8, 8, 3), "bn3", 8)
+    wide = 2 * width
+    h = net.node(
+        "Relu", [net.batch_norm(net.conv("x", "conv1", 3, width, 3), "bn1", width)], "relu1"
+    )
+    r = net.node(
+        "Relu", [net.batch_norm(net.conv(h, "conv2", width, width, 3), "bn2", width)], "relu2"
+    )
+    r = net.batch_norm(net.conv(r, "conv3", width, width, 3), "bn3", width)
     h = net.node("Relu", [net.node("Add", [r, h], "residual")], "relu3")
     h = net.node("MaxPool", [h], "pool", kernel_shape=[2, 2], strides=[2, 2])
-    h = net.node("Relu", [net.conv(h, "conv4", 8, 16, 3, strides=[2, 2])], "relu4")
+    h = net.node("Relu", [net.conv(h, "conv4", width, wide, 3, strides=[2, 2])], "relu4")
     h = net.node("Flatten", [net.node("GlobalAveragePool", [h], "gap")], "flatten", axis=1)
-    w = net.weight("fc.weight", (10, 16))
+    w = net.weight("fc.weight", (10, wide))
     b = net.const("fc.bias", np.linspace(-0.5, 0.5, 10, dtype=np.float32))
     net.node("Gemm", [h, w, b], "logits", transB=1)
-    model = net.model("cnn", [("x", [batch, 3, 16, 16])], [("logits", [batch, 10])])
-    return model, _example(12, x=(batch, 3, 16, 16))
+    model = net.model("cnn", [("x", [batch, 3, size, size])], [("logits", [batch, 10])])
+    return model, _example(12, x=(batch, 3, size, size))
 
 
 def mobilenet_block(batch: int = 1, channels: int = 8, expand: int = 3, batch_norms: bool = False):
