@@ -109,6 +109,15 @@ class CUDADevice:
         if array.nbytes:
             self._driver.memcpy_htod(buffer, np.ascontiguousarray(array))
 
+    def fill(self, buffer, pattern: np.ndarray, nbytes: int) -> None:
+        """Repeat one element's bytes over the buffer, on the device."""
+        setter = {1: "memset_d8", 2: "memset_d16", 4: "memset_d32"}.get(pattern.itemsize)
+        if setter is None:  # 8-byte elements: no driver memset of that width
+            self.write(buffer, np.full(nbytes // pattern.itemsize, pattern, pattern.dtype))
+            return
+        word = pattern.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[pattern.itemsize])
+        getattr(self._driver, setter)(buffer, int(word), nbytes // pattern.itemsize)
+
     def copy(self, source, target, nbytes: int) -> None:
         self._driver.memcpy_dtod(target, source, nbytes)
 

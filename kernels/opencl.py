@@ -158,6 +158,11 @@ class OpenCLDevice:
                 self.queue, buffer, np.ascontiguousarray(array), is_blocking=blocking
             )
 
+    def fill(self, buffer, pattern: np.ndarray, nbytes: int) -> None:
+        """Repeat one element's bytes over the buffer, on the device."""
+        if nbytes:
+            self._cl.enqueue_fill_buffer(self.queue, buffer, pattern, 0, nbytes).wait()
+
     def copy(self, source, target, nbytes: int) -> None:
         self._cl.enqueue_copy(self.queue, target, source, byte_count=nbytes)
 

@@ -143,3 +143,27 @@ def test_fds_and_memory_stay_flat_over_many_trials(tmp_path):
     # Generous: the strategy's bookkeeping grows a little per trial; a leak of a buffer, a
     # program or a worker per trial would be tens of MB.
     assert rss_60 - rss_10 < 48 << 20, f"RSS grew by {(rss_60 - rss_10) >> 20} MiB"
+
+
+def test_a_device_out_of_memory_is_one_error_record_per_trial(tmp_path):
+    """Device memory is host memory on PoCL, and PoCL allocates lazily: a real out-of-memory
+    needs a cap. The device worker gets 16 MiB of address space beyond its start-up size; the
+    task's 64 MiB output buffer cannot be allocated when it is first filled on the device, and
+    PoCL then kills the worker (as GPU drivers often do). Each trial is one runtime error
+    record, and the run ends normally."""
+    from coretune.graph import GraphBuilder
+    from coretune.kernels.workload import Workload
+    from coretune.tuner.task import Task
+
+    b = GraphBuilder()
+    x, w = b.input("x", (4096, 8)), b.input("w", (4096, 8))
+    task = Task("gemm", Workload.from_graph(b.build(b.dense(x, w))))
+    log = TuningLog(tmp_path / "oom.jsonl")
+    options = MeasureOptions(repeat=1, run_timeout=RUN_TIMEOUT, device_memory_limit=16 << 20)
+    result = tune(task, log, strategy="random", budget=Budget(trials=2, batch=1), options=options)
+    records = log.read()
+    assert len(records) == 2 == result.trials and result.errors == 2
+    for record in records:
+        assert record.error is ErrorKind.RUNTIME, (record.error, record.message[:300])
+        assert "died" in record.message or "MemoryError" in record.message, record.message
+    assert result.best_config is None

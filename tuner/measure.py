@@ -5,13 +5,16 @@ error kind and the worker is restarted; the tuning process itself never dies of 
 Each new config's output is checked once against the numpy reference before it is timed.
 """
 
+import math
 import multiprocessing as mp
+import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +36,14 @@ class MeasureOptions:
     run_timeout: float = 20.0
     check_correctness: bool = True
     rtol: float = 1e-4
+    # Address space the device worker may add once its inputs are on the device (None: no
+    # cap). On a CPU device, device memory is host memory: a cap turns a config or task that
+    # allocates too much into an error record instead of swapping or OOM-killing the host.
+    device_memory_limit: int | None = None  # Linux only (RLIMIT_AS)
+
+    def __post_init__(self):
+        if self.device_memory_limit is not None and sys.platform != "linux":
+            raise ValueError("device_memory_limit needs Linux (an RLIMIT_AS on the worker)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,8 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
     expected = task.workload.reference(arrays) if options.check_correctness else None
     inputs = [device.upload(a) for a in template.prepare_weights(list(arrays))]
     out_types = [task.workload.types[n] for n in task.workload.outputs]
+    if options.device_memory_limit is not None:
+        _cap_address_space(options.device_memory_limit)
     conn.send("ready")
     while True:
         job = conn.recv()
@@ -106,12 +119,7 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
             rendered = template.render(config, "opencl", device.limits)
             assert rendered.source == source, "the runner rendered different source"
             compiled = device.compile(rendered)
-            outputs = [
-                device.upload(
-                    np.full(t.shape, np.nan if t.dtype.startswith("float") else 0x5A, t.dtype)
-                )
-                for t in out_types
-            ]
+            outputs = [_poisoned(device, t) for t in out_types]
             buffers = inputs + outputs
             if expected is not None:
                 device.launch(compiled, buffers).wait()
@@ -140,6 +148,24 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
                     (),
                 )
             )
+
+
+def _poisoned(device, tensor_type):
+    """A device buffer for an output, filled on the device with NaN (0x5A bytes for integers)
+    so a kernel that skips an element cannot pass; no host copy of its size is made."""
+    dtype = np.dtype(tensor_type.dtype)
+    buffer = device.empty(math.prod(tensor_type.shape) * dtype.itemsize)
+    pattern = np.array(np.nan if dtype.kind == "f" else 0x5A, dtype)
+    device.fill(buffer, pattern, math.prod(tensor_type.shape) * dtype.itemsize)
+    return buffer
+
+
+def _cap_address_space(extra_bytes: int) -> None:
+    import resource
+
+    status = Path("/proc/self/status").read_text().splitlines()
+    used = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (used + extra_bytes, used + extra_bytes))
 
 
 def _compare(got, expected, rtol) -> str:
