@@ -218,7 +218,8 @@ def tune(
     err.print(
         f"tuning {model}: {len(tasks)} task(s) on {device_line(dev)}, coretune {__version__}\n"
         f"log {log_path} ({sum(s.trials for s in states)} matching records), strategy "
-        f"{strategy}, budget {f'{trials} trials' if trials else f'{time_budget:g} s'}"
+        f"{strategy}, budget {f'{trials} trials' if trials else f'{time_budget:g} s'}",
+        soft_wrap=True,  # never break a path (or this line) at the console width
     )
     plan = SessionPlan(
         tasks=tasks,
