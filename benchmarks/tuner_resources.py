@@ -23,15 +23,16 @@ import time
 from collections import Counter
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import environment, header  # noqa: E402
 
 from coretune.graph import GraphBuilder  # noqa: E402
-from coretune.kernels.render import KernelSpec  # noqa: E402
 from coretune.kernels.space import Config  # noqa: E402
 from coretune.kernels.templates.gemm import GemmTemplate  # noqa: E402
 from coretune.kernels.workload import Workload  # noqa: E402
+from tests.rigged_template import with_fault  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TEMPLATE = "tuner_resources:FaultyGemm"
@@ -57,22 +58,7 @@ class FaultyGemm(GemmTemplate):
     name = TEMPLATE
 
     def spec(self, config):
-        spec = super().spec(config)
-        fault = fault_of(config)
-        out = spec.buffers[-1].name
-        prefix = {
-            "none": "",
-            "crash": "  __builtin_trap();\n",  # kills the device worker, as a driver crash
-            "hang": "  volatile int spin = 0;\n  while (spin == 0) { }\n",
-            "compile": "  this is not C;\n",
-            "wrong": "",
-        }[fault]
-        body = prefix + spec.body
-        if fault == "wrong":
-            body += f"\n  if (GROUP_ID(0) == 0 && LOCAL_ID(0) == 0) {out}[0] += 1.0f;"
-        return KernelSpec(
-            spec.name, spec.buffers, body, spec.launch, spec.local_arrays, spec.helpers, spec.tables
-        )
+        return with_fault(super().spec(config), fault_of(config))
 
 
 def gemm_task():

@@ -16,22 +16,23 @@ class RiggedTemplate(InjectiveTemplate):
         ]
 
     def spec(self, config):
-        spec = super().spec(config)
-        fault = config["fault"]
-        if fault == "none":
-            return spec
-        body = {
-            "compile": "  this is not C;\n",
-            # A volatile read each iteration: the compiler may not remove the loop.
-            "hang": "  volatile int spin = 0;\n  while (spin == 0) { }\n",
-            "wrong": "",
-            # Kills the device worker (SIGILL), as a driver crash would.
-            "crash": "  __builtin_trap();\n",
-        }[fault] + spec.body
-        if fault == "wrong":
-            body += (
-                f"\n  if (GROUP_ID(0) == 0 && LOCAL_ID(0) == 0) {spec.buffers[-1].name}[0] += 1.0f;"
-            )
-        return KernelSpec(
-            spec.name, spec.buffers, body, spec.launch, spec.local_arrays, spec.helpers, spec.tables
-        )
+        return with_fault(super().spec(config), config["fault"])
+
+
+def with_fault(spec: KernelSpec, fault: str) -> KernelSpec:
+    """``spec`` with one failure injected: none, compile, hang, wrong or crash."""
+    if fault == "none":
+        return spec
+    body = {
+        "compile": "  this is not C;\n",
+        # A volatile read each iteration: the compiler may not remove the loop.
+        "hang": "  volatile int spin = 0;\n  while (spin == 0) { }\n",
+        "wrong": "",
+        # Kills the device worker (SIGILL), as a driver crash would.
+        "crash": "  __builtin_trap();\n",
+    }[fault] + spec.body
+    if fault == "wrong":
+        body += f"\n  if (GROUP_ID(0) == 0 && LOCAL_ID(0) == 0) {spec.buffers[-1].name}[0] += 1.0f;"
+    return KernelSpec(
+        spec.name, spec.buffers, body, spec.launch, spec.local_arrays, spec.helpers, spec.tables
+    )
