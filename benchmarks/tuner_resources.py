@@ -9,6 +9,7 @@ grow, and memory grows by less than the strategy's own bookkeeping needs.
 
     python benchmarks/tuner_resources.py                 # 500 trials: ~10 minutes here
     python benchmarks/tuner_resources.py --trials 120    # a quick look
+    python benchmarks/tuner_resources.py --strategy random   # without the model's own state
 
 Writes benchmarks/results/tuner_resources.md; exits 1 when a check fails.
 """
@@ -96,6 +97,7 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=500)
+    parser.add_argument("--strategy", default="bayesian", help="bayesian, random or grid")
     args = parser.parse_args()
     samples: dict[int, dict] = {}
     errors: Counter = Counter()
@@ -118,6 +120,7 @@ def main():
         result = tune(
             gemm_task(),
             TuningLog(pathlib.Path(tmp) / "resources.jsonl"),
+            strategy=args.strategy,
             budget=Budget(trials=args.trials),
             options=MeasureOptions(repeat=1, number=1, build_timeout=30.0, run_timeout=2.0),
             on_trial=on_trial,
@@ -148,9 +151,9 @@ def main():
         "",
         header(environment(open_device(None))),
         "",
-        f"`tune()` (bayesian, batch 4, seed 1) for {args.trials} trials of a dense 64x128x96 "
-        f"task on `{TEMPLATE}`: the gemm template with ~3% of configs crashing the device "
-        "worker, ~1% hanging (2 s run timeout), ~3% failing to compile, ~3% giving a wrong "
+        f"`tune()` ({args.strategy}, batch 4, seed 1) for {args.trials} trials of a dense "
+        f"64x128x96 task on `{TEMPLATE}`: the gemm template with ~3% of configs crashing the "
+        "device worker, ~1% hanging (2 s run timeout), ~3% failing to compile, ~3% giving a wrong "
         f"result. Wall time {wall:.0f} s ({wall / max(1, result.trials):.2f} s per trial).",
         "",
         "Configs measured per injected fault: "
@@ -174,6 +177,7 @@ def main():
         "",
         "Command: `python benchmarks/tuner_resources.py"
         + (f" --trials {args.trials}" if args.trials != 500 else "")
+        + (f" --strategy {args.strategy}" if args.strategy != "bayesian" else "")
         + "`",
         "",
     ]
