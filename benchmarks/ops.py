@@ -68,6 +68,21 @@ def _layer_norm_numpy(x, g, b):
     return (x - mean) / np.sqrt(var + 1e-5) * g + b
 
 
+def _conv3x3_case(channels: int, size: int, depthwise: bool = False):
+    """A padded 3x3 convolution of one image, channels -> channels (or per channel)."""
+    groups = channels if depthwise else 1
+    graph = _graph(
+        lambda b: b.conv2d(
+            b.input("x", (1, channels, size, size)),
+            b.input("w", (channels, channels // groups, 3, 3)),
+            padding=(1, 1, 1, 1),
+            groups=groups,
+        )
+    )
+    numpy_conv = _depthwise_numpy if depthwise else _conv_numpy
+    return graph, lambda x, w: numpy_conv(x, w, 1), "GFLOP/s"
+
+
 def cases():
     """name -> (workload, numpy callable over the input arrays, unit)."""
     return {
@@ -81,40 +96,9 @@ def cases():
             lambda x, w: x @ w.T,
             "GB/s",
         ),
-        "conv2d 3x3 1x64x56x56 -> 64": (
-            _graph(
-                lambda b: b.conv2d(
-                    b.input("x", (1, 64, 56, 56)),
-                    b.input("w", (64, 64, 3, 3)),
-                    padding=(1, 1, 1, 1),
-                )
-            ),
-            lambda x, w: _conv_numpy(x, w, 1),
-            "GFLOP/s",
-        ),
-        "conv2d 3x3 1x256x14x14 -> 256": (
-            _graph(
-                lambda b: b.conv2d(
-                    b.input("x", (1, 256, 14, 14)),
-                    b.input("w", (256, 256, 3, 3)),
-                    padding=(1, 1, 1, 1),
-                )
-            ),
-            lambda x, w: _conv_numpy(x, w, 1),
-            "GFLOP/s",
-        ),
-        "depthwise 3x3 1x32x112x112": (
-            _graph(
-                lambda b: b.conv2d(
-                    b.input("x", (1, 32, 112, 112)),
-                    b.input("w", (32, 1, 3, 3)),
-                    padding=(1, 1, 1, 1),
-                    groups=32,
-                )
-            ),
-            lambda x, w: _depthwise_numpy(x, w, 1),
-            "GFLOP/s",
-        ),
+        "conv2d 3x3 1x64x56x56 -> 64": _conv3x3_case(64, 56),
+        "conv2d 3x3 1x256x14x14 -> 256": _conv3x3_case(256, 14),
+        "depthwise 3x3 1x32x112x112": _conv3x3_case(32, 112, depthwise=True),
         "softmax 4x128x128": (
             _graph(lambda b: b.softmax(b.input("x", (4, 128, 128)), axis=-1)),
             _softmax_numpy,
