@@ -75,6 +75,26 @@ def test_failed_trials_are_observed_without_breaking_the_model(setup):
     assert len(search.seen) == 16
 
 
+def test_the_model_is_fit_on_a_bounded_set_of_the_best_and_latest_points(setup, monkeypatch):
+    """Beyond MODEL_POINTS observations the GP is refit on the best half and the most recent
+    half, so its memory and fit time stop growing with the length of the run."""
+    from coretune.tuner import strategies
+
+    monkeypatch.setattr(strategies, "MODEL_POINTS", 16)
+    _, table, space = setup
+    search = make_strategy("bayesian", space, seed=2)
+    observed = []
+    for _ in range(10):
+        configs = search.propose(4)
+        search.observe(configs, [table[c] for c in configs])
+        observed += configs
+        assert len(search._optimizer.Xi) <= 16
+    assert len(set(observed)) == 40 and all(space.is_valid(c) for c in observed)
+    modelled = {search._decode(x) for x in search._optimizer.Xi}
+    best = sorted(observed, key=table.get)[:8]
+    assert set(best) <= modelled and set(observed[-4:]) <= modelled
+
+
 def test_bayesian_beats_random_at_32_trials(setup):
     _, table, space = setup
     exhaustive = min(table.values())

@@ -83,6 +83,7 @@ class GridSearch(Strategy):
 
 
 VALIDITY_CACHE = 1 << 16  # answers kept about which knob-index points are valid
+MODEL_POINTS = 256  # observations the model is fit on, at most
 
 
 class BayesianSearch(Strategy):
@@ -92,6 +93,11 @@ class BayesianSearch(Strategy):
     lies between 32 and 128); others are categorical. The model is a Gaussian process with the
     hedged acquisition (gp_hedge) or, for large categorical spaces, extra trees. Costs are
     modelled as log(seconds); a failed trial counts as twice the worst cost seen.
+
+    The model is fit on at most MODEL_POINTS observations: beyond that, the best half and the
+    most recent half. A Gaussian process costs O(n^2) memory and O(n^3) time per fit, so an
+    unbounded one made a 500-trial run grow by tens of MiB and spend most of its time fitting;
+    the best points keep the model sharp where it matters, the recent ones where it searches.
 
     Once the model exists, one proposal in each batch (every other one when proposing one at a
     time) is local: the unmeasured one-knob neighbour of the best config so far that the model
@@ -146,7 +152,8 @@ class BayesianSearch(Strategy):
         # skopt samples thousands of points per proposal under the constraint; remembering
         # every answer would grow without bound on large spaces (millions of points).
         self._valid_key = functools.lru_cache(maxsize=VALIDITY_CACHE)(self._valid_key_uncached)
-        self._optimizer = Optimizer(
+        self._new_optimizer = functools.partial(
+            Optimizer,
             dims,
             base_estimator=estimator,
             acq_func=acquisition,
@@ -158,8 +165,11 @@ class BayesianSearch(Strategy):
             acq_optimizer_kwargs={"n_points": 1000},
             model_queue_size=1,  # skopt keeps every fitted model otherwise: memory grows per trial
         )
+        self._optimizer = self._new_optimizer()
+        self._seed = seed
         self._worst = None
         self._failed: list[list[int]] = []
+        self._observed: list[tuple[list[int], float]] = []  # (point, log cost) the model knows
         self._local_search = local_search
         self._best: tuple[float, Config] | None = None
         self._calls = 0
@@ -230,10 +240,29 @@ class BayesianSearch(Strategy):
             xs += self._failed
             ys += [self._worst + math.log(2)] * len(self._failed)
             self._failed = []
-        if xs:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._optimizer.tell(xs, ys)
+        if not xs:
+            return
+        self._observed += zip(xs, ys, strict=True)
+        if len(self._observed) > MODEL_POINTS:  # refit a fresh model on a bounded subset
+            # a new random stream each time (the same one would sample the same candidates),
+            # a function of the data only, so a resumed run refits exactly as the first did
+            stream = (self._seed + len(self._observed)) % 2**31
+            self._optimizer = self._new_optimizer(random_state=stream)
+            xs, ys = map(list, zip(*self._model_subset(), strict=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._optimizer.tell(xs, ys)
+
+    def _model_subset(self) -> list[tuple[list[int], float]]:
+        """The best MODEL_POINTS / 2 observations, then the most recent others."""
+        half = MODEL_POINTS // 2
+        order = sorted(range(len(self._observed)), key=lambda i: self._observed[i][1])
+        keep = set(order[:half])
+        for i in range(len(self._observed) - 1, -1, -1):
+            if len(keep) == MODEL_POINTS:
+                break
+            keep.add(i)
+        return [self._observed[i] for i in sorted(keep)]
 
 
 STRATEGIES = {s.name: s for s in (BayesianSearch, RandomSearch, GridSearch)}
