@@ -58,28 +58,36 @@ _PATHS = click.argument("paths", nargs=-1, required=True, type=click.Path(dir_ok
 @_PATHS
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def summary(paths, as_json):
-    """Per task and device: trials, failures by kind, best cost and GFLOP/s, strategies.
+    """Per task and device: trials, failures by kind, best cost and GFLOP/s (the verified
+    median where a run verified its finalists), strategies.
 
     \b
     Example:
       coretune log summary tuning_logs/model.pthread-amd-epyc.jsonl --json
     """
+    from .tuner.database import choose
+    from .tuner.records import VERIFY
+
     rows = []
     for group in _groups(_read(paths)).values():
         first = group[0]
-        best = min(group, key=lambda r: r.best_cost)
+        searched = [r for r in group if r.strategy != VERIFY]
+        winner = choose(group)
         flops = task_key_flops(first.task)
+        found = math.isfinite(winner.cost)
         rows.append(
             {
                 "task": first.task,
                 "description": describe_task_key(first.task),
                 "device": first.device,
-                "trials": len(group),
-                "ok": sum(r.ok for r in group),
-                "errors": dict(Counter(r.error.value for r in group if not r.ok)),
-                "best_cost_s": best.best_cost if math.isfinite(best.best_cost) else None,
-                "best_gflops": gflops(flops, best.best_cost),
-                "best_config": best.config if best.ok else None,
+                "trials": len(searched),
+                "ok": sum(r.ok for r in searched),
+                "errors": dict(Counter(r.error.value for r in searched if not r.ok)),
+                "verifications": len(group) - len(searched),
+                "best_cost_s": winner.cost if found else None,
+                "best_gflops": gflops(flops, winner.cost),
+                "best_config": winner.config.to_json() if found else None,
+                "best_verified": winner.verified,
                 "flops": flops,
                 "strategies": sorted({r.strategy for r in group}),
                 "versions": sorted({r.coretune_version for r in group}),
@@ -90,7 +98,7 @@ def summary(paths, as_json):
         return
     from rich.table import Table
 
-    table = Table(title=f"{sum(r['trials'] for r in rows)} records, {len(rows)} task(s)")
+    table = Table(title=f"{sum(r['trials'] for r in rows)} trials, {len(rows)} task(s)")
     for column in ("task", "device", "trials", "failed", "best", "GFLOP/s", "strategy"):
         table.add_column(column, justify="right" if column in ("trials", "best") else "left")
     for r in rows:
@@ -111,32 +119,34 @@ def summary(paths, as_json):
 @_PATHS
 @click.option("--json", "as_json", is_flag=True, help="Print the best records as JSON lines.")
 def best(paths, as_json):
-    """The best valid config per task per device (and coretune version).
+    """The best valid config per task per device (and coretune version): the verified
+    finalist with the lowest median where a run verified its finalists, else the fastest.
 
     \b
     Example:
       coretune log best a.jsonl b.jsonl
     """
+    from .tuner.database import choose
     from .tuner.records import device_key, task_key
 
-    winners: dict = {}
+    groups: dict = {}
     for record in _read(paths):
-        if not record.ok:
-            continue
         key = (task_key(record.task), device_key(record.device), record.coretune_version)
-        if key not in winners or record.best_cost < winners[key].best_cost:
-            winners[key] = record
+        groups.setdefault(key, []).append(record)
+    winners = [w for w in map(choose, groups.values()) if w.record is not None]
     if not winners:
         raise CoretuneError("no successful trial in " + ", ".join(paths))
-    for record in winners.values():
+    for winner in winners:
+        record = winner.record
         if as_json:
             click.echo(record.to_json())
             continue
-        rate = fmt(gflops(task_key_flops(record.task), record.best_cost))
+        rate = fmt(gflops(task_key_flops(record.task), winner.cost))
+        how = "median of its verification rounds" if winner.verified else "best"
         click.echo(
             f"{describe_task_key(record.task)} on {_device_name(record)} "
             f"(coretune {record.coretune_version}): {json.dumps(record.config, sort_keys=True)} "
-            f"{record.best_cost * 1e6:.1f} us, {rate} GFLOP/s"
+            f"{winner.cost * 1e6:.1f} us ({how}), {rate} GFLOP/s"
         )
 
 
@@ -148,14 +158,16 @@ def best(paths, as_json):
 @click.option("--ok-only", is_flag=True, help="Drop failed trials too.")
 def merge(paths, output, ok_only):
     """Merge logs into one: well-formed records only, one per task, device, version and config
-    (the fastest), sorted by time. Lines that are not valid records are skipped and counted.
-    Failed trials are kept (unless --ok-only) so that a resumed run does not retry them.
+    (the fastest), sorted by time, plus every verification record (their median ranks the
+    finalists; an exact duplicate line is kept once). Lines that are not valid records are
+    skipped and counted. Failed trials are kept (unless --ok-only) so that a resumed run does
+    not retry them.
 
     \b
     Example:
       coretune log merge machine1.jsonl machine2.jsonl -o merged.jsonl
     """
-    from .tuner.records import Record, device_key, task_key
+    from .tuner.records import VERIFY, Record, device_key, task_key
 
     kept: dict = {}
     total = invalid = 0
@@ -176,6 +188,7 @@ def merge(paths, output, ok_only):
                 device_key(record.device),
                 record.coretune_version,
                 json.dumps(record.config, sort_keys=True),
+                record.to_json() if record.strategy == VERIFY else "",
             )
             old = kept.get(key)
             if old is None or (record.best_cost, record.finished) < (old.best_cost, old.finished):

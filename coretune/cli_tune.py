@@ -155,6 +155,14 @@ def _end_to_end(graph, device, log_path, repeat, out) -> None:
     default=None,
     help="Leave a task after this many trials without improvement.",
 )
+@click.option(
+    "--verify",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Re-measure each task's best N configs and its default in 3 interleaved rounds at "
+    "the end; the build then takes the lowest median (0: take the lowest single cost).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the search and the inputs.")
 @click.option(
     "--e2e/--no-e2e",
@@ -171,15 +179,28 @@ def _end_to_end(graph, device, log_path, repeat, out) -> None:
 )
 @click.pass_context
 def tune(
-    ctx, model, device, trials, time_budget, strategy, log_path, early_stop, seed, e2e, repeat
+    ctx,
+    model,
+    device,
+    trials,
+    time_budget,
+    strategy,
+    log_path,
+    early_stop,
+    verify,
+    seed,
+    e2e,
+    repeat,
 ):
     """Tune MODEL's kernels on a device, most work first, and report the speedups.
 
     Each task (a kernel template on a fused group's shapes) first measures the template's
-    default config, then searches. --trials is the total for the model (split by each task's
-    share of FLOPs x weight, at least 4 per task) and counts what the log already holds, so
-    re-running a command resumes it. The summary compares default and best GFLOP/s per task,
-    and the model's end-to-end latency, default build vs tuned build.
+    default config, then searches, then re-measures its finalists beside the default
+    (--verify). --trials is the total for the model (split by each task's share of FLOPs x
+    weight, at least 4 per task) and counts what the log already holds, so re-running a
+    command resumes it. The summary compares default and best GFLOP/s per task (verified
+    medians where there are some), and the model's end-to-end latency, default build vs tuned
+    build.
 
     Ctrl-C stops after the trial in flight (a second Ctrl-C stops at once); the log stays
     valid, the summary covers what was done, and the exit code is 130.
@@ -217,7 +238,7 @@ def tune(
     err = console(stderr=True)
     err.print(
         f"tuning {model}: {len(tasks)} task(s) on {device_line(dev)}, coretune {__version__}\n"
-        f"log {log_path} ({sum(s.trials for s in states)} matching records), strategy "
+        f"log {log_path} ({sum(s.trials for s in states)} matching trials), strategy "
         f"{strategy}, budget {f'{trials} trials' if trials else f'{time_budget:g} s'}",
         soft_wrap=True,  # never break a path (or this line) at the console width
     )
@@ -230,6 +251,7 @@ def tune(
         seconds=time_budget,
         weights=time_weights(shares),
         early_stop=early_stop,
+        verify=verify,
         seed=seed,
     )
     display_cls = LiveDisplay if err.is_terminal else PlainDisplay

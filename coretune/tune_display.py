@@ -14,20 +14,43 @@ class TaskState:
     share: float
     budget: int | None  # trials (None in time mode)
     default_config: dict
-    trials: int = 0  # records in the log for this device and version
+    trials: int = 0  # search records in the log for this device and version
     new: int = 0  # measured in this run
     errors: int = 0
-    best: float = math.inf
-    default: float | None = None  # cost of the default config; inf when it failed
+    searched_best: float = math.inf
+    searched_default: float | None = None  # cost of the default config; inf when it failed
+    verifications: list = field(default_factory=list, repr=False)  # the finalists' records
     started: float | None = field(default=None, repr=False)
 
     def add(self, record, new: bool = False) -> None:
+        from .tuner.records import VERIFY
+
+        if record.strategy == VERIFY:  # a re-measurement, not a trial
+            self.verifications.append(record)
+            return
         self.trials += 1
         self.new += new
         self.errors += not record.ok
-        self.best = min(self.best, record.best_cost)
+        self.searched_best = min(self.searched_best, record.best_cost)
         if record.config == self.default_config:
-            self.default = record.best_cost
+            self.searched_default = record.best_cost
+
+    def _verified(self) -> dict:
+        from .tuner.records import verified_costs
+
+        return verified_costs(self.verifications)
+
+    @property
+    def best(self) -> float:
+        """The lowest verified median if the finalists were re-measured, else the lowest cost."""
+        verified = self._verified()
+        return min(verified.values()) if verified else self.searched_best
+
+    @property
+    def default(self) -> float | None:
+        from .kernels.space import Config
+
+        return self._verified().get(Config(self.default_config), self.searched_default)
 
     def gflops(self, cost) -> float | None:
         return None if cost is None else gflops(self.task.flops, cost)

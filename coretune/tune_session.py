@@ -61,6 +61,7 @@ class SessionPlan:
     weights: list[float]  # time shares (time mode)
     early_stop: int | None
     seed: int
+    verify: int = 0  # finalists re-measured per task (tuner.driver.Budget.verify)
 
 
 class _Stopped(Exception):
@@ -126,6 +127,7 @@ def _tune_all(plan: SessionPlan, conn, stop) -> None:
             trials=trials,
             seconds=max(0.0, seconds - (time.monotonic() - task_started)),
             early_stop=plan.early_stop,
+            verify=plan.verify,
         )
         # The default config goes first, so every task's baseline is in the log.
         default = task.template().default_config(device.limits)

@@ -147,8 +147,8 @@ def _choose(candidates, workload, limits, fingerprint, database, version):
     if database is not None:
         for cls in candidates:
             found = database.best(cls(workload).key(), fingerprint, version, limits)
-            if found.record and (best is None or found.record.best_cost < best[1].best_cost):
-                best = (cls, found.record, found.config)
+            if found.record and (best is None or found.cost < best[1].cost):
+                best = (cls, found, found.config)
     if best:
         return best[0], best[2], True
     cls = candidates[0]

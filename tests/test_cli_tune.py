@@ -42,9 +42,10 @@ def test_tune_measures_the_default_first_reports_and_resumes(tmp_path):
     logs = list((tmp_path / "tuning_logs").glob("chain.*.jsonl"))
     assert len(logs) == 1, "the default log is tuning_logs/<model stem>.<device>.jsonl"
     records = TuningLog(logs[0]).read()
-    assert len(records) == 6  # 6 trials: 3 per task, the default config first
+    trials = [r for r in records if r.strategy != "verify"]
+    assert len(trials) == 6  # 6 trials: 3 per task, the default config first
     by_task: dict = {}
-    for record in records:
+    for record in trials:
         by_task.setdefault(json.dumps(record.task, sort_keys=True), []).append(record)
     assert len(by_task) == 2
     for task_records in by_task.values():
@@ -52,21 +53,25 @@ def test_tune_measures_the_default_first_reports_and_resumes(tmp_path):
         assert task_records[0].strategy == "default"
         # then the strategy's picks, and the best configs of the similar task ("transfer")
         assert {r.strategy for r in task_records[1:]} <= {"random", "transfer"}
+    # then each task's 3 configs (its best 3, the default among them) in 3 rounds
+    verified = [r for r in records if r.strategy == "verify"]
+    assert len(verified) == 2 * 3 * 3 and records[-1].strategy == "verify"
 
     before = logs[0].read_bytes()
     again = coretune(*args, "--no-e2e", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "(6 matching records)" in again.stderr
+    assert "(6 matching trials)" in again.stderr
     assert logs[0].read_bytes() == before, "a finished run measures nothing again"
     more = coretune(*args[:2], "--trials", "8", "--strategy", "random", "--no-e2e", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
-    assert len(TuningLog(logs[0]).read()) == 8
+    assert len([r for r in TuningLog(logs[0]).read() if r.strategy != "verify"]) == 8
 
     summary = coretune("log", "summary", str(logs[0]), "--json")
     assert summary.returncode == 0, summary.stderr
     rows = json.loads(summary.stdout)
     assert len(rows) == 2 and all(r["trials"] == 4 and r["best_gflops"] > 0 for r in rows)
-    assert {"default", "random"} <= {s for r in rows for s in r["strategies"]}
+    assert {"default", "random", "verify"} <= {s for r in rows for s in r["strategies"]}
+    assert all(r["best_verified"] and r["verifications"] >= 18 for r in rows)
 
 
 def test_a_spent_time_budget_ends_the_run(tmp_path):

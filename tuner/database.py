@@ -3,11 +3,12 @@
 (What AutoTVM calls ApplyHistoryBest.) Records from another device or another coretune version
 are never used; they are counted and reported, so a user sees why a kernel ran untuned. A
 record whose config is not valid for its template (a log edited by hand) is rejected with its
-file and line number.
+file and line number. Where a tuning run verified its finalists (interleaved re-measurements,
+tuner.driver), the best is the finalist with the lowest median; otherwise the lowest cost.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coretune.kernels.device import DeviceLimits
@@ -15,13 +16,15 @@ from coretune.kernels.space import Config
 from coretune.kernels.templates import get_template
 from coretune.kernels.workload import Workload
 
-from .records import LogError, Record, TuningLog, device_key, task_key
+from .records import VERIFY, LogError, Record, TuningLog, device_key, task_key, verified_costs
 
 
 @dataclass
 class Lookup:
     config: Config | None
     record: Record | None
+    cost: float = float("inf")  # what the choice rests on: the verified median, or best_cost
+    verified: bool = False
     other_devices: int = 0  # records of this task that were skipped, by reason
     other_versions: int = 0
 
@@ -43,25 +46,21 @@ class TuningDatabase:
     def best(
         self, task_dict: dict, fingerprint: dict, version: str, limits: DeviceLimits | None = None
     ) -> Lookup:
-        """The fastest valid record of this task on this device and version."""
+        """The fastest valid config of this task on this device and version."""
         key, device = task_key(task_dict), device_key(fingerprint)
-        lookup = Lookup(None, None)
+        usable, other_devices, other_versions = [], 0, 0
         for path, line, record in self.records:
             if task_key(record.task) != key:
                 continue
             if device_key(record.device) != device:
-                lookup.other_devices += 1
-                continue
-            if record.coretune_version != version:
-                lookup.other_versions += 1
-                continue
-            if not record.ok:
-                continue
-            if limits is not None:
-                self._check(path, line, record, limits)
-            if lookup.record is None or record.best_cost < lookup.record.best_cost:
-                lookup.config, lookup.record = Config(record.config), record
-        return lookup
+                other_devices += 1
+            elif record.coretune_version != version:
+                other_versions += 1
+            else:
+                if limits is not None and record.ok:
+                    self._check(path, line, record, limits)
+                usable.append(record)
+        return replace(choose(usable), other_devices=other_devices, other_versions=other_versions)
 
     @staticmethod
     def _check(path, line, record: Record, limits: DeviceLimits) -> None:
@@ -70,3 +69,22 @@ class TuningDatabase:
         reason = template(workload).space(limits).why_invalid(record.config)
         if reason:
             raise LogError(f"{path}:{line}: invalid config {record.config}: {reason}")
+
+
+def choose(records: list[Record]) -> Lookup:
+    """The winner among one task's records on one device and version: the finalist with the
+    lowest verified median if there are verifications, else the record with the lowest cost.
+    Failed verifications count: a finalist that failed a round is no winner."""
+    lookup = Lookup(None, None)
+    for record in records:
+        if record.ok and record.strategy != VERIFY and record.best_cost < lookup.cost:
+            lookup.config, lookup.record = Config(record.config), record
+            lookup.cost = record.best_cost
+    verified = verified_costs(records)
+    if verified:
+        lookup.config = min(verified, key=verified.get)
+        lookup.cost, lookup.verified = verified[lookup.config], True
+        lookup.record = next(
+            r for r in records if r.strategy == VERIFY and Config(r.config) == lookup.config
+        )
+    return lookup

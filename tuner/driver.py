@@ -3,6 +3,12 @@
 Warm start: the log's records for the same task on the same device are fed to the strategy
 first and never measured again (a killed run resumes where it stopped); the best configs of
 similar tasks (same template, other shapes) are proposed first.
+
+Verification: a config's cost in the search is the min of a few repeats taken within
+milliseconds, and a device's speed changes over seconds (on a shared machine, by up to 2x), so
+the search's best is often a config that ran in a fast moment. With ``Budget.verify`` > 0 the
+run ends by re-measuring its best few configs and the default in interleaved rounds; those
+records (strategy "verify") are what the tuning database ranks by (see verified_costs).
 """
 
 import math
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from coretune.kernels.space import Config
 
 from .measure import MeasureOptions, Measurer, MeasureResult
-from .records import Record, TuningLog, device_key, task_key
+from .records import VERIFY, Record, TuningLog, device_key, task_key, verified_costs
 from .strategies import make_strategy
 from .task import Task
 
@@ -34,6 +40,10 @@ class Budget:
     seconds: float = math.inf
     early_stop: int | None = None  # stop after this many trials without improvement
     batch: int = 4  # configs built in parallel before they run
+    verify: int = 0  # best configs re-measured at the end, with the default, VERIFY_ROUNDS times
+
+
+VERIFY_ROUNDS = 3
 
 
 def _version() -> str:
@@ -63,6 +73,8 @@ def tune(
     space = task.template().space(device.limits)
     search = make_strategy(strategy, space, seed)
     mine, similar = _history(log, task, fingerprint)
+    verified_before = [r for r in mine if r.strategy == VERIFY]
+    mine = [r for r in mine if r.strategy != VERIFY]  # re-measurements, not trials
     best_config, best_cost = None, math.inf
     if mine:
         configs = [Config(r.config) for r in mine]
@@ -105,7 +117,48 @@ def tune(
                     since_best += 1
                 if on_trial:
                     on_trial(record)
+        if budget.verify and (trial > len(mine) or not verified_before):
+            verified = _verify(
+                task, log, measurer, budget.verify, default, fingerprint, trial, seed, on_trial
+            )
+            if verified:
+                best_config = min(verified, key=verified.get)
+                best_cost = verified[best_config]
     return TuneResult(task, best_config, best_cost, trial - len(mine), len(mine), errors)
+
+
+def _verify(task, log, measurer, top, default, fingerprint, trial, seed, on_trial=None):
+    """Re-measure the ``top`` best configs of the log (and the default) in VERIFY_ROUNDS
+    rounds, each measuring every finalist once in its own shuffled order, back to back.
+    Returns config -> median verified cost (nothing when there is no choice to make)."""
+    import random
+
+    def mine():
+        return [r for r in log.read() if _same(r, task, fingerprint)]
+
+    ranked = sorted((r for r in mine() if r.ok and r.strategy != VERIFY), key=lambda r: r.best_cost)
+    finalists = list(dict.fromkeys(Config(r.config) for r in ranked))[:top]
+    if default is not None and any(Config(r.config) == default for r in ranked):
+        finalists = list(dict.fromkeys([*finalists, default]))
+    if len(finalists) < 2:
+        return {}
+    order = random.Random(seed)
+    for _ in range(VERIFY_ROUNDS):
+        batch = order.sample(finalists, len(finalists))
+        for config, result in zip(batch, measurer.measure(batch), strict=True):
+            record = _record(task, config, result, fingerprint, VERIFY, trial)
+            log.append(record)
+            if on_trial:
+                on_trial(record)
+    return verified_costs(mine())
+
+
+def _same(record: Record, task: Task, fingerprint: dict) -> bool:
+    return (
+        task_key(record.task) == task_key(task.key())
+        and device_key(record.device) == device_key(fingerprint)
+        and record.coretune_version == _version()
+    )
 
 
 def _history(log: TuningLog, task: Task, fingerprint: dict):

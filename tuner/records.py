@@ -10,6 +10,7 @@ import enum
 import fcntl
 import json
 import os
+import statistics
 import time
 import warnings
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from coretune.errors import CoretuneError
+from coretune.kernels.space import Config
 
 SCHEMA_VERSION = 1
+VERIFY = "verify"  # the strategy of a record that re-measures a finalist (tuner.driver)
 
 
 class LogError(CoretuneError):
@@ -85,6 +88,20 @@ class Record:
             if not isinstance(data.get(name, {}), dict):
                 raise ValueError(f"{name} must be an object")
         return cls(**data)
+
+
+def verified_costs(records) -> dict[Config, float]:
+    """Config -> median of its verification costs, from records of one task on one device.
+    A config that failed any verification round is left out."""
+    costs: dict[Config, list[float]] = {}
+    failed = set()
+    for record in records:
+        if record.strategy == VERIFY:
+            config = Config(record.config)
+            costs.setdefault(config, []).append(record.best_cost)
+            if not record.ok:
+                failed.add(config)
+    return {c: statistics.median(v) for c, v in costs.items() if c not in failed}
 
 
 def task_key(task: dict) -> str:
