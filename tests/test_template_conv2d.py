@@ -136,6 +136,17 @@ def test_default_and_random_configs_match_numpy(device, cls, name, graph):
     check_on_device(device, template, configs, seed=10 * seed)
 
 
+@pytest.mark.parametrize("name", ["7c-13-s2-asym", "33c-g3-dil2", "13c-3x2-bias"])
+def test_direct_float8_columns_match_numpy(device, name):
+    """float8 accumulators (lanes .s0-.s7), staged or not, with column tails to mask."""
+    template = Conv2dDirectTemplate(Workload.from_graph(DIRECT[name]))
+    rng = np.random.default_rng(list(DIRECT).index(name))
+    sampled = template.space(device.limits).sample(300, rng, max_tries=20_000)
+    eights = [c for c in sampled if c["vector"] == 8]
+    configs = [next(c for c in eights if c["stage_input"] == staged) for staged in (False, True)]
+    check_on_device(device, template, configs, seed=40)
+
+
 def fused_block_inputs(template, seed):
     arrays = random_inputs(template.workload, seed)
     names = [name for name, _ in template.workload.inputs]

@@ -49,7 +49,7 @@ class Conv2dDirectTemplate(WindowTemplate):
             Knob("oc_block", (1, 2, 4, 8), "output channels per work-item"),
             Knob("oh_block", (1, 2, 4), "output rows per work-item"),
             Knob("ow_block", (1, 2, 4), "vector column groups per work-item"),
-            Knob("vector", (1, 2, 4), "adjacent output columns per vector accumulator"),
+            Knob("vector", (1, 2, 4, 8), "adjacent output columns per vector accumulator"),
             Knob("ic_chunk", (1, 2, 4, 8), "input channels unrolled under each tap"),
             Knob("unroll_window", (False, True), "fully unroll the KH x KW window loops"),
             Knob("stage_input", (False, True), "copy input patches to local memory, zero-padded"),

@@ -132,7 +132,8 @@ def splat(value: str, lanes: int) -> str:
 
 
 def lane_names(lanes: int) -> tuple[str, ...]:
-    return ("x", "y", "z", "w")[:lanes]
+    """Member names of a vector's lanes (float8 has no x/y/z/w)."""
+    return ("x", "y", "z", "w")[:lanes] if lanes <= 4 else tuple(f"s{i}" for i in range(lanes))
 
 
 def work_group_knobs() -> list[Knob]:

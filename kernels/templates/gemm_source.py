@@ -19,12 +19,7 @@ from dataclasses import dataclass
 from ..epilogue import Epilogue
 from ..lower import row_major_strides
 from ..space import Config
-from .conv_common import UNROLL, indent, splat, vector_type
-
-
-def lane_names(width: int) -> tuple[str, ...]:
-    """Member names of a vector's lanes (float8 has no x/y/z/w)."""
-    return ("x", "y", "z", "w")[:width] if width <= 4 else tuple(f"s{i}" for i in range(width))
+from .conv_common import UNROLL, indent, lane_names, splat, vector_type
 
 
 @dataclass(frozen=True)
