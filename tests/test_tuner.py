@@ -27,14 +27,42 @@ def small_task(template="injective", n=4096):
     return Task(template, Workload.from_graph(b.build(b.sigmoid(x * y + 1.0))))
 
 
-def test_a_short_run_writes_valid_records(tmp_path):
+def small_dense_task():
+    b = GraphBuilder()
+    x, w = b.input("x", (33, 64)), b.input("w", (13, 64))
+    return Task("gemm", Workload.from_graph(b.build(b.relu(b.dense(x, w)))))
+
+
+def small_conv2d_task(template="conv2d_direct"):
+    b = GraphBuilder()
+    x, w = b.input("x", (1, 7, 13, 13)), b.input("w", (8, 7, 3, 3))
+    graph = b.build(b.relu(b.conv2d(x, w, padding=(1, 1, 1, 1))))
+    return Task(template, Workload.from_graph(graph))
+
+
+@pytest.mark.parametrize(
+    "make_task, strategy",
+    [
+        (small_task, "random"),
+        (small_dense_task, "bayesian"),
+        (small_conv2d_task, "bayesian"),
+        (lambda: small_conv2d_task("conv2d_winograd"), "random"),
+    ],
+    ids=["injective", "dense", "conv2d_direct", "conv2d_winograd"],
+)
+def test_a_short_run_writes_valid_records(tmp_path, device, make_task, strategy):
+    task = make_task()
     log = TuningLog(tmp_path / "log.jsonl")
-    result = tune(small_task(), log, budget=Budget(trials=6, batch=3), strategy="random")
+    result = tune(task, log, budget=Budget(trials=6, batch=3), strategy=strategy)
     records = log.read()
     assert len(records) == 6 and result.trials == 6 and result.best_config is not None
+    assert len({json.dumps(r.config, sort_keys=True) for r in records}) == 6
+    space = task.template().space(device.limits)
     for record in records:
+        assert space.is_valid(Config(record.config))
         assert record.ok and len(record.costs) == 3 and all(c > 0 for c in record.costs)
-        assert record.task["template"] == "injective" and record.device["name"]
+        assert record.task == task.key() and record.device["name"]
+        assert record.strategy == strategy and record.trial in range(1, 7)
         assert record.started <= record.finished and record.coretune_version
     assert result.best_cost == min(min(r.costs) for r in records)
 
