@@ -160,8 +160,9 @@ def _end_to_end(graph, device, log_path, repeat, out) -> None:
     type=click.IntRange(min=0),
     default=3,
     show_default=True,
-    help="Re-measure each task's best N configs and its default in 3 interleaved rounds at "
-    "the end; the build then takes the lowest median (0: take the lowest single cost).",
+    help="Re-measure each task's best N configs and its default in 3 interleaved rounds "
+    "after its trial or time budget; builds then take the lowest median (0: the lowest "
+    "single cost).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the search and the inputs.")
 @click.option(

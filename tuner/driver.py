@@ -40,7 +40,7 @@ class Budget:
     seconds: float = math.inf
     early_stop: int | None = None  # stop after this many trials without improvement
     batch: int = 4  # configs built in parallel before they run
-    verify: int = 0  # best configs re-measured at the end, with the default, VERIFY_ROUNDS times
+    verify: int = 0  # best configs re-measured after the budget, with the default (_verify)
 
 
 VERIFY_ROUNDS = 3
