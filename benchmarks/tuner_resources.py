@@ -3,11 +3,12 @@ whose template is rigged so that a few configs in every hundred crash the device
 fail to compile or compute a wrong result, sampling the tuning process after every trial.
 
 Sampled per trial: open file descriptors (/proc/self/fd), resident memory (VmRSS), threads,
-and the live child processes (the build pool and the device worker, restarted after each
-crash or hang). Flat means: after a warm-up of 100 trials, fds, threads and children do not
-grow, and memory grows by less than the strategy's own bookkeeping needs.
+the live child processes (the build pool and the device worker, restarted after each crash or
+hang), and with --tracemalloc the Python heap. Flat means: once the bayesian model has
+reached its bounded size (300 trials), fds, threads and children do not grow and RSS grows by
+less than 8 MiB over the last 200 trials.
 
-    python benchmarks/tuner_resources.py                 # 500 trials: ~10 minutes here
+    python benchmarks/tuner_resources.py                 # 500 trials: ~30 minutes here
     python benchmarks/tuner_resources.py --trials 120    # a quick look
     python benchmarks/tuner_resources.py --strategy random   # without the model's own state
 
@@ -21,6 +22,7 @@ import pathlib
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,8 +39,10 @@ from tests.rigged_template import with_fault  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TEMPLATE = "tuner_resources:FaultyGemm"
-WARMUP_TRIALS = 100
-RSS_GROWTH_LIMIT = 64 << 20  # the strategy keeps every observation; a leak per trial is more
+# The bayesian model grows until it holds MODEL_POINTS (256) observations, then stays that size
+# (tuner/strategies.py): flat is judged from here on.
+WARMUP_TRIALS = 300
+RSS_GROWTH_LIMIT = 8 << 20  # over the last 200 trials; a leak of 40 KiB per trial is more
 
 
 def fault_of(config) -> str:
@@ -98,13 +102,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=500)
     parser.add_argument("--strategy", default="bayesian", help="bayesian, random or grid")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace the Python heap too (slower, and its traces add to RSS)",
+    )
     args = parser.parse_args()
     samples: dict[int, dict] = {}
     errors: Counter = Counter()
     faults: Counter = Counter()
 
     def on_trial(record):
-        samples[record.trial] = sample()
+        samples[record.trial] = {**sample(), "traced": tracemalloc.get_traced_memory()[0]}
+        if record.trial == WARMUP_TRIALS and args.tracemalloc:
+            tracemalloc.take_snapshot().dump(str(snapshot_path))  # not kept: it adds to RSS
         errors[record.error.value] += 1
         faults[fault_of(Config(record.config))] += 1
         if record.trial % 25 == 0:
@@ -115,18 +126,37 @@ def main():
                 flush=True,
             )
 
+    scratch = tempfile.TemporaryDirectory()
+    snapshot_path = pathlib.Path(scratch.name) / "heap.snapshot"
+    if args.tracemalloc:
+        tracemalloc.start()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch:
         result = tune(
             gemm_task(),
-            TuningLog(pathlib.Path(tmp) / "resources.jsonl"),
+            TuningLog(pathlib.Path(scratch.name) / "resources.jsonl"),
             strategy=args.strategy,
             budget=Budget(trials=args.trials),
             options=MeasureOptions(repeat=1, number=1, build_timeout=30.0, run_timeout=2.0),
             on_trial=on_trial,
             seed=1,
         )
-    wall = time.monotonic() - started
+        wall = time.monotonic() - started
+        heap_report = ["Python heap not traced (run with --tracemalloc).", ""]
+        if args.tracemalloc and snapshot_path.exists():
+            before = tracemalloc.Snapshot.load(str(snapshot_path))
+            stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
+            heap_report = [
+                f"Largest Python heap growths from trial {WARMUP_TRIALS} to the end:",
+                "",
+                *(f"- {stat}" for stat in stats[:5]),
+                "",
+            ]
+            tracemalloc.stop()
+
+    def heap(s):
+        return f"{s['traced'] / (1 << 20):.1f}" if args.tracemalloc else "-"
+
     first, last = min(samples), max(samples)
     base = samples[min(WARMUP_TRIALS, last)]
     end = samples[last]
@@ -142,7 +172,8 @@ def main():
         ),
     }
     rows = [
-        f"| {t} | {s['fds']} | {s['rss'] / (1 << 20):.1f} | {s['threads']} | {s['children']} |"
+        f"| {t} | {s['fds']} | {s['rss'] / (1 << 20):.1f} | {heap(s)} | "
+        f"{s['threads']} | {s['children']} |"
         for t, s in sorted(samples.items())
         if t in (first, last) or t % 50 == 0
     ]
@@ -162,15 +193,17 @@ def main():
         + ", ".join(f"{kind} {n}" for kind, n in sorted(errors.items()))
         + f" (best config found: {result.best_cost * 1e6:.1f} us).",
         "",
-        "| trial | open fds | RSS MiB | threads | child processes |",
-        "|---:|---:|---:|---:|---:|",
+        "| trial | open fds | RSS MiB | Python heap MiB | threads | child processes |",
+        "|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"From trial {min(WARMUP_TRIALS, last)} to {last}: fds {base['fds']} -> {end['fds']} "
         f"(peak {peak['fds']}), RSS {base['rss'] / (1 << 20):.1f} -> "
         f"{end['rss'] / (1 << 20):.1f} MiB, threads {base['threads']} -> {end['threads']}, "
-        f"children {base['children']} -> {end['children']} (peak {peak['children']}).",
+        f"children {base['children']} -> {end['children']} (peak {peak['children']})"
+        + (f", Python heap {heap(base)} -> {heap(end)} MiB." if args.tracemalloc else "."),
         "",
+        *heap_report,
         "| check | held |",
         "|---|---|",
         *(f"| {name} | {'yes' if ok else 'NO'} |" for name, ok in checks.items()),
@@ -178,6 +211,7 @@ def main():
         "Command: `python benchmarks/tuner_resources.py"
         + (f" --trials {args.trials}" if args.trials != 500 else "")
         + (f" --strategy {args.strategy}" if args.strategy != "bayesian" else "")
+        + (" --tracemalloc" if args.tracemalloc else "")
         + "`",
         "",
     ]
