@@ -13,6 +13,7 @@ every model measured so far, and keeps the tuning logs beside them.
 """
 
 import argparse
+import datetime
 import json
 import pathlib
 import subprocess
@@ -43,6 +44,14 @@ CASES = {
     "mobilenet_block_bn": lambda: MODELS["mobilenet_block"](batch_norms=True),
     "transformer_layer": MODELS["transformer_layer"],
 }
+
+
+def commit() -> str:
+    """The checkout measured (results of several runs end up in one table)."""
+    found = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return found.stdout.strip() or "unknown commit"
 
 
 def tune(path: pathlib.Path, log: pathlib.Path, trials: int) -> None:
@@ -88,6 +97,7 @@ def row(name: str, r: dict) -> str:
         us(t["onnxruntime"]),
         f"{t['default'] / t['tuned']:.2f}x",
         f"{t['tuned'] / t['onnxruntime']:.2f}x",
+        r.get("measured", "2026-11-24, before verification"),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -111,7 +121,11 @@ def main():
             trials = args.trials * len(coretune.compile(model, device).plan.kernels)
             print(f"{name}: tuning, {trials} trials ...", flush=True)
             tune(path, log, trials)
-            result = {"trials": trials, **measure(path, inputs, log, device, args.repeat)}
+            result = {
+                "trials": trials,
+                "measured": f"{datetime.date.today()} at {commit()}",
+                **measure(path, inputs, log, device, args.repeat),
+            }
             (RESULTS / f"models_{name}.json").write_text(json.dumps(result, indent=1))
             print(row(name, result), flush=True)
     # The table holds every model measured so far (--only re-runs some of them).
@@ -126,7 +140,8 @@ def main():
         header(environment(device)),
         "",
         f"Tuned with `coretune tune MODEL.onnx --trials N --no-e2e`, N = {args.trials} per "
-        "kernel of the model (bayesian, fresh log per model: `models_<name>.jsonl`). "
+        "kernel of the model (bayesian, each task's best 3 and default then verified in 3 "
+        "interleaved rounds; fresh log per model: `models_<name>.jsonl`). "
         "Latencies are medians of wall time per "
         f"run over {args.repeat} runs each, default / tuned / onnxruntime interleaved in rounds "
         "(coretune.cli_bench.interleaved); onnxruntime uses the CPU provider with 2 intra-op "
@@ -136,8 +151,8 @@ def main():
         "faster).",
         "",
         "| model | kernels | planned / no-reuse bytes | default | tuned | onnxruntime "
-        "| tuned/default speedup | tuned vs onnxruntime |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| tuned/default speedup | tuned vs onnxruntime | measured |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
         *(row(name, r) for name, r in results.items()),
         "",
         "Command: `python benchmarks/models.py"
