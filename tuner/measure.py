@@ -99,8 +99,14 @@ def _worker_device(spec):
 # ---- the device worker ----------------------------------------------------------------------
 def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: int):
     """Owns the device: uploads the task's inputs once, then runs configs as they arrive."""
+    from threadpoolctl import threadpool_limits
+
     from coretune.kernels import open_device
 
+    # After a BLAS call (the result check's norms), OpenBLAS's idle threads spin for ~0.1 s: on
+    # a CPU device they took a core from the kernel timed next, which then measured up to 2x
+    # slow (median 500-730 us vs 374-400 us for the same gemm config). One BLAS thread here.
+    threadpool_limits(1)
     device = open_device(device_spec)
     template = task.template()
     arrays = task.inputs(seed)
