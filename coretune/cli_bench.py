@@ -1,6 +1,5 @@
 """``coretune bench``: default build vs tuned build vs onnxruntime, interleaved, as ratios."""
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -14,16 +13,18 @@ Runner = Callable[[int], tuple[float, float | None]]
 
 
 def interleaved(runners: dict[str, Runner], repeat: int) -> dict[str, dict]:
-    """Medians over ``repeat`` runs of each, in rounds that alternate between the runners (in a
-    rotating order), so that a drifting machine (clock, caches, a neighbour) affects all alike."""
-    rounds = min(repeat, 10)
-    per_round = math.ceil(repeat / rounds)
+    """Medians over ``repeat`` runs of each, one run per turn in a rotating order (a warm-up run
+    each first), so that a drifting machine (a clock, caches, a neighbour taking a core for
+    seconds) affects all alike: blocks of runs let one build sit in a slow phase while another
+    ran in a fast one (measured: the same two builds came out 1.74x, 0.96x and 1.15x apart)."""
     names = list(runners)
+    for name in names:
+        runners[name](1)
     walls: dict[str, list[float]] = {n: [] for n in names}
     devices: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
+    for r in range(repeat):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            wall, device = runners[name](per_round)
+            wall, device = runners[name](1)
             walls[name].append(wall)
             if device is not None:
                 devices[name].append(device)
@@ -31,7 +32,7 @@ def interleaved(runners: dict[str, Runner], repeat: int) -> dict[str, dict]:
         n: {
             "wall_median_s": statistics.median(walls[n]),
             "device_median_s": statistics.median(devices[n]) if devices[n] else None,
-            "runs": rounds * per_round,
+            "runs": repeat,
         }
         for n in names
     }
@@ -39,14 +40,15 @@ def interleaved(runners: dict[str, Runner], repeat: int) -> dict[str, dict]:
 
 def module_runner(module, inputs) -> Runner:
     def run(n):
-        result = module.benchmark(repeat=n, inputs=inputs)
+        result = module.benchmark(repeat=n, inputs=inputs, warmup=0)
         return result["wall_median"], result["device_median"]
 
     return run
 
 
 def onnxruntime_runner(path, inputs, graph_inputs) -> tuple[Runner, str] | None:
-    """A runner for onnxruntime's CPU provider with 2 intra-op threads, or None if missing."""
+    """A runner for onnxruntime's CPU provider with 2 intra-op threads (not spinning between
+    runs), or None if missing."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -54,6 +56,10 @@ def onnxruntime_runner(path, inputs, graph_inputs) -> tuple[Runner, str] | None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     options.inter_op_num_threads = 1
+    # Its idle threads would spin after every run and take the cores from the build timed
+    # next (measured: a 3.6 ms coretune run took 6.7 ms after onnxruntime's); not spinning
+    # costs onnxruntime itself ~4% (971 -> 1008 us on the 32-channel test CNN).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     # coretune keeps ONNX input names; fall back to order if an importer ever renames them.

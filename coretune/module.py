@@ -45,10 +45,11 @@ class Module:
         """The graph outputs, in graph order; inputs are checked by name, shape and dtype."""
         return self._executor.run(inputs)
 
-    def benchmark(self, repeat: int = 10, inputs: dict | None = None) -> dict:
+    def benchmark(self, repeat: int = 10, inputs: dict | None = None, warmup: int = 2) -> dict:
         from .graph.random import random_inputs
 
-        return self._executor.benchmark(inputs or random_inputs(self.plan.graph), repeat=repeat)
+        inputs = inputs or random_inputs(self.plan.graph)
+        return self._executor.benchmark(inputs, repeat=repeat, warmup=warmup)
 
     def summary(self) -> dict:
         return self.plan.summary()
