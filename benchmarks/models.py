@@ -6,7 +6,7 @@ benchmarks/results/models_<name>.jsonl --no-e2e` (a fresh log each time; N = --t
 kernel of the model), then compile both builds and time them with coretune.cli_bench's
 interleaved runners.
 
-    python benchmarks/models.py [--trials 24] [--repeat 30] [--only cnn ...]
+    python benchmarks/models.py [--trials 24] [--repeat 60] [--only cnn ...] [--no-tune]
 
 Writes benchmarks/results/models_<name>.json per model and benchmarks/results/models.md with
 every model measured so far, and keeps the tuning logs beside them.
@@ -107,7 +107,10 @@ def main():
     parser.add_argument(
         "--trials", type=int, default=24, help="tuning trials per kernel of the model"
     )
-    parser.add_argument("--repeat", type=int, default=30, help="timed runs per build")
+    parser.add_argument("--repeat", type=int, default=60, help="timed runs per build")
+    parser.add_argument(
+        "--no-tune", action="store_true", help="re-measure with the logs already in results/"
+    )
     parser.add_argument("--only", nargs="*", choices=list(CASES), help="re-run these models")
     args = parser.parse_args()
     device = open_device(None)
@@ -119,8 +122,9 @@ def main():
             onnx.save(model, path)
             log = RESULTS / f"models_{name}.jsonl"
             trials = args.trials * len(coretune.compile(model, device).plan.kernels)
-            print(f"{name}: tuning, {trials} trials ...", flush=True)
-            tune(path, log, trials)
+            if not args.no_tune:
+                print(f"{name}: tuning, {trials} trials ...", flush=True)
+                tune(path, log, trials)
             result = {
                 "trials": trials,
                 "measured": f"{datetime.date.today()} at {commit()}",
@@ -143,7 +147,7 @@ def main():
         "kernel of the model (bayesian, each task's best 3 and default then verified in 3 "
         "interleaved rounds; fresh log per model: `models_<name>.jsonl`). "
         "Latencies are medians of wall time per "
-        f"run over {args.repeat} runs each, default / tuned / onnxruntime interleaved in rounds "
+        f"run over {args.repeat} runs each, default / tuned / onnxruntime interleaved run by run "
         "(coretune.cli_bench.interleaved); onnxruntime uses the CPU provider with 2 intra-op "
         "threads. Kernels and memory are the tuned build's (Module.summary()): kernels per run, "
         "planned buffer bytes vs one buffer per tensor (no reuse). Speedup = "
@@ -157,7 +161,7 @@ def main():
         "",
         "Command: `python benchmarks/models.py"
         + (f" --trials {args.trials}" if args.trials != 24 else "")
-        + (f" --repeat {args.repeat}" if args.repeat != 30 else "")
+        + (f" --repeat {args.repeat}" if args.repeat != 60 else "")
         + "`",
         "",
     ]

@@ -93,23 +93,27 @@ def test_each_failure_kind_is_recorded_and_the_run_goes_on(tmp_path):
 
 RESUMABLE_RUN = textwrap.dedent("""
     import sys
-    from tests.test_tuner import small_task
+    from tests import test_tuner
     from coretune.tuner.driver import Budget, tune
     from coretune.tuner.records import TuningLog
     if __name__ == "__main__":
-        tune(small_task(), TuningLog(sys.argv[1]), strategy="random",
+        task = getattr(test_tuner, sys.argv[2])()
+        tune(task, TuningLog(sys.argv[1]), strategy=sys.argv[3],
              budget=Budget(trials=12, batch=1), seed=5)
 """)
 
 
-def test_sigkill_then_rerun_resumes_without_remeasuring(tmp_path):
+@pytest.mark.parametrize(
+    "task, strategy",
+    [("small_task", "random"), ("small_dense_task", "bayesian"), ("small_conv2d_task", "random")],
+)
+def test_sigkill_then_rerun_resumes_without_remeasuring(tmp_path, task, strategy):
     path = tmp_path / "log.jsonl"
     script = tmp_path / "run.py"
     script.write_text(RESUMABLE_RUN)
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    first = subprocess.Popen(
-        [sys.executable, str(script), str(path)], env=env, start_new_session=True
-    )
+    command = [sys.executable, str(script), str(path), task, strategy]
+    first = subprocess.Popen(command, env=env, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if path.exists() and path.read_text().count("\n") >= 4:
@@ -119,7 +123,7 @@ def test_sigkill_then_rerun_resumes_without_remeasuring(tmp_path):
     first.wait()
     done_before = len(TuningLog(path).read())
     assert 4 <= done_before < 12
-    subprocess.run([sys.executable, str(script), str(path)], env=env, check=True, timeout=300)
+    subprocess.run(command, env=env, check=True, timeout=300)
     records = TuningLog(path).read()
     configs = [json.dumps(r.config, sort_keys=True) for r in records]
     assert len(records) == 12, "the rerun should finish the budget of 12 trials"
