@@ -3,6 +3,7 @@
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -47,8 +48,12 @@ def module_runner(module, inputs) -> Runner:
 
 
 def onnxruntime_runner(path, inputs, graph_inputs) -> tuple[Runner, str] | None:
-    """A runner for onnxruntime's CPU provider with 2 intra-op threads (not spinning between
-    runs), or None if missing."""
+    """A runner for onnxruntime's CPU provider with 2 intra-op threads, or None if missing.
+
+    Each turn opens its own session, warms it up, times its runs and closes it. onnxruntime's
+    threads spin between runs (its best latency), and kept alive they took the cores from
+    whatever ran next: a 3.6 ms coretune run took 6.3-6.7 ms for as long as a session was
+    open. Not spinning was no fix either: it cost onnxruntime 2-3x on the small models."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -56,27 +61,29 @@ def onnxruntime_runner(path, inputs, graph_inputs) -> tuple[Runner, str] | None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     options.inter_op_num_threads = 1
-    # Its idle threads would spin after every run and take the cores from the build timed
-    # next (measured: a 3.6 ms coretune run took 6.7 ms after onnxruntime's); not spinning
-    # costs onnxruntime itself ~4% (971 -> 1008 us on the 32-channel test CNN).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    model = Path(path).read_bytes()
+
+    def session():
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    names = [i.name for i in session().get_inputs()]
     # coretune keeps ONNX input names; fall back to order if an importer ever renames them.
     feeds = (
         {n: inputs[n] for n in names}
         if set(names) == set(inputs)
         else dict(zip(names, (inputs[n] for n in graph_inputs), strict=True))
     )
-    for _ in range(2):
-        session.run(None, feeds)
 
     def run(n):
+        current = session()
+        for _ in range(2):
+            current.run(None, feeds)
         times = []
         for _ in range(n):
             start = time.perf_counter()
-            session.run(None, feeds)
+            current.run(None, feeds)
             times.append(time.perf_counter() - start)
+        del current  # its threads end with it
         return statistics.median(times), None
 
     return run, ort.__version__
