@@ -14,13 +14,10 @@ Runner = Callable[[int], tuple[float, float | None]]
 
 
 def interleaved(runners: dict[str, Runner], repeat: int) -> dict[str, dict]:
-    """Medians over ``repeat`` runs of each, one run per turn in a rotating order (a warm-up run
-    each first), so that a drifting machine (a clock, caches, a neighbour taking a core for
-    seconds) affects all alike: blocks of runs let one build sit in a slow phase while another
-    ran in a fast one (measured: the same two builds came out 1.74x, 0.96x and 1.15x apart)."""
+    """Medians over ``repeat`` runs of each, one timed run per turn (after the runner's own
+    warm-up) in a rotating order, so that a drifting machine (a clock, caches, a neighbour)
+    affects all alike, down to the finest grain."""
     names = list(runners)
-    for name in names:
-        runners[name](1)
     walls: dict[str, list[float]] = {n: [] for n in names}
     devices: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeat):
@@ -40,8 +37,8 @@ def interleaved(runners: dict[str, Runner], repeat: int) -> dict[str, dict]:
 
 
 def module_runner(module, inputs) -> Runner:
-    def run(n):
-        result = module.benchmark(repeat=n, inputs=inputs, warmup=0)
+    def run(n):  # a warm-up run per turn, as onnxruntime's turns have theirs
+        result = module.benchmark(repeat=n, inputs=inputs, warmup=1)
         return result["wall_median"], result["device_median"]
 
     return run
