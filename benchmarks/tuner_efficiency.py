@@ -2,7 +2,7 @@
 
 Step 1 (--measure): for each task, measure EVERY valid config on the default device, in 15
 shuffled passes (min taken: see measure_table), and save the table as CSV under
-benchmarks/results/ (slow: ~80 min for the three tasks here).
+benchmarks/results/ (~12 min for the three tasks here).
 Step 2 (always): replay each strategy against those tables (the objective is the table: cheap
 and seedable) with 20+ seeds and budgets 8, 16, 32, 64; report the median and 10th percentile
 of exhaustive-best / best-found (1.0 = found the best), and plot convergence curves. The
@@ -106,15 +106,15 @@ def space_for(name, task, limits):
 
 def measure_table(name, task, sweeps, device_spec=None):
     """Every valid config, measured in ``sweeps`` passes over the space, each pass in its own
-    shuffled order; a config's cost is the min over its passes of the min over its repeats.
+    shuffled order; a config's cost is the min over its passes of the min over its repeats
+    (what the tuner ranks by, Record.best_cost).
 
-    This machine is a shared VM whose second core is often slowed for seconds at a time: a
-    2-thread kernel then takes up to 2x its quiet time, and in the tables measured here only
-    7-13% of a config's passes came within 10% of its best. With 3-5 passes the top of each
-    table was noise (its best of half the passes scored 0.46-0.73 in the other half); with 15
-    the two halves agree on the winner. The min over passes spread over an hour is each
-    config's cost on a quiet machine, what the tuner ranks by (Record.best_cost). Every pass's
-    cost is kept in the table, for the reproducibility check in the report."""
+    Passes spread over minutes keep a config measured during a disturbance from looking slow,
+    and one measured in a lucky moment from standing alone at the top. Every pass's cost is
+    kept in the table, for the reproducibility check of the report. (Until the device worker
+    was limited to one BLAS thread, OpenBLAS's spinning thread disturbed most measurements:
+    only 7-13% of a config's passes came within 10% of its best, and 5 passes gave tables
+    whose winners did not reproduce. Since then ~75% do.)"""
     from coretune.kernels import open_device
     from coretune.tuner.measure import MeasureOptions, Measurer
 

@@ -8,7 +8,7 @@ hang), and with --tracemalloc the Python heap. Flat means: once the bayesian mod
 reached its bounded size (300 trials), fds, threads and children do not grow and RSS grows by
 less than 8 MiB over the last 200 trials.
 
-    python benchmarks/tuner_resources.py                 # 500 trials: ~30 minutes here
+    python benchmarks/tuner_resources.py                 # 500 trials: ~15 minutes here
     python benchmarks/tuner_resources.py --trials 120    # a quick look
     python benchmarks/tuner_resources.py --strategy random   # without the model's own state
 
