@@ -54,11 +54,15 @@ def main():
         "default": Kernel(device, template, default, arrays),
         "tuned": Kernel(device, template, result.best_config, arrays),
     }
-    rounds = {"numpy": [], "default": [], "tuned": []}
-    for _ in range(7):
-        rounds["numpy"].append(_numpy_seconds(lambda x, w: x @ w.T, arrays))
-        for name, kernel in kernels.items():
-            rounds[name].append(kernel.seconds())
+    timers = {
+        "numpy": lambda: _numpy_seconds(lambda x, w: x @ w.T, arrays),
+        **{name: kernel.seconds for name, kernel in kernels.items()},
+    }
+    rounds = {name: [] for name in timers}
+    for r in range(7):  # interleaved, in an order that rotates round by round
+        names = list(timers)[r % 3 :] + list(timers)[: r % 3]
+        for name in names:
+            rounds[name].append(timers[name]())
     gflops = {k: task.flops / np.median(v) / 1e9 for k, v in rounds.items()}
     records = [r for r in log.read() if r.strategy != VERIFY]
     checks = len(log.read()) - len(records)
