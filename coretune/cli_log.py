@@ -243,7 +243,9 @@ def plot(paths, output, metric):
         import matplotlib.pyplot as plt
     except ImportError:
         raise CoretuneError("log plot needs matplotlib: pip install 'coretune[plot]'") from None
-    groups = _groups(_read(paths))
+    from .tuner.records import VERIFY
+
+    groups = _groups(r for r in _read(paths) if r.strategy != VERIFY)  # trials only
     if not groups:
         raise CoretuneError("no records in " + ", ".join(paths))
     figure, axes = plt.subplots(figsize=(8, 4.5))
