@@ -87,6 +87,7 @@ def tune(
         origin[default] = "default"
         similar = [default, *similar]
     seeds = list(dict.fromkeys(c for c in similar if space.is_valid(c) and c not in search.seen))
+    searched = list(mine)  # this task's trials on this device, this run's included
     trial, errors, since_best = len(mine), 0, 0
     started = time.monotonic()
     with Measurer(task, device_spec, options or MeasureOptions(), seed=seed) as measurer:
@@ -110,6 +111,7 @@ def tune(
                 proposer = origin.get(config, strategy)
                 record = _record(task, config, result, fingerprint, proposer, trial)
                 log.append(record)
+                searched.append(record)
                 errors += not result.ok
                 if cost < best_cost:
                     best_config, best_cost, since_best = config, cost, 0
@@ -117,48 +119,41 @@ def tune(
                     since_best += 1
                 if on_trial:
                     on_trial(record)
-        if budget.verify and (trial > len(mine) or not verified_before):
-            verified = _verify(
-                task, log, measurer, budget.verify, default, fingerprint, trial, seed, on_trial
-            )
+        finalists = _finalists(searched, budget.verify, default)
+        if len(finalists) > 1 and (trial > len(mine) or not verified_before):
+            checks = _verify(task, log, measurer, finalists, fingerprint, trial, seed, on_trial)
+            verified = verified_costs([*verified_before, *checks])
             if verified:
                 best_config = min(verified, key=verified.get)
                 best_cost = verified[best_config]
     return TuneResult(task, best_config, best_cost, trial - len(mine), len(mine), errors)
 
 
-def _verify(task, log, measurer, top, default, fingerprint, trial, seed, on_trial=None):
-    """Re-measure the ``top`` best configs of the log (and the default) in VERIFY_ROUNDS
-    rounds, each measuring every finalist once in its own shuffled order, back to back.
-    Returns config -> median verified cost (nothing when there is no choice to make)."""
+def _finalists(searched: list[Record], top: int, default: Config | None) -> list[Config]:
+    """The ``top`` best configs of the trials, and the default if it ran."""
+    ranked = sorted((r for r in searched if r.ok), key=lambda r: r.best_cost)
+    finalists = list(dict.fromkeys(Config(r.config) for r in ranked))[:top]
+    if top and default is not None and any(Config(r.config) == default for r in ranked):
+        finalists = list(dict.fromkeys([*finalists, default]))
+    return finalists
+
+
+def _verify(task, log, measurer, finalists, fingerprint, trial, seed, on_trial) -> list[Record]:
+    """VERIFY_ROUNDS rounds, each measuring every finalist once in its own shuffled order,
+    back to back; every measurement is logged. Returns the new records."""
     import random
 
-    def mine():
-        return [r for r in log.read() if _same(r, task, fingerprint)]
-
-    ranked = sorted((r for r in mine() if r.ok and r.strategy != VERIFY), key=lambda r: r.best_cost)
-    finalists = list(dict.fromkeys(Config(r.config) for r in ranked))[:top]
-    if default is not None and any(Config(r.config) == default for r in ranked):
-        finalists = list(dict.fromkeys([*finalists, default]))
-    if len(finalists) < 2:
-        return {}
     order = random.Random(seed)
+    records = []
     for _ in range(VERIFY_ROUNDS):
         batch = order.sample(finalists, len(finalists))
         for config, result in zip(batch, measurer.measure(batch), strict=True):
             record = _record(task, config, result, fingerprint, VERIFY, trial)
             log.append(record)
+            records.append(record)
             if on_trial:
                 on_trial(record)
-    return verified_costs(mine())
-
-
-def _same(record: Record, task: Task, fingerprint: dict) -> bool:
-    return (
-        task_key(record.task) == task_key(task.key())
-        and device_key(record.device) == device_key(fingerprint)
-        and record.coretune_version == _version()
-    )
+    return records
 
 
 def _history(log: TuningLog, task: Task, fingerprint: dict):
