@@ -159,30 +159,29 @@ def measure_table(name, task, sweeps, device_spec=None):
     print(f"\n  wrote {path}")
 
 
-def split_half_agreement(name) -> tuple[float, float]:
-    """The best config of the even passes scored in the odd passes, and the other way round:
-    exhaustive-best / its cost there (1.0 = both halves pick the same winner)."""
-    path = RESULTS / f"tuner_table_{name}.csv"
-    with open(path) as f:
-        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+def table_rows(name) -> list[dict]:
+    """The rows of a measured table (its first line, the provenance comment, skipped)."""
+    with open(RESULTS / f"tuner_table_{name}.csv") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def split_half_agreement(name) -> tuple[int, float, float]:
+    """The number of passes; the best config of the even passes scored in the odd passes, and
+    the other way round: exhaustive-best / its cost there (1.0 = both halves agree)."""
+    rows = table_rows(name)
     sweeps = np.array(
         [[float(c) for c in r["sweep_costs"].split()] for r in rows if r["error"] == "none"]
     )
     even, odd = sweeps[:, 0::2].min(axis=1), sweeps[:, 1::2].min(axis=1)
-    return float(odd.min() / odd[even.argmin()]), float(even.min() / even[odd.argmin()])
-
-
-def sweeps_of(name) -> int:
-    with open(RESULTS / f"tuner_table_{name}.csv") as f:
-        rows = csv.DictReader(line for line in f if not line.startswith("#"))
-        return len(next(rows)["sweep_costs"].split())
+    return (
+        sweeps.shape[1],
+        float(odd.min() / odd[even.argmin()]),
+        float(even.min() / even[odd.argmin()]),
+    )
 
 
 def load_table(name):
-    path = RESULTS / f"tuner_table_{name}.csv"
-    with open(path) as f:
-        lines = [line for line in f if not line.startswith("#")]
-    return {Config(json.loads(r["config"])): float(r["cost"]) for r in csv.DictReader(lines)}
+    return {Config(json.loads(r["config"])): float(r["cost"]) for r in table_rows(name)}
 
 
 def replay(name, task, table, strategy, seed, budget, batch=4):
@@ -248,8 +247,8 @@ def main():
         "|---|---:|---:|---:|",
     ]
     for name in tasks:
-        even_in_odd, odd_in_even = split_half_agreement(name)
-        agreement.append(f"| {name} | {sweeps_of(name)} | {even_in_odd:.3f} | {odd_in_even:.3f} |")
+        passes, even_in_odd, odd_in_even = split_half_agreement(name)
+        agreement.append(f"| {name} | {passes} | {even_in_odd:.3f} | {odd_in_even:.3f} |")
     report = (
         "# Tuner efficiency (replayed against measured tables)\n\n"
         + header(environment())
