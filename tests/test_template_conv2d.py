@@ -147,6 +147,44 @@ def test_direct_float8_columns_match_numpy(device, name):
     check_on_device(device, template, configs, seed=40)
 
 
+UNPADDED = {
+    "7c-13x33": conv((2, 7, 15, 35), 13, (3, 3), bias=True),
+    "33c-7x13-s2-dil2": conv((1, 33, 17, 29), 7, (3, 3), strides=(2, 2), dilation=(2, 2)),
+    "12c-g4-2x3": conv((1, 12, 9, 14), 8, (2, 3), groups=4),
+    "1x1-7x7": conv((1, 13, 7, 7), 33, (1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", UNPADDED)
+def test_direct_in_bounds_reads_match_numpy(device, name):
+    """Unpadded convs read taps as whole vectors with no masks; where the group tile does
+    not divide the output, the last tile moves back to the edge and recomputes part of its
+    neighbour's outputs (sizes 7, 13, 33: most tiles do not divide)."""
+    template = Conv2dDirectTemplate(Workload.from_graph(UNPADDED[name]))
+    rng = np.random.default_rng(list(UNPADDED).index(name))
+    sampled = template.space(device.limits).sample(200, rng, max_tries=20_000)
+    in_bounds = [c for c in sampled if template.reads_in_bounds(c)]
+    g = template.geometry
+    shifted = [c for c in in_bounds if g.out_width % template.tile_width(c)]
+    configs = [template.default_config(device.limits), *in_bounds[:5], *shifted[:3]]
+    assert template.reads_in_bounds(configs[0]) and shifted, "no in-bounds configs sampled"
+    check_on_device(device, template, configs, seed=60)
+
+
+def test_direct_in_bounds_reads_keep_the_fused_epilogue(device):
+    """Recomputed outputs of a moved-back tile go through bias, batch norm, relu and the
+    residual add a second time: the stored values must not change."""
+    graph = conv_bn_relu_add((1, 8, 15, 13), 8, (3, 3))
+    template = Conv2dDirectTemplate(Workload.from_graph(graph))
+    space = template.space(device.limits)
+    config = {**template.default_config(device.limits), "wg_x": 1, "vector": 8, "ow_block": 1}
+    config = space.check({**config, "oh_block": 2, "wg_y": 1})
+    g = template.geometry
+    assert template.reads_in_bounds(config)
+    assert (g.out_height, g.out_width) == (13, 11)  # 2-row, 8-column tiles: both move back
+    check_on_device(device, template, [config], arrays=fused_block_inputs(template, 5))
+
+
 def fused_block_inputs(template, seed):
     arrays = random_inputs(template.workload, seed)
     names = [name for name, _ in template.workload.inputs]
@@ -236,11 +274,20 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
 GPU_CASES = [
     (Conv2dDirectTemplate, DIRECT["7c-13-s2-asym"]),
     (Conv2dDirectTemplate, conv_bn_relu_add((1, 32, 33, 33), 32, (3, 3), padding=(1, 1, 1, 1))),
+    (Conv2dDirectTemplate, UNPADDED["7c-13x33"]),
     (Conv2dWinogradTemplate, WINOGRAD["33c-asym"]),
     (DepthwiseConv2dTemplate, DEPTHWISE["13c-x2-dil2"]),
     (Conv2dTransposeTemplate, TRANSPOSE["12c-g3-s23-dil"]),
 ]
-GPU_IDS = ["direct", "direct-fused", "winograd", "depthwise", "transpose"]
+GPU_IDS = ["direct", "direct-fused", "direct-unpadded", "winograd", "depthwise", "transpose"]
+
+
+def in_bounds_config(template, limits) -> list:
+    """The direct template's unmasked-read variant of the default, where the conv has one."""
+    if not isinstance(template, Conv2dDirectTemplate):
+        return []
+    config = {**template.default_config(limits), "stage_input": False}
+    return [config] if template.reads_in_bounds(config) else []
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
@@ -250,6 +297,7 @@ def test_cuda_rendering_compiles_with_nvcc(cls, graph, tmp_path):
     configs = [
         template.default_config(CUDA_SM80),
         *template.space(CUDA_SM80).sample(2, np.random.default_rng(1)),
+        *in_bounds_config(template, CUDA_SM80),
     ]
     for config in configs:
         report = nvcc_compile(template.render(config, "cuda", CUDA_SM80), tmp_path)
@@ -268,6 +316,7 @@ def test_metal_rendering_passes_a_syntax_check(cls, graph, tmp_path):
     for config in [
         template.default_config(APPLE_M1),
         *template.space(APPLE_M1).sample(2, np.random.default_rng(2)),
+        *in_bounds_config(template, APPLE_M1),
     ]:
         metal_syntax_check(template.render(config, "metal", APPLE_M1), tmp_path)
 

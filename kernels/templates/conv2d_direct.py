@@ -30,6 +30,7 @@ from .conv_common import (
     shrink_until,
     splat,
     store_output,
+    vector_load,
     vector_type,
     work_group_knobs,
 )
@@ -85,32 +86,37 @@ class Conv2dDirectTemplate(WindowTemplate):
         return (config["wg_x"], config["wg_y"], config["wg_z"])
 
     def default_config(self, limits: DeviceLimits) -> Config:
-        """A 4-channel x 2-row register tile over a staged input patch. CPUs (no lock-step
-        warps) get float4 columns and a group of 8 channel blocks sharing the patch; GPUs
-        get scalar columns and a 16 x 4 spatial group for coalesced patch loads."""
+        """A 4-channel x 2-row register tile. GPUs get scalar columns and a 16 x 4 spatial
+        group for coalesced loads of a staged input patch. CPUs (no lock-step warps) get a
+        group of 8 channel blocks and vector columns: float8 read straight from memory as
+        whole vectors where the conv has no padding (see reads_in_bounds), else float4 from a
+        staged patch."""
         g = self.geometry
         cpu = limits.warp_size == 1
+        unpadded = cpu and not any(g.padding)
         config = {
             "oc_block": 4,
             "oh_block": 2,
             "ow_block": 1 if cpu else 2,
-            "vector": 4 if cpu else 1,
-            "ic_chunk": next(k for k in (4, 2, 1) if g.in_per_group % k == 0),
+            "vector": (8 if unpadded else 4) if cpu else 1,
+            "ic_chunk": 1 if unpadded else next(k for k in (4, 2, 1) if g.in_per_group % k == 0),
             "unroll_window": g.kernel[0] * g.kernel[1] <= 9,
-            "stage_input": True,
+            "stage_input": not unpadded,
             "wg_x": 1 if cpu else 16,
             "wg_y": 1 if cpu else 4,
             "wg_z": 8 if cpu else 1,
         }
-        shrink_until(
-            config, ("wg_x", "ow_block", "vector"), lambda c: self.tile_width(c) < 2 * g.out_width
+        # in-bounds reads need a tile no bigger than the output; otherwise < 2x (covers)
+        widest, tallest = (
+            (g.out_width, g.out_height) if unpadded else (2 * g.out_width - 1, 2 * g.out_height - 1)
         )
-        shrink_until(
-            config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height
-        )
+        shrink_until(config, ("wg_x", "ow_block", "vector"), lambda c: self.tile_width(c) <= widest)
+        shrink_until(config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] <= tallest)
         shrink_until(
             config, ("wg_z", "oc_block"), lambda c: c["wg_z"] * c["oc_block"] < 2 * g.out_per_group
         )
+        if unpadded and not self.reads_in_bounds(config):
+            config["stage_input"] = True  # an output smaller than the tile: masked reads
         if not self.space(limits).is_valid(config):
             config["stage_input"] = False  # a patch too big for local memory
         return self.space(limits).check(config)
@@ -157,8 +163,9 @@ const int zblock = GROUP_ID(2);
 const {idx} n = zblock / {g.groups * tiles_c};
 const int g = (zblock / {tiles_c}) % {g.groups};
 const int oc_base = ((zblock % {tiles_c}) * {wgz} + tz) * {ocb};
-const int oh_base = (GROUP_ID(1) * {wgy} + ty) * {ohb};
-const int ow_base = GROUP_ID(0) * {self.tile_width(config)} + tx * {vec};
+{self._tile_origin(config)}
+const int oh_base = oh_group + ty * {ohb};
+const int ow_base = ow_group + tx * {vec};
 int w_oc[{ocb}];
 {UNROLL}
 for (int o = 0; o < {ocb}; ++o) {{  // tail channels read a valid row and store nothing
@@ -263,14 +270,9 @@ BARRIER();"""
                 f"+ tx * {vec * sw} + kx * {dw};"
             )
             at = f"(cc * {rows} + i * {sh}) * {width} + j * {wgx * vec * sw} + tap"
-            # Lane by lane, not VLOAD: PoCL calls vload on local memory out of line (forcing the
-            # accumulators to the stack); compilers merge adjacent lanes into one load anyway.
-            lanes = [f"patch[{at} + {k * sw}]" for k in range(vec)]
-            return offsets, (
-                f"const float xv = {lanes[0]};"
-                if vec == 1
-                else f"const float{vec} xv = VEC{vec}({', '.join(lanes)});"
-            )
+            return offsets, f"const {vector_type(vec)} xv = {vector_load('patch', at, vec, sw)};"
+        if self.reads_in_bounds(config):
+            return self._unmasked_reads(config)
         data = self.workload.nodes[0].inputs[0]
         plane = g.height * g.width
         offsets = f"""\
@@ -307,3 +309,46 @@ for (int v = 0; v < {vec}; ++v) {{
         return offsets, reads + (
             f"const float xv = {xv};" if vec == 1 else f"const float{vec} xv = VEC{vec}({xv});"
         )
+
+    def reads_in_bounds(self, config: Config) -> bool:
+        """Unstaged, without padding and with a group tile no bigger than the output: every
+        tap lies in the image once the last tile of a row or column is moved back to end at
+        the output's edge (see _tile_origin), so reads need neither masks nor clamps and come
+        as whole vectors."""
+        g = self.geometry
+        return (
+            not config["stage_input"]
+            and not any(g.padding)
+            and self.tile_width(config) <= g.out_width
+            and config["wg_y"] * config["oh_block"] <= g.out_height
+        )
+
+    def _tile_origin(self, config: Config) -> str:
+        """The group's first output row and column. For in-bounds reads the last tile is moved
+        back to end at the edge: it then overlaps its neighbour, whose outputs it recomputes
+        and stores again with the same values (the memory plan never lets a kernel's output
+        share a buffer with its inputs, so the epilogue reads the same inputs both times)."""
+        g = self.geometry
+        height, width = config["wg_y"] * config["oh_block"], self.tile_width(config)
+        rows, cols = f"GROUP_ID(1) * {height}", f"GROUP_ID(0) * {width}"
+        if self.reads_in_bounds(config):
+            last_row, last_col = g.out_height - height, g.out_width - width
+            if g.out_height % height:
+                rows = f"({rows} < {last_row} ? {rows} : {last_row})"
+            if g.out_width % width:
+                cols = f"({cols} < {last_col} ? {cols} : {last_col})"
+        return f"const int oh_group = {rows};\nconst int ow_group = {cols};"
+
+    def _unmasked_reads(self, config: Config) -> tuple[str, str]:
+        g = self.geometry
+        ohb, vec, wgx = (config[k] for k in ("oh_block", "vector", "wg_x"))
+        sh, sw = g.strides
+        dh, dw = g.dilation
+        data = self.workload.nodes[0].inputs[0]
+        plane = g.height * g.width
+        idx = index_type(self.workload)
+        offsets = f"""\
+const {idx} x_tap = (n * {g.channels} + g * {g.in_per_group} + c0) * {plane} \
++ (oh_base * {sh} + ky * {dh}) * {g.width} + ow_base * {sw} + kx * {dw};"""
+        at = f"x_tap + cc * {plane} + i * {sh * g.width} + j * {wgx * vec * sw}"
+        return offsets, f"const {vector_type(vec)} xv = {vector_load(data, at, vec, sw)};"

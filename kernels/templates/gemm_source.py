@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from ..epilogue import Epilogue
 from ..lower import row_major_strides
 from ..space import Config
-from .conv_common import UNROLL, indent, lane_names, splat, vector_type
+from .conv_common import (
+    UNROLL,
+    indent,
+    lane_names,
+    splat,
+    vector_lanes,
+    vector_load,
+    vector_type,
+)
 
 
 @dataclass(frozen=True)
@@ -59,19 +67,6 @@ def clamp(expr: str, last: int, needed: bool) -> str:
     """``expr`` capped at ``last`` for loads near an edge (a ternary: integer ``min`` is
     spelled differently per dialect); left alone where the tiles divide evenly."""
     return f"({expr} < {last} ? {expr} : {last})" if needed else f"({expr})"
-
-
-def vector_lanes(expr_of_lane, width: int) -> str:
-    lanes = [expr_of_lane(v) for v in range(width)]
-    return lanes[0] if width == 1 else f"VEC{width}({', '.join(lanes)})"
-
-
-def vector_load(pointer: str, offset: str, width: int) -> str:
-    """``width`` consecutive floats, lane by lane. Not VLOADn: PoCL calls vload out of line,
-    which forces the accumulators to the stack; compilers merge the lanes into one load."""
-    return vector_lanes(
-        lambda v: f"{pointer}[{offset} + {v}]" if v else f"{pointer}[{offset}]", width
-    )
 
 
 class GemmSource:
