@@ -57,7 +57,7 @@ class Module:
     # ---- one-file models -------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         from . import __version__
-        from .graph.executor import HostStep, KernelStep, ViewStep
+        from .graph.executor import HostStep, KernelStep, PadStep, ViewStep
 
         steps = []
         for step in self.plan.steps:
@@ -78,6 +78,8 @@ class Module:
                 )
             elif isinstance(step, ViewStep):
                 steps.append({"kind": "view", "source": step.source, "target": step.target})
+            elif isinstance(step, PadStep):
+                steps.append({"kind": "pad", "nodes": [n.name for n in step.group.nodes]})
             elif isinstance(step, HostStep):
                 steps.append(
                     {
@@ -155,9 +157,9 @@ def _read_entries(archive: zipfile.ZipFile, path) -> dict[str, bytes]:
 
 def _module_from_entries(entries, device, path) -> Module:
     from . import __version__
-    from .graph.executor import HostStep, Plan, ViewStep
+    from .graph.executor import HostStep, PadStep, Plan, ViewStep
     from .graph.ir import Graph
-    from .graph.passes import FusedGroup
+    from .graph.passes import FusedGroup, is_copy_pad
 
     try:
         manifest = json.loads(entries["manifest.json"])
@@ -183,6 +185,13 @@ def _module_from_entries(entries, device, path) -> Module:
         for step in plan_data["steps"]:
             if step["kind"] == "view":
                 plan.steps.append(ViewStep(str(step["source"]), str(step["target"])))
+                continue
+            if step["kind"] == "pad":
+                (node,) = (nodes[n] for n in step["nodes"])
+                if not is_copy_pad(node):
+                    raise ModelLoadError(f"{path}: step 'pad' names {node.name}, not a pad copy")
+                group = FusedGroup([node], list(node.outputs), list(node.inputs), "pad")
+                plan.steps.append(PadStep(group))
                 continue
             group = FusedGroup(
                 [nodes[n] for n in step["nodes"]], list(step["outputs"]), list(step["inputs"])

@@ -1,7 +1,8 @@
 """The graph executor: fused groups -> kernels (tuned or default configs) -> a runnable plan.
 
 ``build_plan`` decides, once, what runs for each fused group: a kernel (template, config,
-rendered source, argument tensors), a view (an alias of a buffer: no kernel), or a host step
+rendered source, argument tensors), a view (an alias of a buffer: no kernel), a pad copy (a
+device rectangle copy into a buffer pre-filled with the pad value: no kernel), or a host step
 (the numpy reference, for a group no template computes, e.g. float16 arithmetic). ``Executor``
 owns the device buffers and runs the plan.
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from coretune.errors import CoretuneError
 
+from .dtypes import to_numpy
 from .ir import Graph
 from .passes import FusedGroup, fuse, optimize, plan_memory
 from .reference import check_inputs
@@ -40,6 +42,33 @@ class ViewStep:
 
 
 @dataclass
+class PadStep:
+    """A constant pad of the last two axes (fuse.is_copy_pad) as a rectangle copy."""
+
+    group: FusedGroup
+
+    def box(self, graph: Graph) -> dict:
+        """The copy in bytes and rows, as OpenCL's rectangle copy takes it: (row bytes, rows,
+        planes) of the input, its pitches, the output's pitches and where the input lands."""
+        node = self.group.nodes[0]
+        shape = (1, 1, *graph.types[node.inputs[0]].shape)
+        item = to_numpy(graph.types[node.inputs[0]].dtype).itemsize
+        top, bottom, left, right = (0, 0, *node.attrs["pad_width"])[-4:]
+        height, width = shape[-2], shape[-1]
+        padded_height, padded_width = height + top + bottom, width + left + right
+        return {
+            "region": (width * item, height, math.prod(shape[:-2])),
+            "source_pitches": (width * item, height * width * item),
+            "target_pitches": (padded_width * item, padded_height * padded_width * item),
+            "target_origin": (left * item, top, 0),
+        }
+
+    def fill_value(self, graph: Graph) -> np.ndarray:
+        node = self.group.nodes[0]
+        return np.array(node.attrs["pad_value"], to_numpy(graph.types[node.outputs[0]].dtype))
+
+
+@dataclass
 class HostStep:
     group: FusedGroup
     reason: str
@@ -61,6 +90,7 @@ class Plan:
         kernels = self.kernels
         return {
             "kernels": len(kernels),
+            "pad_copies": sum(isinstance(s, PadStep) for s in self.steps),
             "tuned": sum(k.tuned for k in kernels),
             "untuned": [k.group.name for k in kernels if not k.tuned],
             "host_steps": [s.group.name for s in self.steps if isinstance(s, HostStep)],
@@ -102,6 +132,9 @@ def build_plan(
     for group in groups:
         if group.kind == "view":
             plan.steps.append(ViewStep(group.inputs[0], group.outputs[0]))
+            continue
+        if group.kind == "pad" and dialect == "opencl":  # the runtime with rectangle copies
+            plan.steps.append(PadStep(group))
             continue
         try:
             workload = group_workload(graph, group)
@@ -181,6 +214,8 @@ class Executor:
                     self._actions.append(("copy", copy))
             elif isinstance(step, HostStep):
                 self._actions.append(("host", step))
+            elif isinstance(step, PadStep):
+                self._actions.append(("pad", self._pad(buffers, step)))
             else:
                 self._actions.append(("kernel", self._bind(buffers, step)))
         self._buffers = buffers
@@ -210,6 +245,15 @@ class Executor:
             if new is not old
         }
 
+    def _pad(self, buffers, step: PadStep) -> tuple:
+        """Fill the output (a buffer no other tensor shares) with the pad value, once; a run
+        then copies the input into its interior."""
+        graph = self.plan.graph
+        source, target = (buffers[t] for t in (*step.group.inputs, *step.group.outputs))
+        self.device.fill(target, step.fill_value(graph), _nbytes(graph, step.group.outputs[0]))
+        box = step.box(graph)
+        return (source, target, box) if all(box["region"]) else ()
+
     def _view(self, buffers, step: ViewStep) -> tuple | None:
         """Alias the target to its source's buffer; a graph output owns its memory, so it
         gets a copy at run time instead (returned as the copy's arguments)."""
@@ -231,6 +275,10 @@ class Executor:
                     events.append(event)
             elif kind == "copy":
                 self.device.copy(*payload)
+            elif kind == "pad" and payload:
+                event = self.device.copy_box(*payload)
+                if events is not None:
+                    events.append(event)
             elif kind == "host":
                 self._host(payload)
         return [self._download(name) for name in graph.outputs]
@@ -271,7 +319,5 @@ class Executor:
 
 
 def _nbytes(graph, name):
-    from .dtypes import to_numpy
-
     t = graph.types[name]
     return max(1, math.prod(t.shape) * to_numpy(t.dtype).itemsize)

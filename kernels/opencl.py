@@ -166,6 +166,19 @@ class OpenCLDevice:
     def copy(self, source, target, nbytes: int) -> None:
         self._cl.enqueue_copy(self.queue, target, source, byte_count=nbytes)
 
+    def copy_box(self, source, target, box: dict):
+        """A rectangle copy (see PadStep.box); returns its profiling event."""
+        return self._cl.enqueue_copy(
+            self.queue,
+            target,
+            source,
+            src_origin=(0, 0, 0),
+            dst_origin=box["target_origin"],
+            region=box["region"],
+            src_pitches=box["source_pitches"],
+            dst_pitches=box["target_pitches"],
+        )
+
     @staticmethod
     def event_seconds(event) -> float:
         event.wait()

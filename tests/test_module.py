@@ -174,3 +174,47 @@ def test_layers_sharing_one_compiled_kernel_keep_their_own_arguments(device):
         want = run_reference(graph, inputs)[0]
         got = module.run(**inputs)[0]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_pad_copies_match_the_reference_run_after_run(device, tmp_path):
+    """Constant pads of the last two axes run as device rectangle copies into buffers whose
+    border is filled once: ranks 1, 2 and 4, a non-zero pad value, an integer tensor, and a
+    graph output. The border must survive the runs and the buffer reuse around it."""
+    from coretune.graph import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", (2, 3, 7, 13))
+    v = b.input("v", (33,))
+    m = b.input("m", (1, 7))
+    k = b.input("k", (3, 5), dtype="int32")
+    padded = b.pad(x, pad_width=(0, 0, 0, 0, 2, 1, 0, 3), pad_value=-0.5)
+    pooled = b.max_pool2d(padded, pool_size=(3, 3))  # reads the border
+    again = b.pad(pooled, pad_width=(0, 0, 0, 0, 1, 1, 1, 1))  # a graph output, read on
+    outputs = [
+        b.pad(v, pad_width=(4, 1)),
+        b.pad(m, pad_width=(1, 0, 2, 2), pad_value=7.0),
+        b.pad(k, pad_width=(0, 0, 1, 1)),
+        again,
+        b.relu(again),
+    ]
+    graph = b.build(*outputs)
+    module = compile_module(graph, device=device)
+    assert module.summary()["pad_copies"] == 5
+    path = tmp_path / "pads.ctm"
+    module.save(path)
+    loaded = load(path, device=device)
+    for seed in (1, 2):
+        inputs = random_inputs(graph, seed=seed)
+        want = run_reference(graph, inputs)
+        for got in (module.run(**inputs), loaded.run(**inputs)):
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pad_step_must_name_a_pad_copy(saved, tmp_path, device):
+    def retarget(plan):
+        kernel = next(step for step in plan["steps"] if step["kind"] == "kernel")
+        plan["steps"].append({"kind": "pad", "nodes": kernel["nodes"][:1]})
+
+    with pytest.raises(ModelLoadError, match="not a pad copy"):
+        load(_rewrite(saved[1], tmp_path, _json_edit("plan.json", retarget)), device=device)

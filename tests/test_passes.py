@@ -4,6 +4,7 @@ import numpy as np
 
 from coretune.graph import GraphBuilder, run_reference
 from coretune.graph.passes import (
+    explicit_padding,
     fold_batch_norm,
     fold_constants,
     fuse,
@@ -73,7 +74,8 @@ def test_constant_subgraphs_fold_and_identities_go():
 def test_fusion_groups_follow_patterns():
     graph = optimize(cnn())
     groups = fuse(graph)
-    ops = [[n.op for n in g.nodes] for g in groups]
+    ops = [[n.op for n in g.nodes] for g in groups if g.kind != "pad"]
+    assert [g.kind for g in groups[:4]] == ["pad", "anchor", "pad", "anchor"]
     assert ops[0] == ["conv2d", "relu"]  # conv + bias + bn (folded) + relu: one kernel
     assert ops[1] == ["conv2d", "add", "relu"]  # + residual add
     assert ["global_avg_pool2d"] in ops
@@ -146,3 +148,50 @@ def test_memory_plan_reuses_buffers_safely():
         for name in group.outputs:
             if name in plan.buffer_of:
                 holder[plan.buffer_of[name]] = name
+
+
+def test_explicit_padding_moves_conv_padding_into_pad_nodes():
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (2, 6, 7, 13))
+    dense = b.conv2d(x, b.param("w", _rand(rng, 4, 6, 3, 3)), padding=(1, 2, 0, 1), strides=(2, 1))
+    depthwise = b.conv2d(x, b.param("d", _rand(rng, 6, 1, 3, 3)), padding=(1, 1, 1, 1), groups=6)
+    grouped = b.conv2d(x, b.param("g", _rand(rng, 4, 3, 1, 1)), groups=2)  # no padding
+    before = b.build(dense, depthwise, grouped)
+    after = explicit_padding(before)
+    pads = [n for n in after.nodes if n.op == "pad"]
+    assert len(pads) == 1 and list(pads[0].attrs["pad_width"]) == [0, 0, 0, 0, 1, 0, 2, 1]
+    convs = {n.inputs[1]: n for n in after.nodes if n.op == "conv2d"}
+    assert convs["w"].inputs[0] == pads[0].outputs[0]
+    assert list(convs["w"].attrs["padding"]) == [0] * 4
+    assert list(convs["d"].attrs["padding"]) == [1, 1, 1, 1]  # depthwise keeps its own
+    _same_outputs(before, after)
+    assert explicit_padding(after).nodes == after.nodes  # nothing left to move
+
+
+def test_a_lone_constant_pad_of_the_last_two_axes_is_a_copy_group():
+    b = GraphBuilder()
+    x = b.input("x", (2, 3, 5, 7))
+    spatial = b.pad(x, pad_width=(0, 0, 0, 0, 1, 2, 3, 0), pad_value=-1.0)
+    channels = b.pad(x, pad_width=(0, 0, 1, 0, 0, 0, 0, 0))  # an outer axis: a kernel
+    reflect = b.pad(x, pad_width=(0, 0, 0, 0, 1, 1, 1, 1), mode="reflect")
+    fused = b.pad(b.relu(x), pad_width=(0, 0, 0, 0, 1, 1, 1, 1))  # relu + pad: one kernel
+    kinds = {g.outputs[0]: g.kind for g in fuse(b.build(spatial, channels, reflect, fused))}
+    assert kinds == {
+        spatial.name: "pad",
+        channels.name: "injective",
+        reflect.name: "injective",
+        fused.name: "injective",
+    }
+
+
+def test_pad_outputs_keep_their_buffers():
+    """The executor fills a pad copy's border once: no later tensor may reuse its buffer."""
+    graph = optimize(cnn())
+    groups = fuse(graph)
+    plan = plan_memory(graph, groups)
+    padded = [g.outputs[0] for g in groups if g.kind == "pad"]
+    assert len(padded) == 2
+    for name in padded:
+        sharing = [t for t, b in plan.buffer_of.items() if b == plan.buffer_of[name]]
+        assert sharing == [name]

@@ -10,7 +10,9 @@ inputs while the result stays one kernel some template computes:
 - otherwise injective ops fuse into one injective kernel.
 A tensor is absorbed only when every reader is in the group and it is not a graph output, so
 nothing is computed twice. Views (reshape, flatten, expand_dims, squeeze) alone in a group need
-no kernel: the executor aliases their buffer.
+no kernel: the executor aliases their buffer. A constant pad of the last two axes alone in a
+group is a "pad" group: the executor fills its buffer with the pad value once and copies the
+input into it with a device rectangle copy each run (no kernel, see is_copy_pad).
 """
 
 from dataclasses import dataclass, field
@@ -21,12 +23,20 @@ from ..registry import Pattern, get_op
 VIEWS = frozenset({"reshape", "flatten", "expand_dims", "squeeze"})
 
 
+def is_copy_pad(node: Node) -> bool:
+    """A constant pad of at most the last two axes: its interior is one rectangle copy."""
+    if node.op != "pad" or node.attrs["mode"] != "constant":
+        return False
+    widths = node.attrs["pad_width"]
+    return len(widths) >= 2 and not any(widths[:-4])
+
+
 @dataclass
 class FusedGroup:
     nodes: list[Node]  # topological order
     outputs: list[str]
     inputs: list[str] = field(default_factory=list)
-    kind: str = "injective"  # "anchor", "reduction", "injective" or "view"
+    kind: str = "injective"  # "anchor", "reduction", "injective", "view" or "pad"
 
     @property
     def name(self) -> str:
@@ -153,8 +163,11 @@ class _Builder:
             )
         )
         self.assigned.update(n.name for n in members)
-        if kind == "injective" and all(n.op in VIEWS for n in members) and len(members) == 1:
-            kind = "view"
+        if kind == "injective" and len(members) == 1:
+            if members[0].op in VIEWS:
+                kind = "view"
+            elif is_copy_pad(members[0]):
+                kind = "pad"
         produced = {o for n in members for o in n.outputs}
         inputs = list(dict.fromkeys(i for n in members for i in n.inputs if i not in produced))
         return FusedGroup(members, list(root.outputs), inputs, kind)

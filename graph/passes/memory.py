@@ -2,7 +2,8 @@
 
 Buffers are planned per group output (what kernels write). A tensor is live from the group that
 writes it to the last group that reads it; a freed buffer of at least the needed size is reused
-(best fit), otherwise a new one is made. Views alias their source and extend its life.
+(best fit), otherwise a new one is made. Views alias their source and extend its life. A pad
+group's output gets a buffer of its own, never shared: the executor fills its border once.
 """
 
 import math
@@ -47,6 +48,7 @@ def plan_memory(graph: Graph, groups: list[FusedGroup]) -> MemoryPlan:
             last_read[alias.get(name, name)] = step
     for out in graph.outputs:  # a view of an intermediate that is a graph output keeps it alive
         last_read[alias.get(out, out)] = len(groups)
+    padded = {name for g in groups if g.kind == "pad" for name in g.outputs}
     buffer_of: dict[str, int] = {}
     sizes: list[int] = []
     free: list[int] = []
@@ -56,7 +58,7 @@ def plan_memory(graph: Graph, groups: list[FusedGroup]) -> MemoryPlan:
                 if name in external:
                     continue
                 need = _nbytes(graph, name)
-                fits = [b for b in free if sizes[b] >= need]
+                fits = [b for b in free if sizes[b] >= need] if g.kind != "pad" else []
                 if fits:
                     chosen = min(fits, key=lambda b: sizes[b])
                     free.remove(chosen)
@@ -65,6 +67,6 @@ def plan_memory(graph: Graph, groups: list[FusedGroup]) -> MemoryPlan:
                     sizes.append(need)
                 buffer_of[name] = chosen
         for name in {alias.get(i, i) for i in g.inputs}:
-            if name in buffer_of and last_read.get(name) == step:
+            if name in buffer_of and last_read.get(name) == step and name not in padded:
                 free.append(buffer_of[name])
     return MemoryPlan(buffer_of, sizes, alias)
