@@ -175,7 +175,7 @@ def build_plan(
 
 def _choose(candidates, workload, limits, fingerprint, database, version):
     """The tuned config with the lowest cost across candidate templates, else the default of
-    the most specialised template."""
+    the most specialised template that is an untuned choice on this device."""
     best = None
     if database is not None:
         for cls in candidates:
@@ -184,7 +184,7 @@ def _choose(candidates, workload, limits, fingerprint, database, version):
                 best = (cls, found, found.config)
     if best:
         return best[0], best[2], True
-    cls = candidates[0]
+    cls = next((c for c in candidates if c(workload).untuned_choice(limits)), candidates[0])
     return cls, cls(workload).default_config(limits), False
 
 

@@ -233,6 +233,20 @@ def test_winograd_applies_only_to_3x3_stride_1_undilated():
             Conv2dWinogradTemplate(workload)
 
 
+def test_winograd_is_the_untuned_choice_on_gpus_only(device):
+    from coretune.graph.executor import _choose
+    from coretune.kernels.templates import templates_for
+
+    workload = Workload.from_graph(WINOGRAD["7c-13"])
+    candidates = templates_for(workload)
+    assert [c.name for c in candidates] == ["conv2d_winograd", "conv2d_direct"]
+    chosen = {
+        limits.warp_size: _choose(candidates, workload, limits, {}, None, "")[0].name
+        for limits in (device.limits, CUDA_SM80)
+    }
+    assert chosen == {1: "conv2d_direct", 32: "conv2d_winograd"}
+
+
 def test_depthwise_and_transpose_match_only_their_workloads():
     assert DepthwiseConv2dTemplate.matches(Workload.from_graph(DEPTHWISE["13c-x2-dil2"]))
     assert not DepthwiseConv2dTemplate.matches(Workload.from_graph(DIRECT["33c-g3-dil2"]))

@@ -11,8 +11,8 @@ from .pool import Pool2dTemplate
 from .reduction import ReductionTemplate
 
 # From general to specialised: where several templates compute a workload, the later one is
-# the default (Winograd over direct for 3x3 convs, the depthwise kernel for depthwise convs);
-# the tuner measures every applicable one.
+# the untuned default where it says it suits the device (Winograd over direct for 3x3 convs on
+# GPUs, the depthwise kernel for depthwise convs); the tuner measures every applicable one.
 TEMPLATES: dict[str, type[Template]] = {
     t.name: t
     for t in (

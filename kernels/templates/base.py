@@ -48,6 +48,12 @@ class Template:
     def spec(self, config: Config) -> KernelSpec:
         raise NotImplementedError
 
+    def untuned_choice(self, limits: DeviceLimits) -> bool:
+        """Whether the executor may pick this template, with its default config, for a
+        workload no tuning log covers (among several that match, the most specialised such
+        template is taken)."""
+        return True
+
     def constant_inputs(self) -> list[str]:
         """Workload inputs that must be constants (prepare_weights transforms them)."""
         return []
