@@ -9,7 +9,9 @@ interleaved runners.
     python benchmarks/models.py [--trials 24] [--repeat 60] [--only cnn ...] [--no-tune]
 
 Writes benchmarks/results/models_<name>.json per model and benchmarks/results/models.md with
-every model measured so far, and keeps the tuning logs beside them.
+every model measured so far, and keeps the tuning logs beside them. Under POCL_DEVICES=basic
+(PoCL's single-threaded driver: it runs each command in the calling thread, no hand-off to
+worker threads) the results and logs go to models_<name>.basic.json(l), with their own rows.
 """
 
 import argparse
@@ -54,6 +56,12 @@ def commit() -> str:
     return found.stdout.strip() or "unknown commit"
 
 
+def device_tag(device) -> str:
+    """'' for PoCL's default pthread driver (and other devices), else the PoCL driver name."""
+    name = device.info.name
+    return "" if "-" not in name or name.startswith("pthread") else name.split("-")[0]
+
+
 def tune(path: pathlib.Path, log: pathlib.Path, trials: int) -> None:
     log.unlink(missing_ok=True)
     command = ["coretune", "tune", str(path), "--trials", str(trials), "--log", str(log)]
@@ -85,11 +93,14 @@ def us(seconds: float) -> str:
 def row(name: str, r: dict) -> str:
     t, d, tuned = r["times"], r["default"], r["tuned"]
     kernels = f"{tuned['kernels']} ({tuned['tuned']} tuned)"
+    if tuned.get("pad_copies"):
+        kernels += f" + {tuned['pad_copies']} pad copies"
     memory = f"{tuned['planned_bytes']:,} / {tuned['unshared_bytes']:,}"
     if d["planned_bytes"] != tuned["planned_bytes"]:
         memory += f" (default build {d['planned_bytes']:,})"
     cells = [
         name,
+        r.get("device", "pthread-AMD EPYC"),
         kernels,
         memory,
         us(t["default"]),
@@ -97,7 +108,7 @@ def row(name: str, r: dict) -> str:
         us(t["onnxruntime"]),
         f"{t['default'] / t['tuned']:.2f}x",
         f"{t['tuned'] / t['onnxruntime']:.2f}x",
-        r.get("measured", "2026-11-24, before verification"),
+        f"{r.get('measured', '2026-11-24, before verification')}, {r['trials']} trials",
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -114,55 +125,59 @@ def main():
     parser.add_argument("--only", nargs="*", choices=list(CASES), help="re-run these models")
     args = parser.parse_args()
     device = open_device(None)
+    suffix = f".{device_tag(device)}" if device_tag(device) else ""
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or CASES:
             model, inputs = CASES[name]()
             path = pathlib.Path(tmp) / f"{name}.onnx"
             onnx.save(model, path)
-            log = RESULTS / f"models_{name}.jsonl"
+            log = RESULTS / f"models_{name}{suffix}.jsonl"  # tune() starts it afresh
             trials = args.trials * len(coretune.compile(model, device).plan.kernels)
             if not args.no_tune:
                 print(f"{name}: tuning, {trials} trials ...", flush=True)
                 tune(path, log, trials)
             result = {
                 "trials": trials,
+                "device": device.info.name,
                 "measured": f"{datetime.date.today()} at {commit()}",
                 **measure(path, inputs, log, device, args.repeat),
             }
-            (RESULTS / f"models_{name}.json").write_text(json.dumps(result, indent=1))
+            (RESULTS / f"models_{name}{suffix}.json").write_text(json.dumps(result, indent=1))
             print(row(name, result), flush=True)
-    # The table holds every model measured so far (--only re-runs some of them).
+    # The table holds every model measured so far (--only re-runs some of them), per device.
     results = {
-        name: json.loads((RESULTS / f"models_{name}.json").read_text())
+        f"{name}{tag}": json.loads(path.read_text())
+        for tag in ("", ".basic")
         for name in CASES
-        if (RESULTS / f"models_{name}.json").exists()
+        if (path := RESULTS / f"models_{name}{tag}.json").exists()
     }
     lines = [
         "# Test models: default vs tuned build vs onnxruntime",
         "",
         header(environment(device)),
         "",
-        f"Tuned with `coretune tune MODEL.onnx --trials N --no-e2e`, N = {args.trials} per "
-        "kernel of the model (bayesian, each task's best 3 and default then verified in 3 "
-        "interleaved rounds; fresh log per model: `models_<name>.jsonl`). "
+        "Tuned with `coretune tune MODEL.onnx --trials N --no-e2e` (N in the last column: "
+        "--trials per kernel of the model; bayesian, each task's best 3 and default then "
+        "verified in 3 "
+        "interleaved rounds; a fresh log per model and device: `models_<name>[.basic].jsonl`). "
         "Latencies are medians of wall time per "
         f"run over {args.repeat} runs each, default / tuned / onnxruntime interleaved run by run "
         "(coretune.cli_bench.interleaved); onnxruntime uses the CPU provider with 2 intra-op "
-        "threads. Kernels and memory are the tuned build's (Module.summary()): kernels per run, "
-        "planned buffer bytes vs one buffer per tensor (no reuse). Speedup = "
+        "threads. Kernels and memory are the tuned build's (Module.summary()): kernels per run "
+        "(and pad copies: device rectangle copies that pad a conv's input), planned buffer "
+        "bytes vs one buffer per tensor (no reuse). Speedup = "
         "default / tuned; the last column = tuned / onnxruntime (below 1 means coretune is "
         "faster).",
         "",
-        "| model | kernels | planned / no-reuse bytes | default | tuned | onnxruntime "
+        "| model | device | kernels | planned / no-reuse bytes | default | tuned | onnxruntime "
         "| tuned/default speedup | tuned vs onnxruntime | measured |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
-        *(row(name, r) for name, r in results.items()),
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
+        *(row(name.split(".")[0], r) for name, r in results.items()),
         "",
-        "Command: `python benchmarks/models.py"
-        + (f" --trials {args.trials}" if args.trials != 24 else "")
-        + (f" --repeat {args.repeat}" if args.repeat != 60 else "")
-        + "`",
+        "Commands: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/models.py` "
+        "for the pthread rows, the same under `POCL_DEVICES=basic` for the basic rows "
+        "(PoCL's single-threaded driver: commands run in the calling thread).",
         "",
     ]
     (RESULTS / "models.md").write_text("\n".join(lines))

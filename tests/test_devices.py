@@ -65,3 +65,33 @@ def test_programs_are_cached_and_build_errors_are_reported(device):
     broken = renderer_for("opencl").render(_copy_kernel("  b[0] = undefined_thing;"))
     with pytest.raises(KernelBuildError, match="undefined_thing"):
         device.compile(broken)
+
+
+BASIC_DRIVER_RUN = """
+import numpy as np, coretune
+from coretune.graph import run_reference
+from coretune.graph.random import random_inputs
+module = coretune.compile("examples/tiny_net.onnx")
+graph = coretune.import_onnx("examples/tiny_net.onnx")
+inputs = random_inputs(graph, seed=4)
+got, want = module.run(**inputs)[0], run_reference(graph, inputs)[0]
+np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+print(module.device.info.name, module.summary()["kernels"])
+"""
+
+
+def test_the_example_runs_on_pocls_single_threaded_driver():
+    """POCL_DEVICES=basic (the README's choice for small models): commands run in the calling
+    thread. The device is chosen when PoCL loads, so this runs in a fresh interpreter."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "POCL_DEVICES": "basic"}
+    run = subprocess.run(
+        [sys.executable, "-c", BASIC_DRIVER_RUN], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("basic-"), run.stdout
