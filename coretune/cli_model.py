@@ -57,6 +57,8 @@ def compile_command(model, logs, device, output):
     )
     if summary["untuned"]:
         out.print("  untuned: " + ", ".join(summary["untuned"]))
+    if summary["pad_copies"]:
+        out.print(f"pad copies: {summary['pad_copies']} (device copies that pad conv inputs)")
     hosts = [s for s in module.plan.steps if isinstance(s, HostStep)]
     out.print(f"host steps: {len(hosts)}")
     for step in hosts:

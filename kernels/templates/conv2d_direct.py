@@ -7,9 +7,11 @@ weight feeds the whole spatial tile (an outer product per tap). Along the width 
 work-items read neighbouring memory (coalesced on GPUs, vectorisable across work-items on
 CPUs). With ``stage_input`` the work-group first copies ``ic_chunk`` channels of its input
 patch (halo included, zero where it overhangs the padding) to local memory between two
-barriers, so the inner loop reads it unmasked and every work-item shares it; without it,
-row and column offsets with their padding masks are computed once per tap and reused for the
-``ic_chunk`` input channels unrolled beneath it.
+barriers, so the inner loop reads it unmasked and every work-item shares it. Without it, a conv
+with no padding (the graph pads inputs beforehand: passes/explicit_padding.py) reads every tap
+straight from memory as whole vectors, the last tile of a row or column moved back to end at
+the edge (reads_in_bounds); otherwise row and column offsets with their padding masks are
+computed once per tap and reused for the ``ic_chunk`` input channels unrolled beneath it.
 """
 
 from coretune.kernels.device import DeviceLimits
