@@ -159,12 +159,12 @@ def test_explicit_padding_moves_conv_padding_into_pad_nodes():
     grouped = b.conv2d(x, b.param("g", _rand(rng, 4, 3, 1, 1)), groups=2)  # no padding
     before = b.build(dense, depthwise, grouped)
     after = explicit_padding(before)
-    pads = [n for n in after.nodes if n.op == "pad"]
-    assert len(pads) == 1 and list(pads[0].attrs["pad_width"]) == [0, 0, 0, 0, 1, 0, 2, 1]
+    pads = {n.outputs[0]: n for n in after.nodes if n.op == "pad"}
     convs = {n.inputs[1]: n for n in after.nodes if n.op == "conv2d"}
-    assert convs["w"].inputs[0] == pads[0].outputs[0]
-    assert list(convs["w"].attrs["padding"]) == [0] * 4
-    assert list(convs["d"].attrs["padding"]) == [1, 1, 1, 1]  # depthwise keeps its own
+    assert len(pads) == 2 and convs["g"].inputs[0] == "x"  # the unpadded conv needs none
+    for weight, widths in (("w", [0, 0, 0, 0, 1, 0, 2, 1]), ("d", [0, 0, 0, 0, 1, 1, 1, 1])):
+        assert list(pads[convs[weight].inputs[0]].attrs["pad_width"]) == widths
+        assert list(convs[weight].attrs["padding"]) == [0] * 4
     _same_outputs(before, after)
     assert explicit_padding(after).nodes == after.nodes  # nothing left to move
 

@@ -171,6 +171,28 @@ def test_direct_in_bounds_reads_match_numpy(device, name):
     check_on_device(device, template, configs, seed=60)
 
 
+UNPADDED_DEPTHWISE = {
+    "7c-13x33": conv((2, 7, 15, 35), 7, (3, 3), bias=True, groups=7),
+    "13c-x2-s2-dil2": conv((1, 13, 17, 29), 26, (3, 3), strides=(2, 2), dilation=(2, 2), groups=13),
+    "33c-5x3": conv((1, 33, 11, 9), 33, (5, 3), groups=33),
+}
+
+
+@pytest.mark.parametrize("name", UNPADDED_DEPTHWISE)
+def test_depthwise_in_bounds_reads_match_numpy(device, name):
+    """The depthwise template's unchecked reads of an unpadded input, tiles moved back to the
+    edge where they do not divide the output (sizes 7, 13, 33)."""
+    template = DepthwiseConv2dTemplate(Workload.from_graph(UNPADDED_DEPTHWISE[name]))
+    rng = np.random.default_rng(list(UNPADDED_DEPTHWISE).index(name))
+    sampled = template.space(device.limits).sample(200, rng, max_tries=20_000)
+    in_bounds = [c for c in sampled if template.reads_in_bounds(c)]
+    g = template.geometry
+    shifted = [c for c in in_bounds if g.out_width % (c["wg_x"] * c["ow_block"])]
+    configs = [template.default_config(device.limits), *in_bounds[:5], *shifted[:3]]
+    assert template.reads_in_bounds(configs[0]) and shifted, "no in-bounds configs sampled"
+    check_on_device(device, template, configs, seed=70)
+
+
 def test_direct_in_bounds_reads_keep_the_fused_epilogue(device):
     """Recomputed outputs of a moved-back tile go through bias, batch norm, relu and the
     residual add a second time: the stored values must not change."""
@@ -289,16 +311,25 @@ GPU_CASES = [
     (Conv2dDirectTemplate, DIRECT["7c-13-s2-asym"]),
     (Conv2dDirectTemplate, conv_bn_relu_add((1, 32, 33, 33), 32, (3, 3), padding=(1, 1, 1, 1))),
     (Conv2dDirectTemplate, UNPADDED["7c-13x33"]),
+    (DepthwiseConv2dTemplate, UNPADDED_DEPTHWISE["13c-x2-s2-dil2"]),
     (Conv2dWinogradTemplate, WINOGRAD["33c-asym"]),
     (DepthwiseConv2dTemplate, DEPTHWISE["13c-x2-dil2"]),
     (Conv2dTransposeTemplate, TRANSPOSE["12c-g3-s23-dil"]),
 ]
-GPU_IDS = ["direct", "direct-fused", "direct-unpadded", "winograd", "depthwise", "transpose"]
+GPU_IDS = [
+    "direct",
+    "direct-fused",
+    "direct-unpadded",
+    "depthwise-unpadded",
+    "winograd",
+    "depthwise",
+    "transpose",
+]
 
 
 def in_bounds_config(template, limits) -> list:
-    """The direct template's unmasked-read variant of the default, where the conv has one."""
-    if not isinstance(template, Conv2dDirectTemplate):
+    """The unchecked-read variant of the default, where the template and conv have one."""
+    if not isinstance(template, Conv2dDirectTemplate | DepthwiseConv2dTemplate):
         return []
     config = {**template.default_config(limits), "stage_input": False}
     return [config] if template.reads_in_bounds(config) else []

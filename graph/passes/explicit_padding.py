@@ -6,8 +6,7 @@ unconditionally, as whole vectors, and the pad itself costs no kernel: the execu
 the input into a buffer whose border it zeroed once (a device rectangle copy, see fuse's "pad"
 groups). On PoCL: a 32-channel 64 x 64 3 x 3 conv 413 us unpadded vs 953 us for its best
 padded config, plus ~20 us for the copy; the stride-2 32 -> 64-channel conv 145 vs 329 us
-(in-process probes, interleaved rounds, medians). Depthwise convs (one input channel per
-group) keep their padding: their template handles borders in registers.
+(in-process probes, interleaved rounds, medians).
 """
 
 from ..ir import Graph, Node
@@ -18,7 +17,7 @@ def explicit_padding(graph: Graph) -> Graph:
     taken = set(graph.types) | {n.name for n in graph.nodes}
     nodes = []
     for node in graph.nodes:
-        if _pads_itself(node, graph) and node.inputs[0] not in graph.params:
+        if _pads_itself(node) and node.inputs[0] not in graph.params:
             top, left, bottom, right = node.attrs["padding"]
             padded = _fresh(f"{node.name}.padded_input", taken)
             nodes.append(
@@ -44,11 +43,8 @@ def explicit_padding(graph: Graph) -> Graph:
     return graph.validate()
 
 
-def _pads_itself(node: Node, graph: Graph) -> bool:
-    if node.op != "conv2d" or not any(node.attrs["padding"]):
-        return False
-    channels = graph.types[node.inputs[0]].shape[1]
-    return channels == 1 or node.attrs["groups"] != channels
+def _pads_itself(node: Node) -> bool:
+    return node.op == "conv2d" and any(node.attrs["padding"])
 
 
 def _fresh(name: str, taken: set[str]) -> str:

@@ -5,7 +5,10 @@ work-item computes an ``oh_block`` x ``ow_block`` tile of one output channel wit
 channel's KH x KW weights in registers, reading each input row segment once per row and tap
 row and reusing it across the KW taps and the tile's columns. With ``stage_input`` the
 work-group first copies its (haloed, zero-padded) input patch to local memory, so global
-reads are coalesced and the inner loop has no padding checks.
+reads are coalesced and the inner loop has no padding checks. Without it, an unpadded input
+(the graph pads inputs beforehand: passes/explicit_padding.py) is read with no checks at all,
+the last tile moved back to the edge (reads_in_bounds, as in conv2d_direct); a padded one
+with clamped offsets and masks.
 """
 
 from coretune.kernels.device import DeviceLimits
@@ -25,6 +28,7 @@ from .conv_common import (
     row_tile_restrictions,
     shrink_until,
     store_output,
+    tile_origin,
     work_group_knobs,
 )
 
@@ -73,9 +77,11 @@ class DepthwiseConv2dTemplate(WindowTemplate):
 
     def default_config(self, limits: DeviceLimits) -> Config:
         """2 x 2 outputs per work-item in a 16-wide group; GPUs stage the group's patch in
-        local memory, CPUs read through their caches (staging measured slower on PoCL)."""
+        local memory, CPUs read through their caches (staging measured slower on PoCL), an
+        unpadded input with a tile no bigger than the output (reads_in_bounds)."""
         g = self.geometry
         cpu = limits.warp_size == 1
+        unpadded = cpu and not any(g.padding)
         config = {
             "oh_block": 2,
             "ow_block": 2,
@@ -84,12 +90,11 @@ class DepthwiseConv2dTemplate(WindowTemplate):
             "wg_x": 16,
             "wg_y": 4 if cpu else 8,
         }
-        shrink_until(
-            config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] < 2 * g.out_width
+        widest, tallest = (
+            (g.out_width, g.out_height) if unpadded else (2 * g.out_width - 1, 2 * g.out_height - 1)
         )
-        shrink_until(
-            config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] < 2 * g.out_height
-        )
+        shrink_until(config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] <= widest)
+        shrink_until(config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] <= tallest)
         if not self.space(limits).is_valid(config):
             config["stage_input"] = False
         return self.space(limits).check(config)
@@ -106,7 +111,14 @@ class DepthwiseConv2dTemplate(WindowTemplate):
         window = UNROLL if config["unroll_window"] else NO_UNROLL
         multiplier = g.out_per_group
         rows, cols = self.patch_shape(config)
-        if config["stage_input"]:
+        if self.reads_in_bounds(config):
+            prepare = ""
+            row = (
+                f"const {idx} row = x_chan + ((oh_base + i) * {sh} + ky * {dh}) * {g.width} "
+                f"+ ow_base * {sw};"
+            )
+            read = f"seg[q] = ({data} + row)[q];"
+        elif config["stage_input"]:
             prepare = self._staging(config)
             row = (
                 f"const int row = ((ty * {ohb} + i) * {sh} + ky * {dh}) * {cols} + tx * {owb * sw};"
@@ -142,8 +154,9 @@ const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);
 const int oc = GROUP_ID(2) % {g.out_channels};
 const {idx} n = GROUP_ID(2) / {g.out_channels};
 const {idx} x_chan = (n * {g.channels} + oc / {multiplier}) * {g.height * g.width};
-const int oh_base = (GROUP_ID(1) * {wgy} + ty) * {ohb};
-const int ow_base = (GROUP_ID(0) * {wgx} + tx) * {owb};
+{tile_origin(g, wgy * ohb, wgx * owb, self.reads_in_bounds(config))}
+const int oh_base = oh_group + ty * {ohb};
+const int ow_base = ow_group + tx * {owb};
 float taps[{kh * kw}];
 {UNROLL}
 for (int k = 0; k < {kh * kw}; ++k) taps[k] = {weight}[oc * {kh * kw} + k];
@@ -188,6 +201,16 @@ for (int i = 0; i < {ohb}; ++i) {{
             indent(body, 1),
             Launch(groups, (wgx, wgy, 1)),
             local,
+        )
+
+    def reads_in_bounds(self, config: Config) -> bool:
+        """Unstaged, unpadded, and a group tile no bigger than the output."""
+        g = self.geometry
+        return (
+            not config["stage_input"]
+            and not any(g.padding)
+            and config["wg_x"] * config["ow_block"] <= g.out_width
+            and config["wg_y"] * config["oh_block"] <= g.out_height
         )
 
     def _staging(self, config: Config) -> str:

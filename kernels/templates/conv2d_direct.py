@@ -32,6 +32,7 @@ from .conv_common import (
     shrink_until,
     splat,
     store_output,
+    tile_origin,
     vector_load,
     vector_type,
     work_group_knobs,
@@ -165,7 +166,7 @@ const int zblock = GROUP_ID(2);
 const {idx} n = zblock / {g.groups * tiles_c};
 const int g = (zblock / {tiles_c}) % {g.groups};
 const int oc_base = ((zblock % {tiles_c}) * {wgz} + tz) * {ocb};
-{self._tile_origin(config)}
+{tile_origin(g, wgy * ohb, self.tile_width(config), self.reads_in_bounds(config))}
 const int oh_base = oh_group + ty * {ohb};
 const int ow_base = ow_group + tx * {vec};
 int w_oc[{ocb}];
@@ -315,8 +316,8 @@ for (int v = 0; v < {vec}; ++v) {{
     def reads_in_bounds(self, config: Config) -> bool:
         """Unstaged, without padding and with a group tile no bigger than the output: every
         tap lies in the image once the last tile of a row or column is moved back to end at
-        the output's edge (see _tile_origin), so reads need neither masks nor clamps and come
-        as whole vectors."""
+        the output's edge (conv_common.tile_origin), so reads need neither masks nor clamps
+        and come as whole vectors."""
         g = self.geometry
         return (
             not config["stage_input"]
@@ -324,22 +325,6 @@ for (int v = 0; v < {vec}; ++v) {{
             and self.tile_width(config) <= g.out_width
             and config["wg_y"] * config["oh_block"] <= g.out_height
         )
-
-    def _tile_origin(self, config: Config) -> str:
-        """The group's first output row and column. For in-bounds reads the last tile is moved
-        back to end at the edge: it then overlaps its neighbour, whose outputs it recomputes
-        and stores again with the same values (the memory plan never lets a kernel's output
-        share a buffer with its inputs, so the epilogue reads the same inputs both times)."""
-        g = self.geometry
-        height, width = config["wg_y"] * config["oh_block"], self.tile_width(config)
-        rows, cols = f"GROUP_ID(1) * {height}", f"GROUP_ID(0) * {width}"
-        if self.reads_in_bounds(config):
-            last_row, last_col = g.out_height - height, g.out_width - width
-            if g.out_height % height:
-                rows = f"({rows} < {last_row} ? {rows} : {last_row})"
-            if g.out_width % width:
-                cols = f"({cols} < {last_col} ? {cols} : {last_col})"
-        return f"const int oh_group = {rows};\nconst int ow_group = {cols};"
 
     def _unmasked_reads(self, config: Config) -> tuple[str, str]:
         g = self.geometry

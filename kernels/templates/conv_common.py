@@ -144,6 +144,23 @@ def vector_load(pointer: str, offset: str, width: int, stride: int = 1) -> str:
     return vector_lanes(lambda v: f"({pointer} + ({offset}))[{v * stride}]", width)
 
 
+def tile_origin(g: "WindowGeometry", height: int, width: int, in_bounds: bool) -> str:
+    """Statements naming the group's first output row and column (oh_group, ow_group). With
+    ``in_bounds`` (unpadded input, tile no bigger than the output) the last tile of a row or
+    column is moved back to end at the edge, so every tap it reads lies in the image: it then
+    overlaps its neighbour, whose outputs it recomputes and stores again with the same values
+    (the memory plan never lets a kernel's output share a buffer with its inputs, so the
+    epilogue reads the same inputs both times)."""
+    rows, cols = f"GROUP_ID(1) * {height}", f"GROUP_ID(0) * {width}"
+    if in_bounds:
+        last_row, last_col = g.out_height - height, g.out_width - width
+        if g.out_height % height:
+            rows = f"({rows} < {last_row} ? {rows} : {last_row})"
+        if g.out_width % width:
+            cols = f"({cols} < {last_col} ? {cols} : {last_col})"
+    return f"const int oh_group = {rows};\nconst int ow_group = {cols};"
+
+
 def lane_names(lanes: int) -> tuple[str, ...]:
     """Member names of a vector's lanes (float8 has no x/y/z/w)."""
     return ("x", "y", "z", "w")[:lanes] if lanes <= 4 else tuple(f"s{i}" for i in range(lanes))
