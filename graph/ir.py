@@ -250,6 +250,16 @@ class Graph:
         return "\n".join(lines)
 
 
+def fresh_name(stem: str, taken: set[str]) -> str:
+    """A name not in ``taken`` (``stem``, else ``stem_<k>``), added to it."""
+    name, k = stem, 0
+    while name in taken:
+        k += 1
+        name = f"{stem}_{k}"
+    taken.add(name)
+    return name
+
+
 def _short(value):
     if isinstance(value, tuple) and len(value) > 8:
         return f"({', '.join(map(str, value[:8]))}, ...)"

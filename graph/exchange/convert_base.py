@@ -20,7 +20,7 @@ from coretune.errors import GraphError
 
 from ..builder import Value
 from ..dtypes import DTYPES
-from ..ir import Node, TensorType
+from ..ir import Node, TensorType, fresh_name
 from ..registry import get_op
 
 Check = Callable[[onnx.NodeProto, dict[str, Any]], str | None]
@@ -246,12 +246,7 @@ class ConvertContext:
         return lambda *operands, **attrs: self.op(op_name, *operands, **attrs)
 
     def fresh(self, stem: str) -> str:
-        name, count = stem, 0
-        while name in self._taken:
-            count += 1
-            name = f"{stem}_{count}"
-        self._taken.add(name)
-        return name
+        return fresh_name(stem, self._taken)
 
     # ---- binding a converter's results to the node's ONNX outputs ---------------------------
     def finish(self, results) -> None:

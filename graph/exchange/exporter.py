@@ -25,7 +25,7 @@ from coretune import __version__
 from coretune.errors import CoretuneError
 
 from ..dtypes import to_numpy
-from ..ir import Graph, Node, TensorType
+from ..ir import Graph, Node, TensorType, fresh_name
 
 MIN_OPSET = 13
 # The newest opset every emitter's output was verified to run on (onnxruntime 1.32, opset 28);
@@ -122,12 +122,7 @@ class OnnxWriter:
 
     def fresh(self, stem: str) -> str:
         """A tensor or node name not used anywhere in the graph: ``stem`` or ``stem_<k>``."""
-        name, k = stem, 0
-        while name in self._taken:
-            k += 1
-            name = f"{stem}_{k}"
-        self._taken.add(name)
-        return name
+        return fresh_name(stem, self._taken)
 
     def require(self, node: Node, opset: int, feature: str) -> None:
         if self.opset < opset:

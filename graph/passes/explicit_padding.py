@@ -9,7 +9,7 @@ padded config, plus ~20 us for the copy; the stride-2 32 -> 64-channel conv 145 
 (in-process probes, interleaved rounds, medians).
 """
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, fresh_name
 
 
 def explicit_padding(graph: Graph) -> Graph:
@@ -19,10 +19,10 @@ def explicit_padding(graph: Graph) -> Graph:
     for node in graph.nodes:
         if _pads_itself(node) and node.inputs[0] not in graph.params:
             top, left, bottom, right = node.attrs["padding"]
-            padded = _fresh(f"{node.name}.padded_input", taken)
+            padded = fresh_name(f"{node.name}.padded_input", taken)
             nodes.append(
                 Node(
-                    _fresh(f"{node.name}.pad", taken),
+                    fresh_name(f"{node.name}.pad", taken),
                     "pad",
                     [node.inputs[0]],
                     [padded],
@@ -45,12 +45,3 @@ def explicit_padding(graph: Graph) -> Graph:
 
 def _pads_itself(node: Node) -> bool:
     return node.op == "conv2d" and any(node.attrs["padding"])
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, count = name, 1
-    while candidate in taken:
-        count += 1
-        candidate = f"{name}.{count}"
-    taken.add(candidate)
-    return candidate
