@@ -25,6 +25,8 @@ from .conv_common import (
     indent,
     index_type,
     kernel_buffers,
+    largest_tile,
+    reads_in_bounds,
     row_tile_restrictions,
     shrink_until,
     store_output,
@@ -90,9 +92,7 @@ class DepthwiseConv2dTemplate(WindowTemplate):
             "wg_x": 16,
             "wg_y": 4 if cpu else 8,
         }
-        widest, tallest = (
-            (g.out_width, g.out_height) if unpadded else (2 * g.out_width - 1, 2 * g.out_height - 1)
-        )
+        widest, tallest = largest_tile(g, unpadded)
         shrink_until(config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] <= widest)
         shrink_until(config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] <= tallest)
         if not self.space(limits).is_valid(config):
@@ -204,14 +204,9 @@ for (int i = 0; i < {ohb}; ++i) {{
         )
 
     def reads_in_bounds(self, config: Config) -> bool:
-        """Unstaged, unpadded, and a group tile no bigger than the output."""
-        g = self.geometry
-        return (
-            not config["stage_input"]
-            and not any(g.padding)
-            and config["wg_x"] * config["ow_block"] <= g.out_width
-            and config["wg_y"] * config["oh_block"] <= g.out_height
-        )
+        """Reads with no masks or clamps (conv_common.reads_in_bounds)."""
+        height, width = config["wg_y"] * config["oh_block"], config["wg_x"] * config["ow_block"]
+        return reads_in_bounds(self.geometry, config, height, width)
 
     def _staging(self, config: Config) -> str:
         """The group copies its zero-padded input patch to local memory (coalesced reads)."""

@@ -29,6 +29,8 @@ from .conv_common import (
     index_type,
     kernel_buffers,
     lane_names,
+    largest_tile,
+    reads_in_bounds,
     shrink_until,
     splat,
     store_output,
@@ -109,10 +111,7 @@ class Conv2dDirectTemplate(WindowTemplate):
             "wg_y": 1 if cpu else 4,
             "wg_z": 8 if cpu else 1,
         }
-        # in-bounds reads need a tile no bigger than the output; otherwise < 2x (covers)
-        widest, tallest = (
-            (g.out_width, g.out_height) if unpadded else (2 * g.out_width - 1, 2 * g.out_height - 1)
-        )
+        widest, tallest = largest_tile(g, unpadded)
         shrink_until(config, ("wg_x", "ow_block", "vector"), lambda c: self.tile_width(c) <= widest)
         shrink_until(config, ("wg_y", "oh_block"), lambda c: c["wg_y"] * c["oh_block"] <= tallest)
         shrink_until(
@@ -314,17 +313,9 @@ for (int v = 0; v < {vec}; ++v) {{
         )
 
     def reads_in_bounds(self, config: Config) -> bool:
-        """Unstaged, without padding and with a group tile no bigger than the output: every
-        tap lies in the image once the last tile of a row or column is moved back to end at
-        the output's edge (conv_common.tile_origin), so reads need neither masks nor clamps
-        and come as whole vectors."""
-        g = self.geometry
-        return (
-            not config["stage_input"]
-            and not any(g.padding)
-            and self.tile_width(config) <= g.out_width
-            and config["wg_y"] * config["oh_block"] <= g.out_height
-        )
+        """Reads as whole vectors with no masks or clamps (conv_common.reads_in_bounds)."""
+        height = config["wg_y"] * config["oh_block"]
+        return reads_in_bounds(self.geometry, config, height, self.tile_width(config))
 
     def _unmasked_reads(self, config: Config) -> tuple[str, str]:
         g = self.geometry

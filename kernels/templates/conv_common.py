@@ -144,6 +144,26 @@ def vector_load(pointer: str, offset: str, width: int, stride: int = 1) -> str:
     return vector_lanes(lambda v: f"({pointer} + ({offset}))[{v * stride}]", width)
 
 
+def reads_in_bounds(g: "WindowGeometry", config: dict, height: int, width: int) -> bool:
+    """Unstaged, without padding, and a group tile (height x width outputs) no bigger than the
+    output: with the last tile moved back to the edge (tile_origin) every tap lies in the
+    image, so reads need neither masks nor clamps."""
+    return (
+        not config["stage_input"]
+        and not any(g.padding)
+        and width <= g.out_width
+        and height <= g.out_height
+    )
+
+
+def largest_tile(g: "WindowGeometry", unpadded: bool) -> tuple[int, int]:
+    """The widest and tallest group tile a default config takes: no bigger than the output
+    where reads can be in bounds, else below twice the output (see covers)."""
+    if unpadded:
+        return g.out_width, g.out_height
+    return 2 * g.out_width - 1, 2 * g.out_height - 1
+
+
 def tile_origin(g: "WindowGeometry", height: int, width: int, in_bounds: bool) -> str:
     """Statements naming the group's first output row and column (oh_group, ow_group). With
     ``in_bounds`` (unpadded input, tile no bigger than the output) the last tile of a row or
