@@ -79,18 +79,21 @@ class DepthwiseConv2dTemplate(WindowTemplate):
 
     def default_config(self, limits: DeviceLimits) -> Config:
         """2 x 2 outputs per work-item in a 16-wide group; GPUs stage the group's patch in
-        local memory, CPUs read through their caches (staging measured slower on PoCL), an
-        unpadded input with a tile no bigger than the output (reads_in_bounds)."""
+        local memory, CPUs read through their caches (staging measured slower on PoCL). An
+        unpadded input on a CPU (reads_in_bounds) gets one column per work-item and a group
+        one row of up to 64 columns wide: PoCL vectorises across the group's work-items,
+        1.5-3.3x faster than 2 x 2 in a 16 x 4 group on 24x12x12 to 32x112x112 depthwise
+        convs (in-process probe, 5 interleaved rounds)."""
         g = self.geometry
         cpu = limits.warp_size == 1
         unpadded = cpu and not any(g.padding)
         config = {
             "oh_block": 2,
-            "ow_block": 2,
+            "ow_block": 1 if unpadded else 2,
             "unroll_window": g.kernel[0] * g.kernel[1] <= 25,
             "stage_input": not cpu,
-            "wg_x": 16,
-            "wg_y": 4 if cpu else 8,
+            "wg_x": 64 if unpadded else 16,
+            "wg_y": 1 if unpadded else 4 if cpu else 8,
         }
         widest, tallest = largest_tile(g, unpadded)
         shrink_until(config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] <= widest)
