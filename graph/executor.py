@@ -265,9 +265,12 @@ class Executor:
 
     def run(self, inputs: dict[str, np.ndarray], events: list | None = None) -> list[np.ndarray]:
         graph = self.plan.graph
-        arrays = check_inputs(graph, inputs)  # alive until the blocking downloads below
-        for name, array in arrays.items():
+        arrays = check_inputs(graph, inputs)
+        # The arrays and their writes' events stay alive until the blocking downloads below.
+        writes = [
             self.device.write(self._buffers[name], array, blocking=False)
+            for name, array in arrays.items()
+        ]
         for kind, payload in self._actions:
             if kind == "kernel":
                 event = payload.launch()
@@ -281,7 +284,9 @@ class Executor:
                     events.append(event)
             elif kind == "host":
                 self._host(payload)
-        return [self._download(name) for name in graph.outputs]
+        outputs = [self._download(name) for name in graph.outputs]
+        del writes  # only now: dropping a pending write's event would wait for it
+        return outputs
 
     def _host(self, step: HostStep):
         env = {t: self._download(t) for t in step.group.inputs}

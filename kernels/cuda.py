@@ -105,9 +105,10 @@ class CUDADevice:
             self._driver.memcpy_dtoh(out, buffer)
         return out
 
-    def write(self, buffer, array: np.ndarray, blocking: bool = True) -> None:  # always sync
+    def write(self, buffer, array: np.ndarray, blocking: bool = True):  # always sync
         if array.nbytes:
             self._driver.memcpy_htod(buffer, np.ascontiguousarray(array))
+        return None
 
     def fill(self, buffer, pattern: np.ndarray, nbytes: int) -> None:
         """Repeat one element's bytes over the buffer, on the device."""

@@ -150,13 +150,17 @@ class OpenCLDevice:
             self._cl.enqueue_copy(self.queue, out, buffer)
         return out
 
-    def write(self, buffer, array: np.ndarray, blocking: bool = True) -> None:
-        """Copy host -> device. Non-blocking only for a caller that keeps ``array`` alive and
-        unchanged until a later blocking command on this queue returns."""
+    def write(self, buffer, array: np.ndarray, blocking: bool = True):
+        """Copy host -> device. Non-blocking only for a caller that keeps ``array`` unchanged
+        and the returned event alive until a later blocking command on this queue returns:
+        pyopencl's event of a host copy waits for the copy when it is dropped (to keep the
+        host array alive), which made every "non-blocking" input write of a run a blocking
+        one (~40 us each on PoCL's pthread driver)."""
         if array.nbytes:
-            self._cl.enqueue_copy(
+            return self._cl.enqueue_copy(
                 self.queue, buffer, np.ascontiguousarray(array), is_blocking=blocking
             )
+        return None
 
     def fill(self, buffer, pattern: np.ndarray, nbytes: int) -> None:
         """Repeat one element's bytes over the buffer, on the device."""
