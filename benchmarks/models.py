@@ -95,6 +95,8 @@ def row(name: str, r: dict) -> str:
     kernels = f"{tuned['kernels']} ({tuned['tuned']} tuned)"
     if tuned.get("pad_copies"):
         kernels += f" + {tuned['pad_copies']} pad copies"
+    if tuned.get("pads_in_place"):
+        kernels += f" ({tuned['pads_in_place']} pads in place)"
     memory = f"{tuned['planned_bytes']:,} / {tuned['unshared_bytes']:,}"
     if d["planned_bytes"] != tuned["planned_bytes"]:
         memory += f" (default build {d['planned_bytes']:,})"
@@ -165,7 +167,9 @@ def main():
         f"run over {args.repeat} runs each, default / tuned / onnxruntime interleaved run by run "
         "(coretune.cli_bench.interleaved); onnxruntime uses the CPU provider with 2 intra-op "
         "threads. Kernels and memory are the tuned build's (Module.summary()): kernels per run "
-        "(and pad copies: device rectangle copies that pad a conv's input), planned buffer "
+        "(and pad copies: device rectangle copies that pad a conv's input each run; pads "
+        "in place: written by their producer's own stores or the input's rectangle write, no "
+        "command of their own), planned buffer "
         "bytes vs one buffer per tensor (no reuse). Speedup = "
         "default / tuned; the last column = tuned / onnxruntime (below 1 means coretune is "
         "faster).",

@@ -57,8 +57,11 @@ def compile_command(model, logs, device, output):
     )
     if summary["untuned"]:
         out.print("  untuned: " + ", ".join(summary["untuned"]))
-    if summary["pad_copies"]:
-        out.print(f"pad copies: {summary['pad_copies']} (device copies that pad conv inputs)")
+    if summary["pad_copies"] or summary["pads_in_place"]:
+        out.print(
+            f"pads: {summary['pads_in_place']} written in place by their producer, "
+            f"{summary['pad_copies']} device copies per run"
+        )
     hosts = [s for s in module.plan.steps if isinstance(s, HostStep)]
     out.print(f"host steps: {len(hosts)}")
     for step in hosts:

@@ -79,7 +79,13 @@ class Module:
             elif isinstance(step, ViewStep):
                 steps.append({"kind": "view", "source": step.source, "target": step.target})
             elif isinstance(step, PadStep):
-                steps.append({"kind": "pad", "nodes": [n.name for n in step.group.nodes]})
+                steps.append(
+                    {
+                        "kind": "pad",
+                        "nodes": [n.name for n in step.group.nodes],
+                        "in_place": step.in_place,
+                    }
+                )
             elif isinstance(step, HostStep):
                 steps.append(
                     {
@@ -157,9 +163,8 @@ def _read_entries(archive: zipfile.ZipFile, path) -> dict[str, bytes]:
 
 def _module_from_entries(entries, device, path) -> Module:
     from . import __version__
-    from .graph.executor import HostStep, PadStep, Plan, ViewStep
+    from .graph.executor import HostStep, PadStep, Plan, ViewStep, padded_alone
     from .graph.ir import Graph
-    from .graph.passes import FusedGroup, is_copy_pad
 
     try:
         manifest = json.loads(entries["manifest.json"])
@@ -182,24 +187,26 @@ def _module_from_entries(entries, device, path) -> Module:
             {str(k): int(v) for k, v in plan_data["buffer_of"].items()},
             int(plan_data["unshared_bytes"]),
         )
-        for step in plan_data["steps"]:
+        groups = [_step_group(step, nodes, path) for step in plan_data["steps"]]
+        # Which pads are written in place is derived here as build_plan derives it, never
+        # taken from the file; the file's flag must agree.
+        pads = padded_alone(graph, groups)
+        placed = {t for t in pads if t in graph.inputs}
+        for step, group in zip(plan_data["steps"], groups, strict=True):
             if step["kind"] == "view":
-                plan.steps.append(ViewStep(str(step["source"]), str(step["target"])))
-                continue
-            if step["kind"] == "pad":
-                (node,) = (nodes[n] for n in step["nodes"])
-                if not is_copy_pad(node):
-                    raise ModelLoadError(f"{path}: step 'pad' names {node.name}, not a pad copy")
-                group = FusedGroup([node], list(node.outputs), list(node.inputs), "pad")
-                plan.steps.append(PadStep(group))
-                continue
-            group = FusedGroup(
-                [nodes[n] for n in step["nodes"]], list(step["outputs"]), list(step["inputs"])
-            )
-            if step["kind"] == "host":
+                plan.steps.append(ViewStep(group.inputs[0], group.outputs[0]))
+            elif step["kind"] == "pad":
+                pad = PadStep(group, in_place=group.inputs[0] in placed)
+                if step.get("in_place") is not pad.in_place:
+                    raise ModelLoadError(f"{path}: pad {group.name}: wrong in_place flag")
+                plan.steps.append(pad)
+            elif step["kind"] == "host":
                 plan.steps.append(HostStep(group, str(step["reason"])))
             else:
-                plan.steps.append(_checked_kernel_step(graph, group, step, device))
+                kernel = _checked_kernel_step(graph, group, step, device, pads)
+                if kernel.placed:
+                    placed.add(group.outputs[0])
+                plan.steps.append(kernel)
     except ModelLoadError:
         raise
     except CoretuneError as exc:
@@ -209,16 +216,36 @@ def _module_from_entries(entries, device, path) -> Module:
     return Module(plan, device, str(manifest.get("logs_digest", "")))
 
 
-def _checked_kernel_step(graph, group, step, device):
-    """Re-render the kernel from its template and config; the file's source must match."""
-    from .graph.executor import KernelStep, group_workload
+def _step_group(step: dict, nodes: dict, path):
+    """The fused group a plan.json step computes (a view's: just its source and target)."""
+    from .graph.passes import FusedGroup, is_copy_pad
+
+    kind = step["kind"]
+    if kind == "view":
+        return FusedGroup([], [str(step["target"])], [str(step["source"])], "view")
+    if kind == "pad":
+        (node,) = (nodes[n] for n in step["nodes"])
+        if not is_copy_pad(node):
+            raise ModelLoadError(f"{path}: step 'pad' names {node.name}, not a pad copy")
+        return FusedGroup([node], list(node.outputs), list(node.inputs), "pad")
+    if kind not in ("kernel", "host"):
+        raise ModelLoadError(f"{path}: unknown step kind {kind!r}")
+    members = [nodes[n] for n in step["nodes"]]
+    return FusedGroup(members, list(step["outputs"]), list(step["inputs"]))
+
+
+def _checked_kernel_step(graph, group, step, device, pads):
+    """Re-render the kernel from its template and config (stores placed in a pad's interior
+    where build_plan would place them); the file's source must match."""
+    from .graph.executor import KernelStep, group_workload, placed_in_pad
     from .kernels.render import renderer_for
     from .kernels.templates import TEMPLATES
 
     if step["template"] not in TEMPLATES:  # never import a module a file names
         raise ModelLoadError(f"unknown template {step['template']!r}")
-    workload = group_workload(graph, group)
-    template = TEMPLATES[step["template"]](workload)
+    template_cls = TEMPLATES[step["template"]]
+    workload = placed_in_pad(graph, group, group_workload(graph, group), template_cls, pads)
+    template = template_cls(workload)
     config = template.space(device.limits).check(step["config"])
     rendered = renderer_for(device.info.backend).render(template.spec(config))
     if rendered.source != step["source"]:
@@ -237,6 +264,7 @@ def _checked_kernel_step(graph, group, step, device):
         rendered.entry,
         launch,
         list(group.inputs) + list(group.outputs),
+        workload.output_layout is not None,
     )
 
 

@@ -1,10 +1,11 @@
 """The graph executor: fused groups -> kernels (tuned or default configs) -> a runnable plan.
 
 ``build_plan`` decides, once, what runs for each fused group: a kernel (template, config,
-rendered source, argument tensors), a view (an alias of a buffer: no kernel), a pad copy (a
-device rectangle copy into a buffer pre-filled with the pad value: no kernel), or a host step
-(the numpy reference, for a group no template computes, e.g. float16 arithmetic). ``Executor``
-owns the device buffers and runs the plan.
+rendered source, argument tensors), a view (an alias of a buffer: no kernel), a pad (a buffer
+pre-filled with the pad value, its interior written by a device rectangle copy each run, or
+in place: by the producer's own stores, or by the rectangle write of a graph input), or a host
+step (the numpy reference, for a group no template computes, e.g. float16 arithmetic).
+``Executor`` owns the device buffers and runs the plan.
 """
 
 import math
@@ -33,6 +34,7 @@ class KernelStep:
     entry: str
     launch: dict  # {"groups": [...], "local": [...]}
     args: list[str]  # graph tensors bound to the kernel's buffers, in order
+    placed: bool = False  # stores its output into the interior of a padded buffer
 
 
 @dataclass
@@ -43,9 +45,21 @@ class ViewStep:
 
 @dataclass
 class PadStep:
-    """A constant pad of the last two axes (fuse.is_copy_pad) as a rectangle copy."""
+    """A constant pad of the last two axes (fuse.is_copy_pad): a rectangle copy into a buffer
+    whose border is filled once, or ``in_place``: its input is written straight into the
+    interior (by its producer's placed stores, or as a graph input by a rectangle write)."""
 
     group: FusedGroup
+    in_place: bool = False
+
+    def interior(self, graph: Graph) -> tuple[tuple[int, ...], int]:
+        """Element strides of the padded buffer and the element offset of its interior: where
+        element ``index`` of the input lives is ``offset + sum(index * strides)``."""
+        node = self.group.nodes[0]
+        shape = graph.types[node.outputs[0]].shape
+        strides = [math.prod(shape[axis + 1 :]) for axis in range(len(shape))]
+        befores = node.attrs["pad_width"][0::2]
+        return tuple(strides), sum(b * s for b, s in zip(befores, strides, strict=True))
 
     def box(self, graph: Graph) -> dict:
         """The copy in bytes and rows, as OpenCL's rectangle copy takes it: (row bytes, rows,
@@ -88,9 +102,11 @@ class Plan:
 
     def summary(self) -> dict:
         kernels = self.kernels
+        pads = [s for s in self.steps if isinstance(s, PadStep)]
         return {
             "kernels": len(kernels),
-            "pad_copies": sum(isinstance(s, PadStep) for s in self.steps),
+            "pad_copies": sum(not p.in_place for p in pads),
+            "pads_in_place": sum(p.in_place for p in pads),
             "tuned": sum(k.tuned for k in kernels),
             "untuned": [k.group.name for k in kernels if not k.tuned],
             "host_steps": [s.group.name for s in self.steps if isinstance(s, HostStep)],
@@ -126,21 +142,23 @@ def build_plan(
 
     graph = optimize(graph)
     groups = fuse(graph)
-    memory = plan_memory(graph, groups)
-    plan = Plan(graph, [], memory.buffer_bytes, memory.buffer_of, memory.unshared_bytes(graph))
+    # Pads are steps of the runtime with rectangle copies; elsewhere they are kernels.
+    pads = padded_alone(graph, groups) if dialect == "opencl" else {}
+    placed = {t for t in pads if t in graph.inputs}  # written into the pad by a rectangle write
+    steps: list = []
     renderer = renderer_for(dialect)
     for group in groups:
         if group.kind == "view":
-            plan.steps.append(ViewStep(group.inputs[0], group.outputs[0]))
+            steps.append(ViewStep(group.inputs[0], group.outputs[0]))
             continue
-        if group.kind == "pad" and dialect == "opencl":  # the runtime with rectangle copies
-            plan.steps.append(PadStep(group))
+        if group.kind == "pad" and dialect == "opencl":
+            steps.append(PadStep(group, in_place=group.inputs[0] in placed))
             continue
         try:
             workload = group_workload(graph, group)
             candidates = templates_for(workload)
         except CoretuneError as exc:
-            plan.steps.append(HostStep(group, str(exc)))
+            steps.append(HostStep(group, str(exc)))
             continue
         names = dict(zip((n for n, _ in workload.inputs), group.inputs, strict=True))
         candidates = [
@@ -149,15 +167,18 @@ def build_plan(
             if all(names[i] in graph.params for i in c(workload).constant_inputs())
         ]
         if not candidates:
-            plan.steps.append(HostStep(group, "no kernel template computes this group"))
+            steps.append(HostStep(group, "no kernel template computes this group"))
             continue
         template_cls, config, tuned = _choose(
             candidates, workload, limits, fingerprint, database, version
         )
+        workload = placed_in_pad(graph, group, workload, template_cls, pads)
+        if workload.output_layout is not None:
+            placed.add(group.outputs[0])
         template = template_cls(workload)
         spec = template.spec(template.space(limits).check(config))
         rendered = renderer.render(spec)
-        plan.steps.append(
+        steps.append(
             KernelStep(
                 group,
                 template_cls.name,
@@ -168,9 +189,43 @@ def build_plan(
                 rendered.entry,
                 {"groups": list(rendered.launch.groups), "local": list(rendered.launch.local)},
                 list(group.inputs) + list(group.outputs),
+                workload.output_layout is not None,
             )
         )
-    return plan
+    memory = plan_memory(graph, groups, placed)
+    return Plan(graph, steps, memory.buffer_bytes, memory.buffer_of, memory.unshared_bytes(graph))
+
+
+def placed_in_pad(graph: Graph, group: FusedGroup, workload, template_cls, pads: dict):
+    """The group's workload storing straight into the interior of the pad that alone reads its
+    output (see padded_alone), where its template can place its output; else unchanged."""
+    output = group.outputs[0]
+    if output in pads and template_cls.places_output and len(group.outputs) == 1:
+        return workload.placed(*PadStep(pads[output]).interior(graph))
+    return workload
+
+
+def padded_alone(graph: Graph, groups: list[FusedGroup]) -> dict[str, FusedGroup]:
+    """Tensors whose only reader is a pad group (tensor -> that group): their producer may
+    write them straight into the padded buffer's interior. Not parameters or graph outputs
+    (their memory is theirs), nor buffers whose element offsets could outgrow 32 bits."""
+    readers: dict[str, list[FusedGroup]] = {}
+    for group in groups:
+        for name in dict.fromkeys(group.inputs):
+            readers.setdefault(name, []).append(group)
+    found = {}
+    for group in groups:
+        if group.kind != "pad":
+            continue
+        tensor = group.inputs[0]
+        if (
+            readers[tensor] == [group]
+            and tensor not in graph.params
+            and tensor not in graph.outputs
+            and math.prod(graph.types[group.outputs[0]].shape) < 2**31
+        ):
+            found[tensor] = group
+    return found
 
 
 def _choose(candidates, workload, limits, fingerprint, database, version):
@@ -199,13 +254,22 @@ class Executor:
         self.plan = plan
         self.device = device
         graph = plan.graph
+        in_place = [s for s in plan.steps if isinstance(s, PadStep) and s.in_place]
+        written_into_pads = {s.group.inputs[0] for s in in_place} & set(graph.inputs)
         pool = [device.empty(n) for n in plan.buffer_bytes]
         buffers = {n: device.upload(a) for n, a in graph.params.items()}
         for name in (*graph.inputs, *graph.outputs):
-            if name not in buffers:
+            if name not in buffers and name not in written_into_pads:
                 buffers[name] = device.empty(_nbytes(graph, name))
         for name, index in plan.buffer_of.items():
             buffers.setdefault(name, pool[index])
+        self._input_boxes = {}  # graph input -> (padded buffer, box): one rectangle write
+        for step in in_place:
+            source, target = step.group.inputs[0], step.group.outputs[0]
+            if source in written_into_pads:
+                self._input_boxes[source] = (buffers[target], step.box(graph))
+            else:  # the producer's kernel stores into the interior (Workload.placed)
+                buffers[source] = buffers[target]
         self._actions = []  # what a run does, in order: (kind, payload)
         for step in plan.steps:
             if isinstance(step, ViewStep):
@@ -215,7 +279,9 @@ class Executor:
             elif isinstance(step, HostStep):
                 self._actions.append(("host", step))
             elif isinstance(step, PadStep):
-                self._actions.append(("pad", self._pad(buffers, step)))
+                copy = self._pad(buffers, step)
+                if copy:
+                    self._actions.append(("pad", copy))
             else:
                 self._actions.append(("kernel", self._bind(buffers, step)))
         self._buffers = buffers
@@ -247,12 +313,15 @@ class Executor:
 
     def _pad(self, buffers, step: PadStep) -> tuple:
         """Fill the output (a buffer no other tensor shares) with the pad value, once; a run
-        then copies the input into its interior."""
+        then copies the input into its interior (the copy's arguments, returned), unless the
+        input is written there in place."""
         graph = self.plan.graph
-        source, target = (buffers[t] for t in (*step.group.inputs, *step.group.outputs))
+        target = buffers[step.group.outputs[0]]
         self.device.fill(target, step.fill_value(graph), _nbytes(graph, step.group.outputs[0]))
         box = step.box(graph)
-        return (source, target, box) if all(box["region"]) else ()
+        if step.in_place or not all(box["region"]):
+            return ()
+        return (buffers[step.group.inputs[0]], target, box)
 
     def _view(self, buffers, step: ViewStep) -> tuple | None:
         """Alias the target to its source's buffer; a graph output owns its memory, so it
@@ -267,10 +336,7 @@ class Executor:
         graph = self.plan.graph
         arrays = check_inputs(graph, inputs)
         # The arrays and their writes' events stay alive until the blocking downloads below.
-        writes = [
-            self.device.write(self._buffers[name], array, blocking=False)
-            for name, array in arrays.items()
-        ]
+        writes = [self._write_input(name, array) for name, array in arrays.items()]
         for kind, payload in self._actions:
             if kind == "kernel":
                 event = payload.launch()
@@ -278,7 +344,7 @@ class Executor:
                     events.append(event)
             elif kind == "copy":
                 self.device.copy(*payload)
-            elif kind == "pad" and payload:
+            elif kind == "pad":
                 event = self.device.copy_box(*payload)
                 if events is not None:
                     events.append(event)
@@ -287,6 +353,14 @@ class Executor:
         outputs = [self._download(name) for name in graph.outputs]
         del writes  # only now: dropping a pending write's event would wait for it
         return outputs
+
+    def _write_input(self, name: str, array: np.ndarray):
+        """Non-blocking: the caller keeps ``array`` and the returned event alive until a
+        blocking command returns."""
+        if name in self._input_boxes:
+            target, box = self._input_boxes[name]
+            return self.device.write_box(target, array, box) if all(box["region"]) else None
+        return self.device.write(self._buffers[name], array, blocking=False)
 
     def _host(self, step: HostStep):
         env = {t: self._download(t) for t in step.group.inputs}

@@ -56,6 +56,14 @@ class Epilogue:
         lw.bind(self.anchor_out, index, acc)
         value = lw.value(self.output, index)
         out_type = buffer_type(w.types[self.output].dtype)
-        return lw.lines + [
-            f"{self.output}[{linear_index(index, self.shape)}] = ({out_type})({value});"
-        ]
+        return lw.lines + [f"{self.output}[{self.output_offset(index)}] = ({out_type})({value});"]
+
+    def output_offset(self, index: tuple[str, ...]) -> str:
+        """The element ``index`` of the output in its buffer: row-major, or placed."""
+        layout = self.workload.output_layout
+        if layout is None:
+            return linear_index(index, self.shape)
+        strides, offset = layout
+        axes = zip(index, strides, self.shape, strict=True)
+        terms = [f"({i}) * {stride}" for i, stride, size in axes if size != 1]
+        return " + ".join(([str(offset)] if offset else []) + terms) or "0"

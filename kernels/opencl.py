@@ -183,6 +183,21 @@ class OpenCLDevice:
             dst_pitches=box["target_pitches"],
         )
 
+    def write_box(self, target, array: np.ndarray, box: dict):
+        """Host -> device rectangle write (see PadStep.box), non-blocking as ``write`` is:
+        keep ``array`` and the returned event alive until a blocking command returns."""
+        return self._cl.enqueue_copy(
+            self.queue,
+            target,
+            np.ascontiguousarray(array),
+            buffer_origin=box["target_origin"],
+            host_origin=(0, 0, 0),
+            region=box["region"],
+            buffer_pitches=box["target_pitches"],
+            host_pitches=box["source_pitches"],
+            is_blocking=False,
+        )
+
     @staticmethod
     def event_seconds(event) -> float:
         event.wait()

@@ -5,6 +5,7 @@ shapes share one workload key (so one tuning record serves both), and no name fr
 ever reaches kernel source.
 """
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -20,6 +21,10 @@ class Workload:
     nodes: tuple[Node, ...]
     outputs: tuple[str, ...]
     types: dict  # every tensor's TensorType
+    # Where the one output is stored when its buffer is not of its own shape: element strides
+    # per axis and an element offset (the interior of a padded buffer, see graph.executor).
+    # Not in the key: the kernel computes the same values, tuned as the plain store.
+    output_layout: tuple[tuple[int, ...], int] | None = None
 
     @classmethod
     def from_graph(cls, graph: Graph) -> "Workload":
@@ -85,6 +90,10 @@ class Workload:
         outputs = [name for name, _, _ in key["outputs"]]
         graph = Graph("workload", dict(inputs), {}, nodes, outputs).validate()
         return cls(inputs, tuple(graph.nodes), tuple(outputs), dict(graph.types))
+
+    def placed(self, strides: tuple[int, ...], offset: int) -> "Workload":
+        """This workload storing its output at ``offset + sum(index * strides)``."""
+        return dataclasses.replace(self, output_layout=(tuple(strides), int(offset)))
 
     def key_string(self) -> str:
         return json.dumps(self.key(), sort_keys=True, separators=(",", ":"))

@@ -176,10 +176,12 @@ def test_layers_sharing_one_compiled_kernel_keep_their_own_arguments(device):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
-def test_pad_copies_match_the_reference_run_after_run(device, tmp_path):
-    """Constant pads of the last two axes run as device rectangle copies into buffers whose
-    border is filled once: ranks 1, 2 and 4, a non-zero pad value, an integer tensor, and a
-    graph output. The border must survive the runs and the buffer reuse around it."""
+def test_pads_match_the_reference_run_after_run(device, tmp_path):
+    """Constant pads of the last two axes fill their buffer's border once. Their interior is
+    written in place where the padded tensor has no other reader: a graph input by a rectangle
+    write (ranks 1, 2 and 4, a non-zero pad value, an integer tensor), a pool by its own stores;
+    elsewhere by a rectangle copy each run (a pool read twice). The border must survive the
+    runs and the buffer reuse around it."""
     from coretune.graph import GraphBuilder
 
     b = GraphBuilder()
@@ -190,16 +192,20 @@ def test_pad_copies_match_the_reference_run_after_run(device, tmp_path):
     padded = b.pad(x, pad_width=(0, 0, 0, 0, 2, 1, 0, 3), pad_value=-0.5)
     pooled = b.max_pool2d(padded, pool_size=(3, 3))  # reads the border
     again = b.pad(pooled, pad_width=(0, 0, 0, 0, 1, 1, 1, 1))  # a graph output, read on
+    shared = b.max_pool2d(again, pool_size=(2, 2))
     outputs = [
         b.pad(v, pad_width=(4, 1)),
         b.pad(m, pad_width=(1, 0, 2, 2), pad_value=7.0),
         b.pad(k, pad_width=(0, 0, 1, 1)),
         again,
         b.relu(again),
+        b.pad(shared, pad_width=(0, 0, 0, 0, 1, 2, 3, 0), pad_value=2.0),
+        shared * 3.0,
     ]
     graph = b.build(*outputs)
     module = compile_module(graph, device=device)
-    assert module.summary()["pad_copies"] == 5
+    summary = module.summary()
+    assert (summary["pads_in_place"], summary["pad_copies"]) == (5, 1)
     path = tmp_path / "pads.ctm"
     module.save(path)
     loaded = load(path, device=device)
@@ -209,6 +215,28 @@ def test_pad_copies_match_the_reference_run_after_run(device, tmp_path):
         for got in (module.run(**inputs), loaded.run(**inputs)):
             for g, w in zip(got, want, strict=True):
                 np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pad_step_in_place_is_derived_never_taken_from_the_file(device, tmp_path):
+    """Whether a pad is written in place decides how its producer's kernel is rendered: load
+    derives it as compile does, and a file that says otherwise is rejected."""
+    from coretune.graph import GraphBuilder
+
+    b = GraphBuilder()
+    pooled = b.max_pool2d(b.input("x", (1, 3, 9, 9)), pool_size=(2, 2))
+    padded = b.pad(pooled, pad_width=(0, 0, 0, 0, 1, 1, 1, 1))
+    graph = b.build(b.max_pool2d(padded, pool_size=(3, 3)))
+    module = compile_module(graph, device=device)
+    assert [k.placed for k in module.plan.kernels] == [True, False]
+    path = tmp_path / "placed.ctm"
+    module.save(path)
+
+    def flip(plan):
+        pad = next(step for step in plan["steps"] if step["kind"] == "pad")
+        pad["in_place"] = not pad["in_place"]
+
+    with pytest.raises(ModelLoadError, match="wrong in_place flag"):
+        load(_rewrite(path, tmp_path, _json_edit("plan.json", flip)), device=device)
 
 
 def test_a_pad_step_must_name_a_pad_copy(saved, tmp_path, device):

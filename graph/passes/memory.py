@@ -3,7 +3,9 @@
 Buffers are planned per group output (what kernels write). A tensor is live from the group that
 writes it to the last group that reads it; a freed buffer of at least the needed size is reused
 (best fit), otherwise a new one is made. Views alias their source and extend its life. A pad
-group's output gets a buffer of its own, never shared: the executor fills its border once.
+group's output gets a buffer of its own, never shared: the executor fills its border once. A
+tensor placed in a pad's interior (its producer stores straight into the padded buffer) needs
+no buffer of its own.
 """
 
 import math
@@ -34,9 +36,10 @@ def _nbytes(graph: Graph, tensor: str) -> int:
     return max(1, math.prod(t.shape) * to_numpy(t.dtype).itemsize)
 
 
-def plan_memory(graph: Graph, groups: list[FusedGroup]) -> MemoryPlan:
-    """Plan the intermediates (not graph inputs, params or outputs: those own their memory)."""
-    external = set(graph.inputs) | set(graph.params) | set(graph.outputs)
+def plan_memory(graph: Graph, groups: list[FusedGroup], placed=frozenset()) -> MemoryPlan:
+    """Plan the intermediates (not graph inputs, params or outputs: those own their memory,
+    nor the ``placed`` tensors, which live in their pad's buffer)."""
+    external = set(graph.inputs) | set(graph.params) | set(graph.outputs) | set(placed)
     alias = {}
     for g in groups:
         if g.kind == "view":

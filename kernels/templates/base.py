@@ -20,10 +20,15 @@ class Template:
     """
 
     name: str = ""
+    # Every store of the output goes through Epilogue.store, so the output may be placed in a
+    # bigger buffer (Workload.output_layout): e.g. straight into the interior of a padded one.
+    places_output: bool = False
 
     def __init__(self, workload: Workload):
         if not self.matches(workload):
             raise TemplateMismatch(f"{self.name} does not compute {workload.key_string()[:200]}")
+        if workload.output_layout is not None and not self.places_output:
+            raise TemplateMismatch(f"{self.name} stores its output row-major only")
         self.workload = workload
 
     @classmethod

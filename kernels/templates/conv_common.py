@@ -225,6 +225,8 @@ def row_tile_restrictions(g: "WindowGeometry", max_accumulators: int) -> list[Re
 class WindowTemplate(Template):
     """Base of the NCHW window templates (convolutions, pooling): the workload's geometry."""
 
+    places_output = True  # every store is store_output's
+
     @property
     def geometry(self) -> WindowGeometry:
         return WindowGeometry.of(self.workload)

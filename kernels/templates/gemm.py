@@ -87,6 +87,7 @@ def _batch_strides(shape, batch, matrix) -> tuple[int, ...]:
 
 class GemmTemplate(Template):
     name = "gemm"
+    places_output = True  # every store is GemmSource.store's, through the epilogue
 
     @classmethod
     def matches(cls, workload) -> bool:
