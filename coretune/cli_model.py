@@ -59,8 +59,8 @@ def compile_command(model, logs, device, output):
         out.print("  untuned: " + ", ".join(summary["untuned"]))
     if summary["pad_copies"] or summary["pads_in_place"]:
         out.print(
-            f"pads: {summary['pads_in_place']} written in place by their producer, "
-            f"{summary['pad_copies']} device copies per run"
+            f"pads: {summary['pads_in_place']} written in place (no copy), "
+            f"{summary['pad_copies']} copied each run"
         )
     hosts = [s for s in module.plan.steps if isinstance(s, HostStep)]
     out.print(f"host steps: {len(hosts)}")

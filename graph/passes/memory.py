@@ -21,6 +21,7 @@ class MemoryPlan:
     buffer_of: dict[str, int]  # tensor -> buffer index
     buffer_bytes: list[int]
     alias_of: dict[str, str]  # view tensor -> the tensor whose buffer it reads
+    placed: frozenset = frozenset()  # tensors stored in their pad's buffer: none of their own
 
     @property
     def planned_bytes(self) -> int:
@@ -28,7 +29,7 @@ class MemoryPlan:
 
     def unshared_bytes(self, graph: Graph) -> int:
         """What one buffer per intermediate tensor would take: the no-reuse total."""
-        return sum(_nbytes(graph, t) for t in self.buffer_of)
+        return sum(_nbytes(graph, t) for t in (*self.buffer_of, *self.placed))
 
 
 def _nbytes(graph: Graph, tensor: str) -> int:
@@ -72,4 +73,4 @@ def plan_memory(graph: Graph, groups: list[FusedGroup], placed=frozenset()) -> M
         for name in {alias.get(i, i) for i in g.inputs}:
             if name in buffer_of and last_read.get(name) == step and name not in padded:
                 free.append(buffer_of[name])
-    return MemoryPlan(buffer_of, sizes, alias)
+    return MemoryPlan(buffer_of, sizes, alias, frozenset(placed) - set(graph.inputs))
