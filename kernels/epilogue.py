@@ -10,7 +10,7 @@ executor aliases their buffers.)
 from coretune.graph.registry import Pattern, get_op
 
 from .ctypes_ import BUFFER_TYPES, buffer_type
-from .lower import RULES, ElementwiseLowering, linear_index
+from .lower import RULES, VECTOR_MATH, ElementwiseLowering, linear_index
 from .workload import Workload
 
 
@@ -47,16 +47,52 @@ class Epilogue:
         used = {t for n in self.workload.nodes[1:] for t in n.inputs}
         return [name for name, _ in self.workload.inputs if name in used]
 
+    @property
+    def vector_math(self) -> bool:
+        """Whether the chain calls math that store_lanes evaluates a vector at a time."""
+        return any(n.op in VECTOR_MATH for n in self.workload.nodes[1:])
+
+    def _canonical(self, index: tuple[str, ...]) -> tuple[str, ...]:
+        # Broadcasting reads size-1 axes at index "0": bind the anchor under the same spelling.
+        return tuple("0" if d == 1 else i for i, d in zip(index, self.shape, strict=True))
+
+    def _lowering(self, prefix: str) -> ElementwiseLowering:
+        w = self.workload
+        return ElementwiseLowering(w.types, self._producers, lambda n, i: f"{n}[{i}]", prefix)
+
     def store(self, acc: str, index: tuple[str, ...], prefix: str = "e") -> list[str]:
         """C statements: finish ``acc`` (the anchor at ``index``) and store it to the output."""
-        w = self.workload
-        # Broadcasting reads size-1 axes at index "0": bind the anchor under the same spelling.
-        index = tuple("0" if d == 1 else i for i, d in zip(index, self.shape, strict=True))
-        lw = ElementwiseLowering(w.types, self._producers, lambda n, i: f"{n}[{i}]", prefix)
+        index = self._canonical(index)
+        lw = self._lowering(prefix)
         lw.bind(self.anchor_out, index, acc)
         value = lw.value(self.output, index)
-        out_type = buffer_type(w.types[self.output].dtype)
+        out_type = buffer_type(self.workload.types[self.output].dtype)
         return lw.lines + [f"{self.output}[{self.output_offset(index)}] = ({out_type})({value});"]
+
+    def store_lanes(
+        self,
+        accs: list[str],
+        reads: list[tuple[str, ...]],
+        stores: list[tuple[str, ...]],
+        guards: list[str],
+        prefix: str = "e",
+    ) -> list[str]:
+        """``store`` for the lanes of a vector at once, so that the chain's math runs as one
+        vector call per op (ElementwiseLowering.batch_math). Lane k finishes ``accs[k]`` with
+        the epilogue's inputs read at ``reads[k]``, which must lie inside the output even for
+        a lane outside it (clamped), and is stored at ``stores[k]`` if ``guards[k]`` holds."""
+        reads = [self._canonical(index) for index in reads]
+        lw = self._lowering(prefix)
+        for acc, index in zip(accs, reads, strict=True):
+            lw.bind(self.anchor_out, index, lw.temp("float", acc))
+        lw.batch_math(self.output, reads)
+        values = [lw.value(self.output, index) for index in reads]
+        out_type = buffer_type(self.workload.types[self.output].dtype)
+        return lw.lines + [
+            f"if ({guard}) {self.output}[{self.output_offset(self._canonical(index))}] = "
+            f"({out_type})({value});"
+            for guard, index, value in zip(guards, stores, values, strict=True)
+        ]
 
     def output_offset(self, index: tuple[str, ...]) -> str:
         """The element ``index`` of the output in its buffer: row-major, or placed."""

@@ -4,7 +4,9 @@
 multi-index ``index`` (a tuple of C integer expressions), emitting the statements that compute
 it. Each op has one small rule in ``RULES``; values are memoised per (tensor, index) so a
 value used twice is computed once. Templates use this for whole injective kernels and for the
-prologues and epilogues they fuse.
+prologues and epilogues they fuse. Where a template computes a short vector of adjacent outputs,
+``batch_math`` first evaluates the chain's exp/log/sqrt/tanh/erf (and sigmoid, rsqrt) for all of
+them with one vector call each.
 """
 
 import math
@@ -16,7 +18,7 @@ from coretune.errors import CoretuneError
 from coretune.graph.ir import Node, TensorType
 
 from .ctypes_ import literal, value_type
-from .render import Table
+from .render import Table, lane_names
 
 
 class NotLowerable(CoretuneError):
@@ -109,11 +111,36 @@ class ElementwiseLowering:
 
     def operand(self, tensor: str, out_index: tuple[str, ...]) -> str:
         """``tensor`` read at an output index of a broadcasting op (numpy rules)."""
+        return self.value(tensor, self.operand_index(tensor, out_index))
+
+    def operand_index(self, tensor: str, out_index: tuple[str, ...]) -> tuple[str, ...]:
         shape = self.types[tensor].shape
         offset = len(out_index) - len(shape)
-        return self.value(
-            tensor, tuple("0" if d == 1 else out_index[offset + i] for i, d in enumerate(shape))
-        )
+        return tuple("0" if d == 1 else out_index[offset + i] for i, d in enumerate(shape))
+
+    def batch_math(self, tensor: str, indices: list[tuple[str, ...]]) -> None:
+        """Evaluate the VECTOR_MATH ops that ``tensor`` depends on at all ``indices`` (2, 4 or
+        8 of them) with one vector call per op; the ``value`` calls that follow find the
+        results. PoCL's scalar exp/tanh/erf are 7-10x slower than its float8 ones (exp 2.65
+        vs 0.40 ns per element, erf 13.5 vs 1.9). Only elementwise and broadcast ops are
+        walked: their operands' indices follow from the output's (numpy broadcasting)."""
+        node = self.producers.get(tensor)
+        width = len(indices)
+        if (
+            node is None
+            or node.op not in BROADCASTING
+            or width not in (2, 4, 8)
+            or (tensor, indices[0]) in self._memo
+        ):
+            return
+        for source in node.inputs:
+            self.batch_math(source, [self.operand_index(source, i) for i in indices])
+        if node.op in VECTOR_MATH and self.dtype(node.inputs[0]) == "float32":
+            before, call, after = VECTOR_MATH[node.op]
+            lanes = [before.format(self.operand(node.inputs[0], i)) for i in indices]
+            vector = self.temp(f"float{width}", f"{call}(VEC{width}({', '.join(lanes)}))")
+            for index, lane in zip(indices, lane_names(width), strict=True):
+                self._memo[(tensor, index)] = self.temp("float", after.format(f"{vector}.{lane}"))
 
     def dtype(self, tensor: str) -> str:
         return self.types[tensor].dtype
@@ -149,6 +176,18 @@ def _attr_literals(lw, node):
 _MAX = "(({0} > {1} || {0} != {0}) ? {0} : {1})"
 _MIN = "(({0} < {1} || {0} != {0}) ? {0} : {1})"
 
+# Unary float ops batch_math evaluates a vector at a time: (per-lane argument, vector
+# builtin, per-lane result), each a format string of one operand.
+VECTOR_MATH = {
+    "exp": ("{0}", "exp", "{0}"),
+    "log": ("{0}", "log", "{0}"),
+    "sqrt": ("{0}", "sqrt", "{0}"),
+    "tanh": ("{0}", "tanh", "{0}"),
+    "erf": ("{0}", "erf", "{0}"),
+    "rsqrt": ("{0}", "sqrt", "(1.0f / {0})"),
+    "sigmoid": ("(-{0})", "exp", "(1.0f / (1.0f + {0}))"),
+}
+
 RULES: dict[str, Callable] = {
     "add": _elementwise("({0} + {1})", "({0} + {1})"),
     "subtract": _elementwise("({0} - {1})", "({0} - {1})"),
@@ -175,6 +214,10 @@ RULES: dict[str, Callable] = {
         *(lw.operand(t, index) for t in node.inputs)
     ),
 }
+
+
+# Ops whose rule reads every operand at the broadcast of the output index (lw.operand).
+BROADCASTING = frozenset(RULES) | {"clip", "cast"}
 
 
 def _clip(lw, node, index):

@@ -12,6 +12,23 @@ import re
 from dataclasses import dataclass, field
 
 
+def lane_names(lanes: int) -> tuple[str, ...]:
+    """Member names of a vector's lanes (float8 has no x/y/z/w)."""
+    return ("x", "y", "z", "w")[:lanes] if lanes <= 4 else tuple(f"s{i}" for i in range(lanes))
+
+
+def lanewise(qualifier: str, functions: list[str], widths: list[int]) -> str:
+    """Vector overloads of scalar math functions, lane by lane: the vector calls of fused
+    elementwise chains (lower.batch_math) where the language has no such overload."""
+    return "".join(
+        f"{qualifier} inline float{w} {fn}(float{w} v) {{ return VEC{w}("
+        + ", ".join(f"{fn}(v.{lane})" for lane in lane_names(w))
+        + "); }\n"
+        for w in widths
+        for fn in functions
+    )
+
+
 @dataclass(frozen=True)
 class Buffer:
     name: str
@@ -195,7 +212,8 @@ struct float8 {{ float s0, s1, s2, s3, s4, s5, s6, s7; }};
               a.s4 * b.s4, a.s5 * b.s5, a.s6 * b.s6, a.s7 * b.s7); }}
 """
 
-_CUDA_PREAMBLE = """\
+_CUDA_PREAMBLE = (
+    """\
 #define INFINITY_F __int_as_float(0x7f800000)
 #define VEC2 make_float2
 #define VEC4 make_float4
@@ -211,7 +229,10 @@ __device__ inline float4 VLOAD4(const float* p, long i) {
 __device__ inline void VSTORE2(float2 v, float* p, long i) { p[i] = v.x; p[i + 1] = v.y; }
 __device__ inline void VSTORE4(float4 v, float* p, long i) {
   p[i] = v.x; p[i + 1] = v.y; p[i + 2] = v.z; p[i + 3] = v.w; }
-""" + _FLOAT8_STRUCT.format(q="__device__")
+"""
+    + _FLOAT8_STRUCT.format(q="__device__")
+    + lanewise("__device__", ["expf", "logf", "sqrtf", "tanhf", "erff"], [2, 4, 8])
+)
 
 
 class CUDARenderer(Renderer):
@@ -250,7 +271,8 @@ class CUDARenderer(Renderer):
         return f'extern "C" __global__ void __launch_bounds__({threads})'
 
 
-_METAL_PREAMBLE = """\
+_METAL_PREAMBLE = (
+    """\
 #include <metal_stdlib>
 using namespace metal;
 #define VEC2(a, b) float2((a), (b))
@@ -267,7 +289,11 @@ static inline float ct_erf(float x) {
                      - 0.284496736f) * t + 0.254829592f) * t * exp(-x * x);
   return copysign(y, x);
 }
-""" + _FLOAT8_STRUCT.format(q="static")
+"""
+    + _FLOAT8_STRUCT.format(q="static")
+    + lanewise("static", ["exp", "log", "sqrt", "tanh", "ct_erf"], [8])
+    + lanewise("static", ["ct_erf"], [2, 4])
+)
 
 
 class MetalRenderer(Renderer):

@@ -60,6 +60,19 @@ def conv_bn_relu_add(shape, out, kernel, anchor="conv2d", **attrs):
     return b.build(y + b.input("residual", y.shape))
 
 
+def conv_silu_residual(shape, out, kernel, **attrs):
+    """conv + bias + SiLU (x * sigmoid(x)) + residual: sigmoid's exp runs a vector of output
+    columns at a time (Epilogue.store_lanes), the residual read at clamped positions."""
+    b = GraphBuilder()
+    y = b.conv2d(
+        b.input("x", shape),
+        b.input("w", (out, shape[1], *kernel)),
+        b.input("bias", (out,)),
+        **attrs,
+    )
+    return b.build(y * b.sigmoid(y) + b.input("residual", y.shape))
+
+
 DIRECT = {
     "1x1-all-ones": conv((1, 1, 1, 1), 1, (1, 1)),
     "7c-13-s2-asym": conv((2, 7, 13, 13), 13, (3, 3), strides=(2, 2), padding=(0, 1, 2, 1)),
@@ -68,6 +81,7 @@ DIRECT = {
     ),
     "12c-g4-1x1-s12": conv((1, 12, 13, 7), 8, (1, 1), bias=True, strides=(1, 2), groups=4),
     "13c-3x2-bias": conv((1, 13, 33, 13), 7, (3, 2), bias=True, padding=(1, 0, 0, 1)),
+    "7c-13-silu-residual": conv_silu_residual((1, 7, 13, 13), 13, (3, 3), padding=(1, 1, 1, 1)),
 }
 WINOGRAD = {
     "1x1-pad1": conv((1, 1, 1, 1), 1, (3, 3), padding=(1, 1, 1, 1)),
@@ -152,6 +166,7 @@ UNPADDED = {
     "33c-7x13-s2-dil2": conv((1, 33, 17, 29), 7, (3, 3), strides=(2, 2), dilation=(2, 2)),
     "12c-g4-2x3": conv((1, 12, 9, 14), 8, (2, 3), groups=4),
     "1x1-7x7": conv((1, 13, 7, 7), 33, (1, 1)),
+    "7c-13x33-silu-residual": conv_silu_residual((1, 7, 15, 35), 13, (3, 3)),
 }
 
 
@@ -311,6 +326,7 @@ GPU_CASES = [
     (Conv2dDirectTemplate, DIRECT["7c-13-s2-asym"]),
     (Conv2dDirectTemplate, conv_bn_relu_add((1, 32, 33, 33), 32, (3, 3), padding=(1, 1, 1, 1))),
     (Conv2dDirectTemplate, UNPADDED["7c-13x33"]),
+    (Conv2dDirectTemplate, UNPADDED["7c-13x33-silu-residual"]),
     (DepthwiseConv2dTemplate, UNPADDED_DEPTHWISE["13c-x2-s2-dil2"]),
     (Conv2dWinogradTemplate, WINOGRAD["33c-asym"]),
     (DepthwiseConv2dTemplate, DEPTHWISE["13c-x2-dil2"]),
@@ -320,6 +336,7 @@ GPU_IDS = [
     "direct",
     "direct-fused",
     "direct-unpadded",
+    "direct-unpadded-silu",
     "depthwise-unpadded",
     "winograd",
     "depthwise",

@@ -20,13 +20,16 @@ from .kernel_harness import (
 )
 
 
-def dense(data, units, bias=None, relu_residual=False):
-    """data @ weight(units, K).T (+ bias of shape ``bias``) (-> relu + residual)."""
+def dense(data, units, bias=None, relu_residual=False, gelu=False):
+    """data @ weight(units, K).T (+ bias of shape ``bias``) (-> relu + residual) (-> Gelu,
+    whose erf the epilogue evaluates 8 outputs at a time)."""
     b = GraphBuilder()
     x, w = b.input("x", data), b.input("w", (units, data[-1]))
     y = b.dense(x, w, b.input("bias", bias)) if bias is not None else b.dense(x, w)
     if relu_residual:
         y = b.relu(y) + b.input("residual", y.shape)
+    if gelu:
+        y = y * 0.5 * (b.erf(y * 0.7071067811865476) + 1.0)
     return b.build(y)
 
 
@@ -42,6 +45,8 @@ WORKLOADS = {
     "dense-vector-33x13-scalar-bias": dense((13,), 33, bias=(1,)),  # 1-D data: M = 1
     "dense-2x7x13-relu-residual": dense((2, 7, 13), 33, bias=(33,), relu_residual=True),
     "batched-broadcast": matmul((2, 1, 7, 13), (3, 13, 40), epilogue=True),  # N = 5 float8
+    "dense-33x7x13-gelu": dense((33, 13), 7, bias=(7,), gelu=True),  # tiles hang over N
+    "dense-2x7x33-gelu": dense((2, 7, 33), 13, gelu=True),
     "vector-by-batch": matmul((13,), (2, 13, 7)),  # vectors of B rows hang over N
     "batch-by-vector": matmul((3, 33, 1), (1,)),  # K = N = 1
 }
@@ -155,7 +160,12 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
         template.render(staged, "opencl", tiny)
 
 
-RENDER_CHECKED = ["dense-2x7x13-relu-residual", "batched-broadcast", "vector-by-batch"]
+RENDER_CHECKED = [
+    "dense-2x7x13-relu-residual",
+    "batched-broadcast",
+    "vector-by-batch",
+    "dense-33x7x13-gelu",
+]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")

@@ -47,6 +47,17 @@ def mixed_types(n):
     return b.build(b.where(cond, b.cast(i, dtype="float32"), b.exp(x)))
 
 
+def math(shape_x, shape_y):
+    """Every op batch_math evaluates a vector at a time (exp, log, sqrt, tanh, erf, rsqrt,
+    sigmoid), fed by per-lane values and by an operand broadcast along the lanes."""
+    b = GraphBuilder()
+    x, y = b.input("x", shape_x), b.input("y", shape_y)
+    positive = b.exp(b.tanh(x * y))  # whatever the random inputs (constants included)
+    gelu = x * 0.5 * (b.erf(x * 0.7071067811865476) + 1.0)
+    mixed = b.log(positive) * b.rsqrt(positive) + b.sqrt(positive) - b.exp(-b.abs(y))
+    return b.build(gelu + mixed + b.sigmoid(b.tanh(x) * y))
+
+
 def resampling(shape, size, **attrs):
     b = GraphBuilder()
     x = b.input("x", shape)
@@ -62,6 +73,8 @@ WORKLOADS = [
     movement((1, 33)),
     mixed_types(13),
     mixed_types(1),
+    math((4, 13), (4, 1)),
+    math((2, 33, 8), (8,)),
     resampling((1, 3, 7, 13), (13, 7), method="linear"),
     resampling(
         (2, 2, 1, 7),
@@ -88,6 +101,8 @@ IDS = [
     "move-1x33",
     "mixed-13",
     "mixed-1",
+    "math-4x13",
+    "math-2x33x8",
     "resize-linear",
     "resize-nearest",
     "resize-cubic",
@@ -117,7 +132,7 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
         template.render({"work_group": 128, "items": 1, "lanes": 1}, "opencl", tiny)
 
 
-RENDER_CHECKED = [1, 2, 3, 9, 10]
+RENDER_CHECKED = [1, 2, 3, 7, 11, 12]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")

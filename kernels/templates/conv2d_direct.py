@@ -16,7 +16,8 @@ computed once per tap and reused for the ``ic_chunk`` input channels unrolled be
 
 from coretune.kernels.device import DeviceLimits
 
-from ..render import KernelSpec, Launch, LocalArray
+from ..epilogue import Epilogue
+from ..render import KernelSpec, Launch, LocalArray, lane_names
 from ..space import Config, Knob, Restriction
 from .conv_common import (
     NO_UNROLL,
@@ -28,12 +29,12 @@ from .conv_common import (
     indent,
     index_type,
     kernel_buffers,
-    lane_names,
     largest_tile,
     reads_in_bounds,
     shrink_until,
     splat,
     store_output,
+    store_output_lanes,
     tile_origin,
     vector_load,
     vector_type,
@@ -124,6 +125,49 @@ class Conv2dDirectTemplate(WindowTemplate):
         return self.space(limits).check(config)
 
     # ---- the kernel -------------------------------------------------------------------
+    def _store(self, config: Config) -> str:
+        """Bias, epilogue and guarded stores of the accumulator ``tile`` (o, i, j): lane by
+        lane, or all lanes at once where the epilogue calls vector math (its inputs then
+        read at clamped positions for lanes outside the output)."""
+        g, vec, wgx = self.geometry, config["vector"], config["wg_x"]
+        og, height, width = g.out_per_group, g.out_height, g.out_width
+        out_channel = f"g * {og} + oc_base + o"
+        if vec > 1 and Epilogue(self.workload).vector_math:
+            lines = [
+                f"const int oc_in = oc_base + o < {og} ? oc_base + o : {og - 1};",
+                "const int oh = oh_base + i;",
+                f"const int oh_in = oh < {height} ? oh : {height - 1};",
+            ]
+            reads, stores, guards = [], [], []
+            for v in range(vec):
+                lines += [
+                    f"const int ow{v} = ow_base + j * {wgx * vec} + {v};",
+                    f"const int ow{v}_in = ow{v} < {width} ? ow{v} : {width - 1};",
+                ]
+                reads.append(("n", f"g * {og} + oc_in", "oh_in", f"ow{v}_in"))
+                stores.append(("n", out_channel, "oh", f"ow{v}"))
+                guards.append(f"oc_base + o < {og} && oh < {height} && ow{v} < {width}")
+            values = [f"tile.{lane}" for lane in lane_names(vec)]
+            store = store_output_lanes(
+                self.workload, values, reads, stores, guards, f"g * {og} + oc_in"
+            )
+            return "\n".join(lines) + "\n" + store
+        lanes = ", ".join(f"tile.{name}" for name in lane_names(vec)) if vec > 1 else "tile"
+        store = store_output(
+            self.workload,
+            "lane[v]",
+            ("n", out_channel, "oh_base + i", "ow"),
+            f"oc_base + o < {og} && oh_base + i < {height} && ow < {width}",
+            out_channel,
+        )
+        return f"""\
+const float lane[{vec}] = {{{lanes}}};
+{UNROLL}
+for (int v = 0; v < {vec}; ++v) {{
+  const int ow = ow_base + j * {wgx * vec} + v;
+{indent(store, 1)}
+}}"""
+
     def patch_shape(self, c: Config) -> tuple[int, int]:
         """Rows and columns of input one work-group's output tile reads (halo included)."""
         g = self.geometry
@@ -150,15 +194,7 @@ class Conv2dDirectTemplate(WindowTemplate):
         window = UNROLL if config["unroll_window"] else NO_UNROLL
         stage = self._staging(config) if config["stage_input"] else ""
         offsets, xv = self._input_reads(config)
-        lanes = ", ".join(f"tile.{name}" for name in lane_names(vec)) if vec > 1 else "tile"
-        out_channel = f"g * {og} + oc_base + o"
-        store = store_output(
-            self.workload,
-            "lane[v]",
-            ("n", out_channel, "oh_base + i", "ow"),
-            f"oc_base + o < {og} && oh_base + i < {g.out_height} && ow < {g.out_width}",
-            out_channel,
-        )
+        store = self._store(config)
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1), tz = LOCAL_ID(2);
 const int zblock = GROUP_ID(2);
@@ -213,12 +249,7 @@ for (int o = 0; o < {ocb}; ++o) {{
     {UNROLL}
     for (int j = 0; j < {owb}; ++j) {{
       const {vt} tile = acc[(o * {ohb} + i) * {owb} + j];
-      const float lane[{vec}] = {{{lanes}}};
-      {UNROLL}
-      for (int v = 0; v < {vec}; ++v) {{
-        const int ow = ow_base + j * {wgx * vec} + v;
-{indent(store, 4)}
-      }}
+{indent(store, 3)}
     }}
   }}
 }}"""

@@ -118,6 +118,21 @@ def store_output(
     return f"if ({guard}) {{\n" + "\n".join("  " + line for line in lines) + "\n}"
 
 
+def store_output_lanes(
+    workload: Workload,
+    values: list[str],
+    reads: list[tuple[str, ...]],
+    stores: list[tuple[str, ...]],
+    guards: list[str],
+    channel: str | None = None,
+) -> str:
+    """store_output for the lanes of a vector at once (Epilogue.store_lanes): the bias read
+    at ``channel`` and the epilogue's inputs at ``reads`` (inside the output: clamped)."""
+    bias = bias_of(workload)
+    accs = [f"{value} + {bias}[{channel}]" if bias is not None else value for value in values]
+    return "\n".join(Epilogue(workload).store_lanes(accs, reads, stores, guards))
+
+
 def indent(code: str, depth: int) -> str:
     pad = "  " * depth
     return "\n".join(pad + line if line else line for line in code.split("\n"))
@@ -179,11 +194,6 @@ def tile_origin(g: "WindowGeometry", height: int, width: int, in_bounds: bool) -
         if g.out_width % width:
             cols = f"({cols} < {last_col} ? {cols} : {last_col})"
     return f"const int oh_group = {rows};\nconst int ow_group = {cols};"
-
-
-def lane_names(lanes: int) -> tuple[str, ...]:
-    """Member names of a vector's lanes (float8 has no x/y/z/w)."""
-    return ("x", "y", "z", "w")[:lanes] if lanes <= 4 else tuple(f"s{i}" for i in range(lanes))
 
 
 def work_group_knobs() -> list[Knob]:

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 from ..epilogue import Epilogue
 from ..lower import row_major_strides
+from ..render import lane_names
 from ..space import Config
 from .conv_common import (
     UNROLL,
     indent,
-    lane_names,
     splat,
     vector_lanes,
     vector_load,
@@ -332,7 +332,48 @@ for (int i = 0; i < {self.tm}; ++i) {{
         lines += self.epilogue.store("anchor_value", g.output_index(self.batch_index, "m", "n"))
         return f"if (m < {g.m} && n < {g.n}) {{\n" + indent("\n".join(lines), 1) + "\n}"
 
+    def finish_tile(self) -> str:
+        """``finish`` for the whole register tile, unrolled here, its outputs taken 8 at a time
+        so that the epilogue's math runs as one vector call per op (Epilogue.store_lanes). An
+        output outside C reads the epilogue's inputs at the nearest position inside and
+        stores nothing."""
+        g, w = self.g, self.cols_per_acc
+        lines, outputs = [], []
+        for i in range(self.tm):
+            lines += [
+                f"const int m{i} = m_first + {i};",
+                f"const int m{i}_in = m{i} < {g.m} ? m{i} : {g.m - 1};",
+            ]
+        for j in range(self.accs_per_row):
+            for v in range(w):
+                n = f"n{j}_{v}"
+                lines += [
+                    f"const int {n} = n_group + {self.column(str(j), str(v))};",
+                    f"const int {n}_in = {n} < {g.n} ? {n} : {g.n - 1};",
+                ]
+        for i in range(self.tm):
+            for j in range(self.accs_per_row):
+                for v, lane in enumerate(lane_names(w) if w > 1 else [""]):
+                    if self.mode == "direct_nk":
+                        value = f"sum[{i * self.tn + j}]"
+                    else:
+                        value = f"acc[{i * self.accs_per_row + j}]" + (f".{lane}" if w > 1 else "")
+                    outputs.append((f"m{i}", f"n{j}_{v}", value))
+        for start in range(0, len(outputs), 8):
+            accs, reads, stores, guards = [], [], [], []
+            for m, n, value in outputs[start : start + 8]:
+                bias = f" + {g.bias}[{f'{n}_in' if g.bias_per_column else '0'}]" if g.bias else ""
+                accs.append(value + bias)
+                reads.append(g.output_index(self.batch_index, f"{m}_in", f"{n}_in"))
+                stores.append(g.output_index(self.batch_index, m, n))
+                guards.append(f"{m} < {g.m} && {n} < {g.n}")
+            block = self.epilogue.store_lanes(accs, reads, stores, guards)
+            lines += ["{", *("  " + line for line in block), "}"]
+        return "\n".join(lines)
+
     def store(self) -> str:
+        if self.wg_k == 1 and self.epilogue.vector_math:
+            return self.finish_tile()
         if self.wg_k == 1:
             return self.for_each_output(self.finish)
         # The k slices publish their partial sums; each then finishes every wg_k-th output.

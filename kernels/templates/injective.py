@@ -65,10 +65,12 @@ class InjectiveTemplate(Template):
         chunk = group * items * lanes
         lw = ElementwiseLowering(w.types, w.producers(), lambda name, i: f"{name}[{i}]")
         flat = "i"
-        values = []
-        for lane in range(lanes):
-            index = lw.unflatten(f"({flat} + {lane})" if lane else flat, out_type.shape)
-            values.append(lw.value(out, index) if out_type.shape else lw.value(out, ()))
+        indices = [
+            lw.unflatten(f"({flat} + {lane})" if lane else flat, out_type.shape)
+            for lane in range(lanes)
+        ]
+        lw.batch_math(out, indices)
+        values = [lw.value(out, index) for index in indices]
         store_type = buffer_type(out_type.dtype)
         if lanes > 1 and store_type == "float":
             stores = [f"VSTORE{lanes}(VEC{lanes}({', '.join(values)}), {out}, {flat});"]
