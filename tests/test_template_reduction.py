@@ -178,6 +178,28 @@ def test_nan_propagates_like_numpy(device, op):
         np.testing.assert_array_equal(run_on_device(device, template, config, [x])[0], want)
 
 
+@pytest.mark.parametrize("op, axis", [("softmax", 2), ("log_softmax", 1)])
+def test_softmax_of_masked_rows_and_nan_matches_numpy(device, op, axis):
+    """-inf elements (masked attention), a row all -inf, a NaN, a NaN among -infs: numpy's
+    answer, whether a config folds elements one at a time or in vector blocks (items 2-8)."""
+    template = template_of(OPS[op])
+    x = np.moveaxis(random_inputs(template.workload, 6)[0], axis, -1).copy()
+    x[0, :, 3:] = -np.inf  # masked tails of every row of a slice
+    x[1, 0, :] = -np.inf
+    x[1, 1, 5] = np.nan
+    x[1, 2, :], x[1, 2, 2] = -np.inf, np.nan
+    x = np.moveaxis(x, -1, axis).copy()
+    want = template.workload.reference([x])[0]
+    space = template.space(device.limits)
+    serial = [{"scheme": "serial", "work_group": 16, "row_threads": 1, "items": k} for k in (1, 8)]
+    tree = [{"scheme": "tree", "work_group": 32, "row_threads": 4, "items": k} for k in (1, 2)]
+    chosen = [c for c in serial + tree if space.is_valid(c)]
+    assert len(chosen) == 4
+    for config in chosen:
+        got = run_on_device(device, template, config, [x])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(config))
+
+
 TIES = {
     "argmax-first": OPS["argmax"],
     "argmin-last": OPS["argmin"],

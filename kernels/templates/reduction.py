@@ -24,7 +24,7 @@ from coretune.graph.registry import Pattern, get_op
 from ..ctypes_ import BUFFER_TYPES, buffer_type, value_type
 from ..device import DeviceLimits
 from ..lower import ElementwiseLowering, lowerable
-from ..render import Buffer, KernelSpec, Launch, LocalArray
+from ..render import Buffer, KernelSpec, Launch, LocalArray, lane_names
 from ..space import Config, Knob, Restriction
 from .base import Template
 from .reduction_parts import (
@@ -223,9 +223,13 @@ class _KernelWriter:
             f"const {it} row = r < {g.rows} ? r : {g.rows - 1};",
         ]
         fold = self.red.fold
-        body = [line for k in range(self.items) for line in fold.declare(self.acc(k))]
-        body += self.strided_loop(lambda k, lw, x: [fold.fold(self.acc(k), x, "j")], "p")
-        body += [fold.merge("a", self.acc(k)) for k in range(1, self.items)]
+        if fold.block is not None and self.items in (2, 4, 8):  # one state, folded by blocks
+            body = fold.declare("a")
+            body += self.block_loop(lambda lw, xs: fold.block("a", xs), "p", fold.block_pad)
+        else:
+            body = [line for k in range(self.items) for line in fold.declare(self.acc(k))]
+            body += self.strided_loop(lambda k, lw, x: [fold.fold(self.acc(k), x, "j")], "p")
+            body += [fold.merge("a", self.acc(k)) for k in range(1, self.items)]
         if self.tree:
             body += self.tree_merge()
         body += self.red.finish.splitlines()
@@ -299,6 +303,27 @@ class _KernelWriter:
             lines += indent(["{", f"  const {it} j = {j};", *indent(inner), "}"])
         return lines + ["}"]
 
+    def block_loop(self, body, prefix: str, pad: str | None = None) -> list[str]:
+        """``strided_loop`` with a trip's ``items`` elements read together, so ``body(lowering,
+        elements)`` can treat them as one vector. Past the row's end an element is read at the
+        row's last position and replaced by ``pad``; element k's index is ``j<k>``."""
+        n, step, it = self.g.length, self.threads * self.items, self.it
+        ragged = n % step != 0
+        lw = self.lowering(prefix)
+        xs = []
+        for k in range(self.items):
+            lw.lines.append(f"const {it} j{k} = jb{f' + {k * self.threads}' if k else ''};")
+            if ragged and k:
+                lw.lines.append(f"const {it} jr{k} = j{k} < {n} ? j{k} : {n - 1};")
+            x = self.element(lw, f"jr{k}" if ragged and k else f"j{k}")
+            if ragged and k and pad is not None:
+                x = lw.temp("float", f"j{k} < {n} ? {x} : {pad}")
+            xs.append(x)
+        stores = body(lw, xs)
+        self.tables.update(lw.tables)
+        inner = lw.lines + stores
+        return [f"for ({it} jb = t; jb < {n}; jb += {step}) {{", *indent(inner), "}"]
+
     # ---- merging a row's partial states -------------------------------------------------
     def local_arrays(self) -> tuple[LocalArray, ...]:
         if not self.tree:
@@ -344,7 +369,11 @@ class _KernelWriter:
     def stores(self) -> list[str]:
         result_type = value_type(self.w.types[self.node.outputs[0]].dtype)
         if self.red.per_element:
-            return [f"if (r < {self.g.rows}) {{", *indent(self.strided_loop(self.write, "w")), "}"]
+            if self.red.vector_result and self.items in (2, 4, 8):
+                loop = self.block_loop(self.write_block, "w")
+            else:
+                loop = self.strided_loop(self.write, "w")
+            return [f"if (r < {self.g.rows}) {{", *indent(loop), "}"]
         lw = self.lowering("e")
         value = lw.temp(result_type, self.red.result)
         kept, rank = self.row_index(), len(self.w.types[self.node.outputs[0]].shape)
@@ -362,6 +391,23 @@ class _KernelWriter:
             params[key] = self.row_operand(lw, tensor)
         value = lw.temp("float", self.red.result.format(**params))
         return self.store(lw, value, self.index("j"), self.offset("j"))
+
+    def write_block(self, lw: ElementwiseLowering, xs: list[str]) -> list[str]:
+        """``write`` for a trip's elements at once: the result's math one vector call; each
+        element stored through its own epilogue lowering, inside its bounds check."""
+        before, call, after = self.red.vector_result
+        width, n = len(xs), self.g.length
+        ragged = n % (self.threads * self.items) != 0
+        lanes = ", ".join(before.format(x=x) for x in xs)
+        vector = lw.temp(f"float{width}", f"{call}(VEC{width}({lanes}))")
+        lines = []
+        for k, lane in enumerate(lane_names(width)):
+            value = lw.temp("float", after.format(f"{vector}.{lane}"))
+            store_lw = self.lowering(f"w{k}_")
+            stored = self.store(store_lw, value, self.index(f"j{k}"), self.offset(f"j{k}"))
+            inner = store_lw.lines + stored
+            lines += [f"if (j{k} < {n}) {{", *indent(inner), "}"] if ragged and k else inner
+        return lines
 
     def row_operand(self, lw: ElementwiseLowering, tensor: str) -> str:
         """layer_norm's gamma/beta at element j: the row-local flat index when it is a buffer

@@ -13,11 +13,13 @@ reduction costs one multiply-add per element however many axes it spans.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from coretune.graph.ops.common import normalize_axes, normalize_axis
 
 from ..ctypes_ import literal
+from ..render import lane_names
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,10 @@ class Fold:
     variables: tuple[tuple[str, str, str], ...]
     update: str
     combine: str = ""
+    # Folds 2, 4 or 8 elements at once (state prefix, element variables -> statements), so
+    # their math runs as one vector call; ``block_pad`` is an element that changes nothing.
+    block: Callable[[str, list[str]], list[str]] | None = None
+    block_pad: str = ""
 
     def declare(self, s: str) -> list[str]:
         return [f"{ctype} {s}_{name} = {identity};" for name, ctype, identity in self.variables]
@@ -68,6 +74,24 @@ def arg_fold(largest: bool, last: bool) -> Fold:
     )
 
 
+def softmax_block(s: str, xs: list[str]) -> list[str]:
+    """The online softmax update for a block of elements: the block's max first, then the
+    block's exp(x - max) as one vector call. The max stays -inf while every element is, and
+    the exps are then taken against 0 (giving 0, or NaN for a NaN element: numpy's answer)."""
+    width, lanes = len(xs), lane_names(len(xs))
+    exps = ", ".join(f"{x} - bb" for x in xs)
+    return [
+        "{",
+        f"  float bm = {s}_m;",
+        *(f"  bm = {x} > bm ? {x} : bm;" for x in xs),
+        "  const float bb = bm == -INF ? 0.0f : bm;",
+        f"  const float{width} be = exp(VEC{width}({exps}));",
+        f"  {s}_s = {s}_s * exp({s}_m - bb) + ({' + '.join(f'be.{lane}' for lane in lanes)});",
+        f"  {s}_m = bm;",
+        "}",
+    ]
+
+
 # Online softmax: the running max m and the sum s of exp(x - m), rescaled when m grows, so a
 # row is read once for both. -inf elements add nothing (exp(-inf - m) is 0 for finite m; when
 # m is -inf too, exp(nan) must not poison s). A NaN element turns s into NaN, like numpy.
@@ -78,6 +102,8 @@ ONLINE_SOFTMAX = Fold(
     "{{ float mx = {o}_m > {s}_m ? {o}_m : {s}_m;"
     " {s}_s = ({s}_s == 0.0f ? 0.0f : {s}_s * exp({s}_m - mx))"
     " + ({o}_s == 0.0f ? 0.0f : {o}_s * exp({o}_m - mx)); {s}_m = mx; }}",
+    softmax_block,
+    "(-INF)",
 )
 
 # Welford's running mean and sum of squared deviations, merged with Chan et al.'s formula:
@@ -105,6 +131,9 @@ class Reduction:
     result: str
     finish: str = ""
     per_element: bool = False
+    # ``result`` as (per-element argument, vector builtin, per-element result) over ``{x}``
+    # and {0}, for writing 2, 4 or 8 elements with one vector call (lower.VECTOR_MATH).
+    vector_result: tuple[str, str, str] | None = None
 
 
 REDUCE_OPS = {
@@ -148,6 +177,7 @@ def reduction_of(op: str, attrs: dict, shape: tuple[int, ...], beta: bool = Fals
             "exp({x} - a_m) * inv_s",
             "float inv_s = 1.0f / a_s;",
             per_element=True,
+            vector_result=("({x} - a_m)", "exp", "{0} * inv_s"),
         )
     if op == "log_softmax":
         return Reduction(
