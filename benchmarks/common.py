@@ -20,6 +20,8 @@ def environment(device=None) -> dict:
         "pyopencl": pyopencl.VERSION_TEXT,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
+        # PoCL's worker pinning changes big kernels' times by up to 2x (README).
+        "POCL_AFFINITY": os.environ.get("POCL_AFFINITY", "(unset)"),
     }
     if device is not None:
         fp = device.info.fingerprint()

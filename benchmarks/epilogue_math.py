@@ -14,7 +14,6 @@ Writes benchmarks/results/epilogue_math.md.
 """
 
 import argparse
-import os
 import pathlib
 import statistics
 import sys
@@ -104,7 +103,6 @@ def main():
             f"| {scalar / vector:.2f}x |"
         )
     info = environment(device)
-    info["POCL_AFFINITY"] = os.environ.get("POCL_AFFINITY", "(unset)")
     text = "\n".join(
         [
             "# Fused epilogue math: lane by lane vs one vector call per 8 outputs",
