@@ -1,10 +1,10 @@
 """Fused epilogues with transcendental math: scalar calls vs one vector call per 8 outputs.
 
-A GEMM or direct conv with Gelu (erf), tanh, sigmoid or SiLU fused after it, each rendered
-twice from its default config: as the compiler renders it (Epilogue.store_lanes: the math of
-8 outputs in one vector call) and with the epilogue forced lane by lane (the scalar path the
-templates took before). Kernels timed with device events after a warm-up, the variants
-interleaved round by round; medians of the rounds.
+A GEMM, direct or depthwise conv with Gelu (erf), tanh, sigmoid or SiLU fused after it, each
+rendered twice: as the compiler renders it (Epilogue.store_lanes: the math of 8 outputs in one
+vector call) and as before, lane by lane, each from its default config (the same config but
+for the depthwise conv, whose CPU default changes with such an epilogue). Kernels timed with
+device events after a warm-up, the variants interleaved round by round; medians of the rounds.
 
     POCL_AFFINITY=1 python benchmarks/epilogue_math.py [--rounds 5]
 
@@ -41,10 +41,11 @@ def dense(activation):
     return b.build(activation(b, b.dense(x, w, bias)))
 
 
-def conv_silu():
+def conv_silu(channels, size, groups=1):
     b = GraphBuilder()
-    x, w, bias = b.input("x", (1, 64, 58, 58)), b.input("w", (64, 64, 3, 3)), b.input("b", (64,))
-    y = b.conv2d(x, w, bias)
+    x = b.input("x", (1, channels, size + 2, size + 2))
+    w = b.input("w", (channels, channels // groups, 3, 3))
+    y = b.conv2d(x, w, b.input("b", (channels,)), groups=groups)
     return b.build(y * b.sigmoid(y))
 
 
@@ -56,18 +57,20 @@ CASES = {
     ),
     f"dense {M}x{N}x{K} + bias + tanh": dense(lambda b, y: b.tanh(y)),
     f"dense {M}x{N}x{K} + bias + sigmoid": dense(lambda b, y: b.sigmoid(y)),
-    "conv2d 3x3 64x56x56 (unpadded 58x58 input) + bias + SiLU": conv_silu(),
+    "conv2d 3x3 64x56x56 (unpadded 58x58 input) + bias + SiLU": conv_silu(64, 56),
+    "depthwise 3x3 32x112x112 (unpadded input) + bias + SiLU": conv_silu(32, 112, groups=32),
 }
 
 
 def compiled(device, template, lanewise: bool):
-    """The default config rendered as the compiler does, or with the epilogue lane by lane."""
-    config = template.default_config(device.limits)
+    """The default config as the compiler renders it, or both as they were lane by lane."""
     if not lanewise:
+        config = template.default_config(device.limits)
         return device.compile(template.render(config, "opencl", device.limits))
     batched = Epilogue.vector_math
     Epilogue.vector_math = property(lambda self: False)
     try:
+        config = template.default_config(device.limits)
         return device.compile(template.render(config, "opencl", device.limits))
     finally:
         Epilogue.vector_math = batched

@@ -94,6 +94,17 @@ class Epilogue:
             for guard, index, value in zip(guards, stores, values, strict=True)
         ]
 
+    def store_tile(self, outputs: list[tuple[str, tuple, tuple, str]]) -> list[str]:
+        """``store_lanes`` over a register tile's outputs, given as (acc, read index, store
+        index, guard), 8 at a time, each 8 in a scope of its own."""
+        lines = []
+        for start in range(0, len(outputs), 8):
+            group = outputs[start : start + 8]
+            accs, reads, stores, guards = (list(f) for f in zip(*group, strict=True))
+            block = self.store_lanes(accs, reads, stores, guards)
+            lines += ["{", *("  " + line for line in block), "}"]
+        return lines
+
     def output_offset(self, index: tuple[str, ...]) -> str:
         """The element ``index`` of the output in its buffer: row-major, or placed."""
         layout = self.workload.output_layout

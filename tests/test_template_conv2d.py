@@ -66,7 +66,7 @@ def conv_silu_residual(shape, out, kernel, **attrs):
     b = GraphBuilder()
     y = b.conv2d(
         b.input("x", shape),
-        b.input("w", (out, shape[1], *kernel)),
+        b.input("w", (out, shape[1] // attrs.get("groups", 1), *kernel)),
         b.input("bias", (out,)),
         **attrs,
     )
@@ -98,6 +98,9 @@ DEPTHWISE = {
         (1, 13, 33, 7), 26, (3, 3), bias=True, padding=(2, 2, 2, 2), dilation=(2, 2), groups=13
     ),
     "33c-5x3": conv((1, 33, 7, 33), 33, (5, 3), padding=(2, 1, 2, 1), groups=33),
+    "7c-silu-residual": conv_silu_residual(
+        (1, 7, 13, 33), 7, (3, 3), padding=(1, 1, 1, 1), groups=7
+    ),
 }
 TRANSPOSE = {
     "1x1": conv_transpose((1, 1, 1, 1), 1, (1, 1)),
@@ -190,6 +193,7 @@ UNPADDED_DEPTHWISE = {
     "7c-13x33": conv((2, 7, 15, 35), 7, (3, 3), bias=True, groups=7),
     "13c-x2-s2-dil2": conv((1, 13, 17, 29), 26, (3, 3), strides=(2, 2), dilation=(2, 2), groups=13),
     "33c-5x3": conv((1, 33, 11, 9), 33, (5, 3), groups=33),
+    "7c-13x33-silu-residual": conv_silu_residual((2, 7, 15, 35), 7, (3, 3), groups=7),
 }
 
 
@@ -328,6 +332,7 @@ GPU_CASES = [
     (Conv2dDirectTemplate, UNPADDED["7c-13x33"]),
     (Conv2dDirectTemplate, UNPADDED["7c-13x33-silu-residual"]),
     (DepthwiseConv2dTemplate, UNPADDED_DEPTHWISE["13c-x2-s2-dil2"]),
+    (DepthwiseConv2dTemplate, UNPADDED_DEPTHWISE["7c-13x33-silu-residual"]),
     (Conv2dWinogradTemplate, WINOGRAD["33c-asym"]),
     (DepthwiseConv2dTemplate, DEPTHWISE["13c-x2-dil2"]),
     (Conv2dTransposeTemplate, TRANSPOSE["12c-g3-s23-dil"]),
@@ -338,6 +343,7 @@ GPU_IDS = [
     "direct-unpadded",
     "direct-unpadded-silu",
     "depthwise-unpadded",
+    "depthwise-unpadded-silu",
     "winograd",
     "depthwise",
     "transpose",

@@ -13,6 +13,7 @@ with clamped offsets and masks.
 
 from coretune.kernels.device import DeviceLimits
 
+from ..epilogue import Epilogue
 from ..render import KernelSpec, Launch, LocalArray
 from ..space import Config, Knob
 from .conv_common import (
@@ -21,6 +22,7 @@ from .conv_common import (
     WindowGeometry,
     WindowTemplate,
     anchor_is_float,
+    bias_of,
     ceil_div,
     indent,
     index_type,
@@ -77,23 +79,71 @@ class DepthwiseConv2dTemplate(WindowTemplate):
         rows, cols = self.patch_shape(config)
         return 4 * rows * cols if config["stage_input"] else 0
 
+    def _store(self, config: Config) -> str:
+        """Bias, epilogue and guarded stores of the work-item's outputs: one by one, or 8 at a
+        time where the epilogue calls vector math (Epilogue.store_tile), its inputs then read
+        at clamped positions for outputs outside the image."""
+        g = self.geometry
+        ohb, owb = config["oh_block"], config["ow_block"]
+        epilogue = Epilogue(self.workload)
+        if ohb * owb > 1 and epilogue.vector_math:
+            bias = bias_of(self.workload)
+            lines, outputs = [], []
+            for i in range(ohb):
+                lines += [
+                    f"const int oh{i} = oh_base + {i};",
+                    f"const int oh{i}_in = oh{i} < {g.out_height} ? oh{i} : {g.out_height - 1};",
+                ]
+            for j in range(owb):
+                lines += [
+                    f"const int ow{j} = ow_base + {j};",
+                    f"const int ow{j}_in = ow{j} < {g.out_width} ? ow{j} : {g.out_width - 1};",
+                ]
+            for i in range(ohb):
+                for j in range(owb):
+                    acc = f"acc[{i * owb + j}]" + (f" + {bias}[oc]" if bias else "")
+                    read = ("n", "oc", f"oh{i}_in", f"ow{j}_in")
+                    store = ("n", "oc", f"oh{i}", f"ow{j}")
+                    guard = f"oh{i} < {g.out_height} && ow{j} < {g.out_width}"
+                    outputs.append((acc, read, store, guard))
+            return "\n".join(lines + epilogue.store_tile(outputs))
+        store = store_output(
+            self.workload,
+            f"acc[i * {owb} + j]",
+            ("n", "oc", "oh_base + i", "ow_base + j"),
+            f"oh_base + i < {g.out_height} && ow_base + j < {g.out_width}",
+            "oc",
+        )
+        return f"""\
+{UNROLL}
+for (int i = 0; i < {ohb}; ++i) {{
+  {UNROLL}
+  for (int j = 0; j < {owb}; ++j) {{
+{indent(store, 2)}
+  }}
+}}"""
+
     def default_config(self, limits: DeviceLimits) -> Config:
         """2 x 2 outputs per work-item in a 16-wide group; GPUs stage the group's patch in
         local memory, CPUs read through their caches (staging measured slower on PoCL). An
         unpadded input on a CPU (reads_in_bounds) gets one column per work-item and a group
         one row of up to 64 columns wide: PoCL vectorises across the group's work-items,
         1.5-3.3x faster than 2 x 2 in a 16 x 4 group on 24x12x12 to 32x112x112 depthwise
-        convs (in-process probe, 5 interleaved rounds)."""
+        convs (in-process probe, 5 interleaved rounds). Unless the epilogue calls exp, erf...:
+        a scalar call stops that vectorisation (SiLU took a 32x112x112 conv from 0.2 to 5.2 ms),
+        so CPUs then give a work-item 4 rows of 8 columns, whose math runs as float8 calls, in
+        2 x 2 groups (32x112x112 + SiLU: 0.65 ms; 1 x 8 columns in an 8-wide group 0.80)."""
         g = self.geometry
         cpu = limits.warp_size == 1
         unpadded = cpu and not any(g.padding)
+        lanes = cpu and Epilogue(self.workload).vector_math
         config = {
-            "oh_block": 2,
-            "ow_block": 1 if unpadded else 2,
+            "oh_block": 4 if lanes else 2,
+            "ow_block": 8 if lanes else 1 if unpadded else 2,
             "unroll_window": g.kernel[0] * g.kernel[1] <= 25,
             "stage_input": not cpu,
-            "wg_x": 64 if unpadded else 16,
-            "wg_y": 1 if unpadded else 4 if cpu else 8,
+            "wg_x": 2 if lanes else 64 if unpadded else 16,
+            "wg_y": 2 if lanes else 1 if unpadded else 4 if cpu else 8,
         }
         widest, tallest = largest_tile(g, unpadded)
         shrink_until(config, ("wg_x", "ow_block"), lambda c: c["wg_x"] * c["ow_block"] <= widest)
@@ -145,13 +195,7 @@ const {idx} row = x_chan + (ih < 0 ? 0 : ih < {g.height} ? ih : {g.height - 1}) 
                 f"const float value = {data}[row + col_off[q]];\n"
                 "seg[q] = row_ok && col_ok[q] ? value : 0.0f;"
             )
-        store = store_output(
-            self.workload,
-            f"acc[i * {owb} + j]",
-            ("n", "oc", "oh_base + i", "ow_base + j"),
-            f"oh_base + i < {g.out_height} && ow_base + j < {g.out_width}",
-            "oc",
-        )
+        store = self._store(config)
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);
 const int oc = GROUP_ID(2) % {g.out_channels};
@@ -185,13 +229,7 @@ for (int i = 0; i < {ohb}; ++i) {{
     }}
   }}
 }}
-{UNROLL}
-for (int i = 0; i < {ohb}; ++i) {{
-  {UNROLL}
-  for (int j = 0; j < {owb}; ++j) {{
-{indent(store, 2)}
-  }}
-}}"""
+{store}"""
         local = (LocalArray("patch", "float", rows * cols),) if config["stage_input"] else ()
         groups = (
             ceil_div(g.out_width, wgx * owb),

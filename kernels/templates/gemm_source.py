@@ -358,18 +358,18 @@ for (int i = 0; i < {self.tm}; ++i) {{
                         value = f"sum[{i * self.tn + j}]"
                     else:
                         value = f"acc[{i * self.accs_per_row + j}]" + (f".{lane}" if w > 1 else "")
-                    outputs.append((f"m{i}", f"n{j}_{v}", value))
-        for start in range(0, len(outputs), 8):
-            accs, reads, stores, guards = [], [], [], []
-            for m, n, value in outputs[start : start + 8]:
-                bias = f" + {g.bias}[{f'{n}_in' if g.bias_per_column else '0'}]" if g.bias else ""
-                accs.append(value + bias)
-                reads.append(g.output_index(self.batch_index, f"{m}_in", f"{n}_in"))
-                stores.append(g.output_index(self.batch_index, m, n))
-                guards.append(f"{m} < {g.m} && {n} < {g.n}")
-            block = self.epilogue.store_lanes(accs, reads, stores, guards)
-            lines += ["{", *("  " + line for line in block), "}"]
-        return "\n".join(lines)
+                    m, n = f"m{i}", f"n{j}_{v}"
+                    if g.bias:
+                        value += f" + {g.bias}[{f'{n}_in' if g.bias_per_column else '0'}]"
+                    outputs.append(
+                        (
+                            value,
+                            g.output_index(self.batch_index, f"{m}_in", f"{n}_in"),
+                            g.output_index(self.batch_index, m, n),
+                            f"{m} < {g.m} && {n} < {g.n}",
+                        )
+                    )
+        return "\n".join(lines + self.epilogue.store_tile(outputs))
 
     def store(self) -> str:
         if self.wg_k == 1 and self.epilogue.vector_math:
