@@ -57,6 +57,13 @@ def compile_command(model, logs, device, output):
     )
     if summary["untuned"]:
         out.print("  untuned: " + ", ".join(summary["untuned"]))
+    ignored = summary["ignored_records"]
+    if ignored.get("other_version") or ignored.get("other_device"):
+        out.print(
+            f"  their tasks have {ignored.get('other_version', 0)} records from another "
+            f"coretune version and {ignored.get('other_device', 0)} from another device in the "
+            "logs, not used: re-tune with `coretune tune`"
+        )
     if summary["pad_copies"] or summary["pads_in_place"]:
         out.print(
             f"pads: {summary['pads_in_place']} written in place (no copy), "

@@ -10,6 +10,7 @@ step (the numpy reference, for a group no template computes, e.g. float16 arithm
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -95,6 +96,9 @@ class Plan:
     buffer_bytes: list[int] = field(default_factory=list)
     buffer_of: dict[str, int] = field(default_factory=dict)
     unshared_bytes: int = 0
+    # Tuning records of the untuned kernels' tasks that were not used: {"other_device": n,
+    # "other_version": m} (a log from another machine, or from before a coretune upgrade).
+    ignored_records: dict[str, int] = field(default_factory=dict)
 
     @property
     def kernels(self) -> list[KernelStep]:
@@ -112,6 +116,7 @@ class Plan:
             "host_steps": [s.group.name for s in self.steps if isinstance(s, HostStep)],
             "planned_bytes": sum(self.buffer_bytes),
             "unshared_bytes": self.unshared_bytes,
+            "ignored_records": dict(self.ignored_records),
         }
 
 
@@ -146,6 +151,7 @@ def build_plan(
     pads = padded_alone(graph, groups) if dialect == "opencl" else {}
     placed = {t for t in pads if t in graph.inputs}  # written into the pad by a rectangle write
     steps: list = []
+    ignored: Counter = Counter()  # records of untuned groups' tasks made elsewhere
     renderer = renderer_for(dialect)
     for group in groups:
         if group.kind == "view":
@@ -170,7 +176,7 @@ def build_plan(
             steps.append(HostStep(group, "no kernel template computes this group"))
             continue
         template_cls, config, tuned = _choose(
-            candidates, workload, limits, fingerprint, database, version
+            candidates, workload, limits, fingerprint, database, version, ignored
         )
         workload = placed_in_pad(graph, group, workload, template_cls, pads)
         if workload.output_layout is not None:
@@ -193,7 +199,9 @@ def build_plan(
             )
         )
     memory = plan_memory(graph, groups, placed)
-    return Plan(graph, steps, memory.buffer_bytes, memory.buffer_of, memory.unshared_bytes(graph))
+    plan = Plan(graph, steps, memory.buffer_bytes, memory.buffer_of, memory.unshared_bytes(graph))
+    plan.ignored_records = dict(ignored)
+    return plan
 
 
 def placed_in_pad(graph: Graph, group: FusedGroup, workload, template_cls, pads: dict):
@@ -228,17 +236,21 @@ def padded_alone(graph: Graph, groups: list[FusedGroup]) -> dict[str, FusedGroup
     return found
 
 
-def _choose(candidates, workload, limits, fingerprint, database, version):
+def _choose(candidates, workload, limits, fingerprint, database, version, ignored=None):
     """The tuned config with the lowest cost across candidate templates, else the default of
-    the most specialised template that is an untuned choice on this device."""
-    best = None
+    the most specialised template that is an untuned choice on this device. Records of the
+    task for another device or coretune version are counted into ``ignored`` when none fits."""
+    best, others = None, Counter()
     if database is not None:
         for cls in candidates:
             found = database.best(cls(workload).key(), fingerprint, version, limits)
+            others.update(other_device=found.other_devices, other_version=found.other_versions)
             if found.record and (best is None or found.cost < best[1].cost):
                 best = (cls, found, found.config)
     if best:
         return best[0], best[2], True
+    if ignored is not None:
+        ignored.update(others)
     cls = next((c for c in candidates if c(workload).untuned_choice(limits)), candidates[0])
     return cls, cls(workload).default_config(limits), False
 

@@ -157,6 +157,20 @@ def test_more_usage_errors_exit_2(chain, tmp_path):
 
 
 # ---- compile, run, bench, devices ------------------------------------------------------------
+def test_compile_says_when_the_logs_are_from_another_version(chain, tmp_path):
+    import coretune as ct
+    from coretune.tuner.records import Record, TuningLog
+
+    kernel = ct.compile(str(chain)).plan.kernels[0]
+    log = TuningLog(tmp_path / "old.jsonl")
+    fingerprint = ct.kernels.open_device(None).info.fingerprint()
+    old = Record(kernel.task, dict(kernel.config), (1e-6,), device=fingerprint)
+    log.append(Record(**{**old.__dict__, "coretune_version": "0.0.1"}))
+    compiled = coretune("compile", str(chain), "--log", str(log.path))
+    assert compiled.returncode == 0, compiled.stderr
+    assert "1 records from another coretune version" in compiled.stdout
+
+
 def test_compile_saves_a_ctm_that_runs_with_and_without_inputs(chain, tmp_path):
     import numpy as np
 

@@ -289,9 +289,12 @@ def test_records_from_another_device_or_version_are_counted_never_used(tmp_path,
         kernel.task, device.info.fingerprint(), coretune.__version__, device.limits
     )
     assert lookup.config is None and (lookup.other_devices, lookup.other_versions) == (1, 1)
-    assert compile_module(_relu_add(), device=device, logs=log.path).summary()["tuned"] == 0
+    summary = compile_module(_relu_add(), device=device, logs=log.path).summary()
+    assert summary["tuned"] == 0
+    assert summary["ignored_records"] == {"other_device": 1, "other_version": 1}
     log.append(_record(kernel, device))  # the control: a matching record is used
-    assert compile_module(_relu_add(), device=device, logs=log.path).summary()["tuned"] == 1
+    summary = compile_module(_relu_add(), device=device, logs=log.path).summary()
+    assert summary["tuned"] == 1 and not any(summary["ignored_records"].values())
 
 
 def test_a_hand_edited_invalid_config_is_rejected_with_its_line(tmp_path, device):
