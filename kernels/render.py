@@ -5,6 +5,8 @@ Templates write a kernel once, as a ``KernelSpec`` whose body uses a neutral voc
 ``VSTORE2/4(v, ptr, i)``, constructors ``VEC2/4(...)``, and math names spelled as in C99
 (``expf`` is written ``exp``). ``VEC8(...)`` builds a ``float8`` (lanes ``.s0``..``.s7``,
 ``+`` and ``*``): native in OpenCL (one AVX register on CPU devices), a struct elsewhere.
+``exp``/``log``/``sqrt``/``tanh``/``erf`` also take ``float2/4/8`` (lane by lane where the
+language has no such overload).
 Rendering substitutes the dialect's spelling; it never imports a GPU library.
 """
 
