@@ -130,7 +130,7 @@ for (int i = 0; i < {ohb}; ++i) {{
         one row of up to 64 columns wide: PoCL vectorises across the group's work-items,
         1.5-3.3x faster than 2 x 2 in a 16 x 4 group on 24x12x12 to 32x112x112 depthwise
         convs (in-process probe, 5 interleaved rounds). Unless the epilogue calls exp, erf...:
-        a scalar call stops that vectorisation (SiLU took a 32x112x112 conv from 0.2 to 5.2 ms),
+        a scalar call stops that vectorisation (SiLU took a 32x112x112 conv from 0.13 to 3-5 ms),
         so CPUs then give a work-item 4 rows of 8 columns, whose math runs as float8 calls, in
         2 x 2 groups (32x112x112 + SiLU: 0.65 ms; 1 x 8 columns in an 8-wide group 0.80)."""
         g = self.geometry
