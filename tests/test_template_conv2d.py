@@ -47,6 +47,13 @@ def conv_transpose(shape, out, kernel, bias=False, **attrs):
     return b.build(b.conv2d_transpose(x, w, *([b.input("b", (out,))] if bias else []), **attrs))
 
 
+def conv_transpose_tanh(shape, out, kernel, **attrs):
+    """A decoder's last layer: conv_transpose + bias + tanh, tanh 8 outputs at a time."""
+    b = GraphBuilder()
+    x, w = b.input("x", shape), b.input("w", (shape[1], out, *kernel))
+    return b.build(b.tanh(b.conv2d_transpose(x, w, b.input("b", (out,)), **attrs)))
+
+
 def conv_bn_relu_add(shape, out, kernel, anchor="conv2d", **attrs):
     """conv + bias + batch_norm + relu + residual add: the fused epilogue of a ResNet block."""
     b = GraphBuilder()
@@ -88,6 +95,7 @@ WINOGRAD = {
     "7c-13": conv((2, 7, 13, 13), 13, (3, 3), padding=(1, 1, 1, 1)),
     "33c-asym": conv((1, 33, 7, 33), 7, (3, 3), bias=True, padding=(0, 2, 1, 0)),
     "12c-g4": conv((1, 12, 13, 7), 8, (3, 3), padding=(1, 1, 1, 1), groups=4),
+    "7c-13-silu-residual": conv_silu_residual((1, 7, 13, 13), 13, (3, 3), padding=(1, 1, 1, 1)),
 }
 DEPTHWISE = {
     "1x1-pad1": conv((1, 1, 1, 1), 1, (3, 3), padding=(1, 1, 1, 1)),
@@ -120,6 +128,9 @@ TRANSPOSE = {
     ),
     "13c-dil2-33": conv_transpose(
         (1, 13, 13, 4), 33, (3, 3), padding=(1, 1, 1, 1), dilation=(2, 2)
+    ),
+    "7c-s2-tanh": conv_transpose_tanh(
+        (1, 7, 7, 13), 3, (4, 4), strides=(2, 2), padding=(1, 1, 1, 1)
     ),
 }
 TEMPLATES = [
@@ -334,8 +345,10 @@ GPU_CASES = [
     (DepthwiseConv2dTemplate, UNPADDED_DEPTHWISE["13c-x2-s2-dil2"]),
     (DepthwiseConv2dTemplate, UNPADDED_DEPTHWISE["7c-13x33-silu-residual"]),
     (Conv2dWinogradTemplate, WINOGRAD["33c-asym"]),
+    (Conv2dWinogradTemplate, WINOGRAD["7c-13-silu-residual"]),
     (DepthwiseConv2dTemplate, DEPTHWISE["13c-x2-dil2"]),
     (Conv2dTransposeTemplate, TRANSPOSE["12c-g3-s23-dil"]),
+    (Conv2dTransposeTemplate, TRANSPOSE["7c-s2-tanh"]),
 ]
 GPU_IDS = [
     "direct",
@@ -345,8 +358,10 @@ GPU_IDS = [
     "depthwise-unpadded",
     "depthwise-unpadded-silu",
     "winograd",
+    "winograd-silu",
     "depthwise",
     "transpose",
+    "transpose-tanh",
 ]
 
 

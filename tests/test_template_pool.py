@@ -27,12 +27,14 @@ from .kernel_harness import (
 RANDOM_CONFIGS = 20
 
 
-def pool(op, shape, epilogue=False, **attrs):
+def pool(op, shape, epilogue=False, math=False, **attrs):
     b = GraphBuilder()
     x = b.input("x", shape)
     y = b.op(op, x, **attrs)
     if epilogue:  # relu, scale and a residual add fused after the pool
         y = b.relu(y) * 2.0 + b.input("residual", y.shape)
+    if math:  # tanh and sigmoid: evaluated 8 outputs at a time (Epilogue.store_tile)
+        y = b.tanh(y) * b.sigmoid(y) + b.input("residual", y.shape)
     return b.build(y)
 
 
@@ -76,6 +78,9 @@ POOLS = {
         ceil_mode=True,
     ),
     "avg-1x1": pool("avg_pool2d", (1, 1, 1, 1), pool_size=(1, 1), count_include_pad=True),
+    "avg-7c-13-math": pool(
+        "avg_pool2d", (2, 7, 13, 33), math=True, pool_size=(3, 3), strides=(2, 2), ceil_mode=True
+    ),
 }
 
 
@@ -130,7 +135,7 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
         template.render({**config, "wg_x": 8, "wg_y": 4}, "opencl", tiny)
 
 
-GPU_CASES = ["max-13c-dil2-asym", "avg-7c-incl-pad-ceil"]
+GPU_CASES = ["max-13c-dil2-asym", "avg-7c-incl-pad-ceil", "avg-7c-13-math"]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")

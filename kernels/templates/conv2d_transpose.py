@@ -11,6 +11,7 @@ accumulates ``oc_block`` output channels in registers. Weights are (in, out/grou
 
 from coretune.kernels.device import DeviceLimits
 
+from ..epilogue import Epilogue
 from ..render import KernelSpec, Launch
 from ..space import Config, Knob, Restriction
 from .conv_common import (
@@ -24,6 +25,7 @@ from .conv_common import (
     kernel_buffers,
     shrink_until,
     store_output,
+    store_outputs_batched,
     work_group_knobs,
 )
 
@@ -95,6 +97,36 @@ class Conv2dTransposeTemplate(WindowTemplate):
         )
         return self.space(limits).check(config)
 
+    def _store(self, config: Config) -> str:
+        """Bias, epilogue and guarded stores of output-channel block o's outputs: one by one,
+        or 8 at a time where the epilogue calls vector math."""
+        g = self.geometry
+        og, (sh, sw) = g.out_per_group, g.strides
+        ohb, owb, wgx = config["oh_block"], config["ow_block"], config["wg_x"]
+        out_channel = f"g * {og} + oc_base + o"
+
+        def output(i: str, j: str) -> tuple[str, tuple[str, ...], str]:
+            oh, ow = (
+                f"(qh_base + {i}) * {sh} + phase_h",
+                f"(qw_base + {j} * {wgx}) * {sw} + phase_w",
+            )
+            guard = f"oc_base + o < {og} && {oh} < {g.out_height} && {ow} < {g.out_width}"
+            return f"acc[(o * {ohb} + {i}) * {owb} + {j}]", ("n", out_channel, oh, ow), guard
+
+        if ohb * owb > 1 and Epilogue(self.workload).vector_math:
+            outputs = [output(str(i), str(j)) for i in range(ohb) for j in range(owb)]
+            return store_outputs_batched(self.workload, outputs)
+        acc, index, guard = output("i", "j")
+        store = store_output(self.workload, acc, index, guard, out_channel)
+        return f"""\
+{UNROLL}
+for (int i = 0; i < {ohb}; ++i) {{
+  {UNROLL}
+  for (int j = 0; j < {owb}; ++j) {{
+{indent(store, 2)}
+  }}
+}}"""
+
     def spec(self, config: Config) -> KernelSpec:
         g = self.geometry
         ocb, ohb, owb, icc = (config[k] for k in ("oc_block", "oh_block", "ow_block", "ic_chunk"))
@@ -109,15 +141,7 @@ class Conv2dTransposeTemplate(WindowTemplate):
         tiles_c = ceil_div(og, wgz * ocb)
         data, weight = self.workload.nodes[0].inputs[:2]
         idx = index_type(self.workload)
-        out_channel = f"g * {og} + oc_base + o"
-        oh, ow = f"(qh_base + i) * {sh} + phase_h", f"(qw_base + j * {wgx}) * {sw} + phase_w"
-        store = store_output(
-            self.workload,
-            f"acc[(o * {ohb} + i) * {owb} + j]",
-            ("n", out_channel, oh, ow),
-            f"oc_base + o < {og} && {oh} < {g.out_height} && {ow} < {g.out_width}",
-            out_channel,
-        )
+        store = self._store(config)
         # Taps are tested with a non-negative numerator: phase + pad + (kh - 1) * dh * sh - ...
         bias_h, bias_w = (kh - 1) * dh * sh, (kw - 1) * dw * sw
         body = f"""\
@@ -186,13 +210,7 @@ for (int ky = 0; ky < {kh}; ++ky) {{
 }}
 {UNROLL}
 for (int o = 0; o < {ocb}; ++o) {{
-  {UNROLL}
-  for (int i = 0; i < {ohb}; ++i) {{
-    {UNROLL}
-    for (int j = 0; j < {owb}; ++j) {{
-{indent(store, 3)}
-    }}
-  }}
+{indent(store, 1)}
 }}"""
         groups = (sw * tiles_w, sh * tiles_h, g.batch * g.groups * tiles_c)
         return KernelSpec(

@@ -16,6 +16,7 @@ import numpy as np
 
 from coretune.kernels.device import DeviceLimits
 
+from ..epilogue import Epilogue
 from ..render import Buffer, KernelSpec, Launch
 from ..space import Config, Knob, Restriction
 from .conv_common import (
@@ -30,6 +31,7 @@ from .conv_common import (
     kernel_buffers,
     shrink_until,
     store_output,
+    store_outputs_batched,
     work_group_knobs,
 )
 
@@ -174,6 +176,23 @@ class Conv2dWinogradTemplate(WindowTemplate):
         )
         return self.space(limits).check(config)
 
+    def _store(self) -> str:
+        """Bias, epilogue and guarded stores of the tile's 2 x 2 outputs ``y``: one by one,
+        or all 4 at once where the epilogue calls vector math."""
+        g, og = self.geometry, self.geometry.out_per_group
+        out_channel = f"g * {og} + oc_base + o"
+
+        def output(q: str) -> tuple[str, tuple[str, ...], str]:
+            oh, ow = f"2 * th + {q} / 2", f"2 * (tw0 + t) + {q} % 2"
+            guard = f"oc_base + o < {og} && {oh} < {g.out_height} && {ow} < {g.out_width}"
+            return f"y[{q}]", ("n", out_channel, oh, ow), guard
+
+        if Epilogue(self.workload).vector_math:
+            return store_outputs_batched(self.workload, [output(str(q)) for q in range(4)])
+        acc, index, guard = output("q")
+        store = store_output(self.workload, acc, index, guard, out_channel)
+        return f"{UNROLL}\nfor (int q = 0; q < 4; ++q) {{\n{indent(store, 1)}\n}}"
+
     def spec(self, config: Config) -> KernelSpec:
         g = self.geometry
         ocb, tb, icc = config["oc_block"], config["tile_block"], config["ic_chunk"]
@@ -190,15 +209,7 @@ class Conv2dWinogradTemplate(WindowTemplate):
         backward = _output_transform(
             lambda k: f"acc[(o * {tb} + t) * 4 + {k // 4}].{'xyzw'[k % 4]}", lambda k: f"y[{k}]"
         )
-        out_channel = f"g * {og} + oc_base + o"
-        oh, ow = "2 * th + q / 2", "2 * (tw0 + t) + q % 2"
-        store = store_output(
-            self.workload,
-            "y[q]",
-            ("n", out_channel, oh, ow),
-            f"oc_base + o < {og} && {oh} < {g.out_height} && {ow} < {g.out_width}",
-            out_channel,
-        )
+        store = self._store()
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1), tz = LOCAL_ID(2);
 const int zblock = GROUP_ID(2);
@@ -270,10 +281,7 @@ for (int o = 0; o < {ocb}; ++o) {{
   for (int t = 0; t < {tb}; ++t) {{
     float y[4];
 {indent(chr(10).join(backward), 2)}
-    {UNROLL}
-    for (int q = 0; q < 4; ++q) {{
-{indent(store, 3)}
-    }}
+{indent(store, 2)}
   }}
 }}"""
         groups = (ceil_div(tiles_w, wgx * tb), ceil_div(tiles_h, wgy), g.batch * g.groups * tiles_c)

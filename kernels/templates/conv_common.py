@@ -133,6 +133,21 @@ def store_output_lanes(
     return "\n".join(Epilogue(workload).store_lanes(accs, reads, stores, guards))
 
 
+def store_outputs_batched(workload: Workload, outputs: list[tuple[str, tuple, str]]) -> str:
+    """store_output for a work-item's outputs 8 at a time (Epilogue.store_tile), for an
+    epilogue that calls vector math: each output is (acc, its (n, c, h, w) index, its guard).
+    The bias and the epilogue's inputs are read at the index clamped into the output (an
+    output past the edge computes garbage there and stores nothing)."""
+    epilogue, bias = Epilogue(workload), bias_of(workload)
+    tile = []
+    for acc, (n, *axes), guard in outputs:
+        sizes = epilogue.shape[1:]
+        clamped = [f"(({i}) < {d} ? ({i}) : {d - 1})" for i, d in zip(axes, sizes, strict=True)]
+        acc = f"{acc} + {bias}[{clamped[0]}]" if bias else acc
+        tile.append((acc, (n, *clamped), (n, *axes), guard))
+    return "\n".join(epilogue.store_tile(tile))
+
+
 def indent(code: str, depth: int) -> str:
     pad = "  " * depth
     return "\n".join(pad + line if line else line for line in code.split("\n"))

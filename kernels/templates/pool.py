@@ -10,6 +10,7 @@ counting the overhang that ``ceil_mode`` adds past the padding.
 
 from coretune.kernels.device import DeviceLimits
 
+from ..epilogue import Epilogue
 from ..render import KernelSpec, Launch
 from ..space import Config, Knob
 from .conv_common import (
@@ -24,6 +25,7 @@ from .conv_common import (
     row_tile_restrictions,
     shrink_until,
     store_output,
+    store_outputs_batched,
     work_group_knobs,
 )
 
@@ -71,6 +73,32 @@ class Pool2dTemplate(WindowTemplate):
         )
         return self.space(limits).check(config)
 
+    def _store(self, config: Config, is_max: bool) -> str:
+        """The epilogue and guarded stores of the work-item's outputs: one by one, or 8 at a
+        time where the epilogue calls vector math."""
+        g, owb, wgx = self.geometry, config["ow_block"], config["wg_x"]
+
+        def output(i: str, j: str) -> tuple[str, tuple[str, ...], str]:
+            value = f"acc[{i} * {owb} + {j}]"
+            if not is_max:
+                value += f" / (float)(row_count[{i}] * col_count[{j}])"
+            oh, ow = f"oh_base + {i}", f"ow_base + {j} * {wgx}"
+            return value, ("n", "c", oh, ow), f"{oh} < {g.out_height} && {ow} < {g.out_width}"
+
+        ohb = config["oh_block"]
+        if ohb * owb > 1 and Epilogue(self.workload).vector_math:
+            outputs = [output(str(i), str(j)) for i in range(ohb) for j in range(owb)]
+            return store_outputs_batched(self.workload, outputs)
+        store = store_output(self.workload, *output("i", "j"))
+        return f"""\
+{UNROLL}
+for (int i = 0; i < {ohb}; ++i) {{
+  {UNROLL}
+  for (int j = 0; j < {owb}; ++j) {{
+{indent(store, 2)}
+  }}
+}}"""
+
     def spec(self, config: Config) -> KernelSpec:
         g = self.geometry
         node = self.workload.nodes[0]
@@ -92,18 +120,11 @@ class Pool2dTemplate(WindowTemplate):
             init = "-INF"
             # numpy's maximum: NaN wins, whichever side it is on.
             update = "acc[a] = (value > acc[a] || value != value) ? value : acc[a];"
-            result = f"acc[i * {owb} + j]"
         else:
             init = "0.0f"
             update = "acc[a] += value;"
-            result = f"acc[i * {owb} + j] / (float)(row_count[i] * col_count[j])"
         ow = f"ow_base + j * {wgx}"
-        store = store_output(
-            self.workload,
-            result,
-            ("n", "c", "oh_base + i", ow),
-            f"oh_base + i < {g.out_height} && {ow} < {g.out_width}",
-        )
+        store = self._store(config, is_max)
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);
 const int c = GROUP_ID(2) % {g.channels};
@@ -149,13 +170,7 @@ for (int ky = 0; ky < {kh}; ++ky) {{
     }}
   }}
 }}
-{UNROLL}
-for (int i = 0; i < {ohb}; ++i) {{
-  {UNROLL}
-  for (int j = 0; j < {owb}; ++j) {{
-{indent(store, 2)}
-  }}
-}}"""
+{store}"""
         groups = (
             ceil_div(g.out_width, wgx * owb),
             ceil_div(g.out_height, wgy * ohb),
