@@ -1,6 +1,6 @@
 """Fused epilogues with transcendental math: scalar calls vs one vector call per 8 outputs.
 
-A GEMM, direct or depthwise conv with Gelu (erf), tanh, sigmoid or SiLU fused after it, each
+A GEMM, direct, depthwise or transposed conv with Gelu (erf), tanh, sigmoid or SiLU after it, each
 rendered twice: as the compiler renders it (Epilogue.store_lanes: the math of 8 outputs in one
 vector call) and as before, lane by lane, each from its default config (the same config but
 for the depthwise conv, whose CPU default changes with such an epilogue). Kernels timed with
@@ -49,6 +49,14 @@ def conv_silu(channels, size, groups=1):
     return b.build(y * b.sigmoid(y))
 
 
+def decoder_output():
+    """A generator's last layer: 64 -> 3 channels, 4x4 stride 2, 64x64 -> 128x128, tanh."""
+    b = GraphBuilder()
+    x, w = b.input("x", (1, 64, 64, 64)), b.input("w", (64, 3, 4, 4))
+    y = b.conv2d_transpose(x, w, b.input("b", (3,)), strides=(2, 2), padding=(1, 1, 1, 1))
+    return b.build(b.tanh(y))
+
+
 CASES = {
     # No math in the epilogue: both variants are one kernel, so its ratio is the noise floor.
     f"dense {M}x{N}x{K} + bias (no math: noise floor)": dense(lambda b, y: y),
@@ -59,6 +67,7 @@ CASES = {
     f"dense {M}x{N}x{K} + bias + sigmoid": dense(lambda b, y: b.sigmoid(y)),
     "conv2d 3x3 64x56x56 (unpadded 58x58 input) + bias + SiLU": conv_silu(64, 56),
     "depthwise 3x3 32x112x112 (unpadded input) + bias + SiLU": conv_silu(32, 112, groups=32),
+    "conv_transpose 4x4 s2 64x64x64 -> 3x128x128 + bias + tanh": decoder_output(),
 }
 
 
