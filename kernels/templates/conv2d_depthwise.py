@@ -22,8 +22,8 @@ from .conv_common import (
     WindowGeometry,
     WindowTemplate,
     anchor_is_float,
-    bias_of,
     ceil_div,
+    each_output,
     indent,
     index_type,
     kernel_buffers,
@@ -32,6 +32,7 @@ from .conv_common import (
     row_tile_restrictions,
     shrink_until,
     store_output,
+    store_outputs_batched,
     tile_origin,
     work_group_knobs,
 )
@@ -81,47 +82,20 @@ class DepthwiseConv2dTemplate(WindowTemplate):
 
     def _store(self, config: Config) -> str:
         """Bias, epilogue and guarded stores of the work-item's outputs: one by one, or 8 at a
-        time where the epilogue calls vector math (Epilogue.store_tile), its inputs then read
-        at clamped positions for outputs outside the image."""
+        time where the epilogue calls vector math (conv_common.store_outputs_batched)."""
         g = self.geometry
         ohb, owb = config["oh_block"], config["ow_block"]
-        epilogue = Epilogue(self.workload)
-        if ohb * owb > 1 and epilogue.vector_math:
-            bias = bias_of(self.workload)
-            lines, outputs = [], []
-            for i in range(ohb):
-                lines += [
-                    f"const int oh{i} = oh_base + {i};",
-                    f"const int oh{i}_in = oh{i} < {g.out_height} ? oh{i} : {g.out_height - 1};",
-                ]
-            for j in range(owb):
-                lines += [
-                    f"const int ow{j} = ow_base + {j};",
-                    f"const int ow{j}_in = ow{j} < {g.out_width} ? ow{j} : {g.out_width - 1};",
-                ]
-            for i in range(ohb):
-                for j in range(owb):
-                    acc = f"acc[{i * owb + j}]" + (f" + {bias}[oc]" if bias else "")
-                    read = ("n", "oc", f"oh{i}_in", f"ow{j}_in")
-                    store = ("n", "oc", f"oh{i}", f"ow{j}")
-                    guard = f"oh{i} < {g.out_height} && ow{j} < {g.out_width}"
-                    outputs.append((acc, read, store, guard))
-            return "\n".join(lines + epilogue.store_tile(outputs))
-        store = store_output(
-            self.workload,
-            f"acc[i * {owb} + j]",
-            ("n", "oc", "oh_base + i", "ow_base + j"),
-            f"oh_base + i < {g.out_height} && ow_base + j < {g.out_width}",
-            "oc",
-        )
-        return f"""\
-{UNROLL}
-for (int i = 0; i < {ohb}; ++i) {{
-  {UNROLL}
-  for (int j = 0; j < {owb}; ++j) {{
-{indent(store, 2)}
-  }}
-}}"""
+
+        def output(i: str, j: str) -> tuple[str, tuple[str, ...], str]:
+            oh, ow = f"oh_base + {i}", f"ow_base + {j}"
+            guard = f"{oh} < {g.out_height} && {ow} < {g.out_width}"
+            return f"acc[{i} * {owb} + {j}]", ("n", "oc", oh, ow), guard
+
+        if ohb * owb > 1 and Epilogue(self.workload).vector_math:
+            outputs = [output(str(i), str(j)) for i in range(ohb) for j in range(owb)]
+            return store_outputs_batched(self.workload, outputs)
+        store = store_output(self.workload, *output("i", "j"), "oc")
+        return each_output(store, ohb, owb)
 
     def default_config(self, limits: DeviceLimits) -> Config:
         """2 x 2 outputs per work-item in a 16-wide group; GPUs stage the group's patch in

@@ -34,7 +34,7 @@ from .conv_common import (
     shrink_until,
     splat,
     store_output,
-    store_output_lanes,
+    store_outputs_batched,
     tile_origin,
     vector_load,
     vector_type,
@@ -127,31 +127,19 @@ class Conv2dDirectTemplate(WindowTemplate):
     # ---- the kernel -------------------------------------------------------------------
     def _store(self, config: Config) -> str:
         """Bias, epilogue and guarded stores of the accumulator ``tile`` (o, i, j): lane by
-        lane, or all lanes at once where the epilogue calls vector math (its inputs then
-        read at clamped positions for lanes outside the output)."""
+        lane, or all lanes at once where the epilogue calls vector math
+        (conv_common.store_outputs_batched)."""
         g, vec, wgx = self.geometry, config["vector"], config["wg_x"]
         og, height, width = g.out_per_group, g.out_height, g.out_width
         out_channel = f"g * {og} + oc_base + o"
         if vec > 1 and Epilogue(self.workload).vector_math:
-            lines = [
-                f"const int oc_in = oc_base + o < {og} ? oc_base + o : {og - 1};",
-                "const int oh = oh_base + i;",
-                f"const int oh_in = oh < {height} ? oh : {height - 1};",
-            ]
-            reads, stores, guards = [], [], []
-            for v in range(vec):
-                lines += [
-                    f"const int ow{v} = ow_base + j * {wgx * vec} + {v};",
-                    f"const int ow{v}_in = ow{v} < {width} ? ow{v} : {width - 1};",
-                ]
-                reads.append(("n", f"g * {og} + oc_in", "oh_in", f"ow{v}_in"))
-                stores.append(("n", out_channel, "oh", f"ow{v}"))
-                guards.append(f"oc_base + o < {og} && oh < {height} && ow{v} < {width}")
-            values = [f"tile.{lane}" for lane in lane_names(vec)]
-            store = store_output_lanes(
-                self.workload, values, reads, stores, guards, f"g * {og} + oc_in"
-            )
-            return "\n".join(lines) + "\n" + store
+            oh = "oh_base + i"
+            outputs = []
+            for v, lane in enumerate(lane_names(vec)):
+                ow = f"ow_base + j * {wgx * vec} + {v}"
+                guard = f"oc_base + o < {og} && {oh} < {height} && {ow} < {width}"
+                outputs.append((f"tile.{lane}", ("n", out_channel, oh, ow), guard))
+            return store_outputs_batched(self.workload, outputs)
         lanes = ", ".join(f"tile.{name}" for name in lane_names(vec)) if vec > 1 else "tile"
         store = store_output(
             self.workload,

@@ -20,6 +20,7 @@ from .conv_common import (
     anchor_is_float,
     ceil_div,
     covers,
+    each_output,
     indent,
     index_type,
     kernel_buffers,
@@ -118,14 +119,7 @@ class Conv2dTransposeTemplate(WindowTemplate):
             return store_outputs_batched(self.workload, outputs)
         acc, index, guard = output("i", "j")
         store = store_output(self.workload, acc, index, guard, out_channel)
-        return f"""\
-{UNROLL}
-for (int i = 0; i < {ohb}; ++i) {{
-  {UNROLL}
-  for (int j = 0; j < {owb}; ++j) {{
-{indent(store, 2)}
-  }}
-}}"""
+        return each_output(store, ohb, owb)
 
     def spec(self, config: Config) -> KernelSpec:
         g = self.geometry

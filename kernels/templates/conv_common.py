@@ -118,19 +118,17 @@ def store_output(
     return f"if ({guard}) {{\n" + "\n".join("  " + line for line in lines) + "\n}"
 
 
-def store_output_lanes(
-    workload: Workload,
-    values: list[str],
-    reads: list[tuple[str, ...]],
-    stores: list[tuple[str, ...]],
-    guards: list[str],
-    channel: str | None = None,
-) -> str:
-    """store_output for the lanes of a vector at once (Epilogue.store_lanes): the bias read
-    at ``channel`` and the epilogue's inputs at ``reads`` (inside the output: clamped)."""
-    bias = bias_of(workload)
-    accs = [f"{value} + {bias}[{channel}]" if bias is not None else value for value in values]
-    return "\n".join(Epilogue(workload).store_lanes(accs, reads, stores, guards))
+def each_output(store: str, rows: int, cols: int) -> str:
+    """``store`` (written in loop variables i and j) for each of a work-item's rows x cols
+    outputs, as unrolled loops."""
+    return f"""\
+{UNROLL}
+for (int i = 0; i < {rows}; ++i) {{
+  {UNROLL}
+  for (int j = 0; j < {cols}; ++j) {{
+{indent(store, 2)}
+  }}
+}}"""
 
 
 def store_outputs_batched(workload: Workload, outputs: list[tuple[str, tuple, str]]) -> str:

@@ -19,6 +19,7 @@ from .conv_common import (
     WindowTemplate,
     anchor_is_float,
     ceil_div,
+    each_output,
     indent,
     index_type,
     kernel_buffers,
@@ -90,14 +91,7 @@ class Pool2dTemplate(WindowTemplate):
             outputs = [output(str(i), str(j)) for i in range(ohb) for j in range(owb)]
             return store_outputs_batched(self.workload, outputs)
         store = store_output(self.workload, *output("i", "j"))
-        return f"""\
-{UNROLL}
-for (int i = 0; i < {ohb}; ++i) {{
-  {UNROLL}
-  for (int j = 0; j < {owb}; ++j) {{
-{indent(store, 2)}
-  }}
-}}"""
+        return each_output(store, ohb, owb)
 
     def spec(self, config: Config) -> KernelSpec:
         g = self.geometry
