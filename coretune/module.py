@@ -163,7 +163,7 @@ def _read_entries(archive: zipfile.ZipFile, path) -> dict[str, bytes]:
 
 def _module_from_entries(entries, device, path) -> Module:
     from . import __version__
-    from .graph.executor import HostStep, PadStep, Plan, ViewStep, padded_alone
+    from .graph.executor import HostStep, PadStep, Plan, ViewStep, pads_in_place
     from .graph.ir import Graph
 
     try:
@@ -190,23 +190,24 @@ def _module_from_entries(entries, device, path) -> Module:
         groups = [_step_group(step, nodes, path) for step in plan_data["steps"]]
         # Which pads are written in place is derived here as build_plan derives it, never
         # taken from the file; the file's flag must agree.
-        pads = padded_alone(graph, groups)
-        placed = {t for t in pads if t in graph.inputs}
+        templates = {
+            group.name: _template_class(step["template"])
+            for step, group in zip(plan_data["steps"], groups, strict=True)
+            if step["kind"] == "kernel"
+        }
+        in_place = pads_in_place(graph, groups, templates)
         for step, group in zip(plan_data["steps"], groups, strict=True):
             if step["kind"] == "view":
                 plan.steps.append(ViewStep(group.inputs[0], group.outputs[0]))
             elif step["kind"] == "pad":
-                pad = PadStep(group, in_place=group.inputs[0] in placed)
+                pad = PadStep(group, in_place=group.inputs[0] in in_place)
                 if step.get("in_place") is not pad.in_place:
                     raise ModelLoadError(f"{path}: pad {group.name}: wrong in_place flag")
                 plan.steps.append(pad)
             elif step["kind"] == "host":
                 plan.steps.append(HostStep(group, str(step["reason"])))
             else:
-                kernel = _checked_kernel_step(graph, group, step, device, pads)
-                if kernel.placed:
-                    placed.add(group.outputs[0])
-                plan.steps.append(kernel)
+                plan.steps.append(_checked_kernel_step(graph, group, step, device, in_place))
     except ModelLoadError:
         raise
     except CoretuneError as exc:
@@ -234,38 +235,32 @@ def _step_group(step: dict, nodes: dict, path):
     return FusedGroup(members, list(step["outputs"]), list(step["inputs"]))
 
 
-def _checked_kernel_step(graph, group, step, device, pads):
-    """Re-render the kernel from its template and config (stores placed in a pad's interior
-    where build_plan would place them); the file's source must match."""
-    from .graph.executor import KernelStep, group_workload, placed_in_pad
-    from .kernels.render import renderer_for
+def _template_class(name):
     from .kernels.templates import TEMPLATES
 
-    if step["template"] not in TEMPLATES:  # never import a module a file names
-        raise ModelLoadError(f"unknown template {step['template']!r}")
-    template_cls = TEMPLATES[step["template"]]
-    workload = placed_in_pad(graph, group, group_workload(graph, group), template_cls, pads)
-    template = template_cls(workload)
-    config = template.space(device.limits).check(step["config"])
-    rendered = renderer_for(device.info.backend).render(template.spec(config))
-    if rendered.source != step["source"]:
+    if name not in TEMPLATES:  # never import a module a file names
+        raise ModelLoadError(f"unknown template {name!r}")
+    return TEMPLATES[name]
+
+
+def _checked_kernel_step(graph, group, step, device, in_place):
+    """Re-render the kernel from its template and config (stores and reads placed in pads'
+    interiors where build_plan would place them); the file's source must match."""
+    from .graph.executor import render_kernel
+    from .kernels.render import renderer_for
+
+    renderer = renderer_for(device.info.backend)
+    template_cls = _template_class(step["template"])
+    tuned = bool(step["tuned"])
+    kernel = render_kernel(
+        graph, group, template_cls, step["config"], tuned, in_place, renderer, device.limits
+    )
+    if kernel.source != step["source"]:
         raise ModelLoadError(
             f"kernel for {group.name} differs from what this coretune renders "
             f"for template {step['template']} (edited, or another version)"
         )
-    launch = {"groups": list(rendered.launch.groups), "local": list(rendered.launch.local)}
-    return KernelStep(
-        group,
-        template.name,
-        dict(config),
-        bool(step["tuned"]),
-        template.key(),
-        rendered.source,
-        rendered.entry,
-        launch,
-        list(group.inputs) + list(group.outputs),
-        workload.output_layout is not None,
-    )
+    return kernel
 
 
 def _import(model):

@@ -3,7 +3,8 @@
 ``build_plan`` decides, once, what runs for each fused group: a kernel (template, config,
 rendered source, argument tensors), a view (an alias of a buffer: no kernel), a pad (a buffer
 pre-filled with the pad value, its interior written by a device rectangle copy each run, or
-in place: by the producer's own stores, or by the rectangle write of a graph input), or a host
+in place: by the producer's own stores, or by the rectangle write of a graph input, the
+tensor's other readers, e.g. a residual add, then reading it there), or a host
 step (the numpy reference, for a group no template computes, e.g. float16 arithmetic).
 ``Executor`` owns the device buffers and runs the plan.
 """
@@ -47,8 +48,9 @@ class ViewStep:
 @dataclass
 class PadStep:
     """A constant pad of the last two axes (fuse.is_copy_pad): a rectangle copy into a buffer
-    whose border is filled once, or ``in_place``: its input is written straight into the
-    interior (by its producer's placed stores, or as a graph input by a rectangle write)."""
+    whose border is filled once, or ``in_place``: its input lives in the interior (stored
+    there by its producer's placed stores, or as a graph input by a rectangle write; see
+    pads_in_place)."""
 
     group: FusedGroup
     in_place: bool = False
@@ -143,97 +145,138 @@ def build_plan(
     dialect: str = "opencl",
 ) -> Plan:
     from coretune.kernels.render import renderer_for
-    from coretune.kernels.templates import templates_for
 
     graph = optimize(graph)
     groups = fuse(graph)
-    # Pads are steps of the runtime with rectangle copies; elsewhere they are kernels.
-    pads = padded_alone(graph, groups) if dialect == "opencl" else {}
-    placed = {t for t in pads if t in graph.inputs}  # written into the pad by a rectangle write
     steps: list = []
     ignored: Counter = Counter()  # records of untuned groups' tasks made elsewhere
-    renderer = renderer_for(dialect)
+    chosen: dict[str, tuple] = {}  # kernel group -> (template class, config, tuned)
     for group in groups:
         if group.kind == "view":
             steps.append(ViewStep(group.inputs[0], group.outputs[0]))
-            continue
-        if group.kind == "pad" and dialect == "opencl":
-            steps.append(PadStep(group, in_place=group.inputs[0] in placed))
-            continue
-        try:
-            workload = group_workload(graph, group)
-            candidates = templates_for(workload)
-        except CoretuneError as exc:
-            steps.append(HostStep(group, str(exc)))
-            continue
-        names = dict(zip((n for n, _ in workload.inputs), group.inputs, strict=True))
-        candidates = [
-            c
-            for c in candidates  # e.g. Winograd needs its weights at compile time
-            if all(names[i] in graph.params for i in c(workload).constant_inputs())
-        ]
-        if not candidates:
-            steps.append(HostStep(group, "no kernel template computes this group"))
-            continue
-        template_cls, config, tuned = _choose(
-            candidates, workload, limits, fingerprint, database, version, ignored
-        )
-        workload = placed_in_pad(graph, group, workload, template_cls, pads)
-        if workload.output_layout is not None:
-            placed.add(group.outputs[0])
-        template = template_cls(workload)
-        spec = template.spec(template.space(limits).check(config))
-        rendered = renderer.render(spec)
-        steps.append(
-            KernelStep(
-                group,
-                template_cls.name,
-                dict(config),
-                tuned,
-                template.key(),
-                rendered.source,
-                rendered.entry,
-                {"groups": list(rendered.launch.groups), "local": list(rendered.launch.local)},
-                list(group.inputs) + list(group.outputs),
-                workload.output_layout is not None,
-            )
-        )
-    memory = plan_memory(graph, groups, placed)
+        elif group.kind == "pad" and dialect == "opencl":
+            steps.append(PadStep(group))  # rectangle copies: elsewhere pads are kernels
+        else:
+            found = _kernel_choice(graph, group, limits, fingerprint, database, version, ignored)
+            if isinstance(found, str):
+                steps.append(HostStep(group, found))
+            else:
+                chosen[group.name] = found
+                steps.append(group)  # its kernel is rendered below, once pads in place are known
+    templates = {name: cls for name, (cls, _, _) in chosen.items()}
+    in_place = pads_in_place(graph, groups, templates) if dialect == "opencl" else {}
+    renderer = renderer_for(dialect)
+    for i, step in enumerate(steps):
+        if isinstance(step, PadStep):
+            step.in_place = step.group.inputs[0] in in_place
+        elif isinstance(step, FusedGroup):
+            cls, config, tuned = chosen[step.name]
+            steps[i] = render_kernel(graph, step, cls, config, tuned, in_place, renderer, limits)
+    memory = plan_memory(graph, groups, set(in_place))
     plan = Plan(graph, steps, memory.buffer_bytes, memory.buffer_of, memory.unshared_bytes(graph))
     plan.ignored_records = dict(ignored)
     return plan
 
 
-def placed_in_pad(graph: Graph, group: FusedGroup, workload, template_cls, pads: dict):
-    """The group's workload storing straight into the interior of the pad that alone reads its
-    output (see padded_alone), where its template can place its output; else unchanged."""
-    output = group.outputs[0]
-    if output in pads and template_cls.places_output and len(group.outputs) == 1:
-        return workload.placed(*PadStep(pads[output]).interior(graph))
+def _kernel_choice(graph, group, limits, fingerprint, database, version, ignored):
+    """(template class, config, tuned) for a group, or why no template computes it."""
+    from coretune.kernels.templates import templates_for
+
+    try:
+        workload = group_workload(graph, group)
+        candidates = templates_for(workload)
+    except CoretuneError as exc:
+        return str(exc)
+    names = dict(zip((n for n, _ in workload.inputs), group.inputs, strict=True))
+    candidates = [
+        c
+        for c in candidates  # e.g. Winograd needs its weights at compile time
+        if all(names[i] in graph.params for i in c(workload).constant_inputs())
+    ]
+    if not candidates:
+        return "no kernel template computes this group"
+    return _choose(candidates, workload, limits, fingerprint, database, version, ignored)
+
+
+def render_kernel(graph, group, template_cls, config, tuned, in_place, renderer, limits):
+    """The group's kernel with ``config``, its stores and reads placed in the interiors of
+    the ``in_place`` pads (see pads_in_place)."""
+    workload = placed_in_pads(graph, group, group_workload(graph, group), in_place)
+    template = template_cls(workload)
+    config = template.space(limits).check(config)
+    rendered = renderer.render(template.spec(config))
+    return KernelStep(
+        group,
+        template_cls.name,
+        dict(config),
+        tuned,
+        template.key(),
+        rendered.source,
+        rendered.entry,
+        {"groups": list(rendered.launch.groups), "local": list(rendered.launch.local)},
+        list(group.inputs) + list(group.outputs),
+        workload.output_layout is not None,
+    )
+
+
+def placed_in_pads(graph: Graph, group: FusedGroup, workload, in_place: dict):
+    """The group's workload storing its output into, and reading its inputs from, the
+    interiors of the pads in ``in_place`` that hold them (tensor -> pad group)."""
+    if group.outputs[0] in in_place:
+        workload = workload.placed(*PadStep(in_place[group.outputs[0]]).interior(graph))
+    for (name, _), tensor in zip(workload.inputs, group.inputs, strict=True):
+        if tensor in in_place:
+            workload = workload.reading(name, *PadStep(in_place[tensor]).interior(graph))
     return workload
 
 
-def padded_alone(graph: Graph, groups: list[FusedGroup]) -> dict[str, FusedGroup]:
-    """Tensors whose only reader is a pad group (tensor -> that group): their producer may
-    write them straight into the padded buffer's interior. Not parameters or graph outputs
-    (their memory is theirs), nor buffers whose element offsets could outgrow 32 bits."""
+def pads_in_place(graph: Graph, groups: list[FusedGroup], templates: dict) -> dict:
+    """Padded tensors that live in their pad's interior, so that the pad needs no copy per
+    run (tensor -> its pad group): a graph input (written there by one rectangle write) or
+    the one output of a kernel whose template can place it there (``templates``: kernel
+    group name -> template class), whose every other reader is a kernel that can read it
+    from there (an epilogue input: a residual add). Not parameters or graph outputs (their
+    memory is theirs), nor tensors whose padded element offsets could outgrow 32 bits."""
     readers: dict[str, list[FusedGroup]] = {}
     for group in groups:
         for name in dict.fromkeys(group.inputs):
             readers.setdefault(name, []).append(group)
+    producers = {name: group for group in groups for name in group.outputs}
     found = {}
-    for group in groups:
-        if group.kind != "pad":
-            continue
-        tensor = group.inputs[0]
+    for pad in groups:
+        tensor = pad.inputs[0] if pad.kind == "pad" else None
         if (
-            readers[tensor] == [group]
-            and tensor not in graph.params
-            and tensor not in graph.outputs
-            and math.prod(graph.types[group.outputs[0]].shape) < 2**31
+            tensor is None
+            or tensor in graph.params
+            or tensor in graph.outputs
+            or math.prod(graph.types[pad.outputs[0]].shape) >= 2**31
         ):
-            found[tensor] = group
+            continue
+        others = [r for r in readers[tensor] if r is not pad]
+        if tensor in graph.inputs or _places(producers[tensor], templates):
+            if all(_reads_placed(graph, r, tensor, templates) for r in others):
+                found[tensor] = pad
     return found
+
+
+def _template(group: FusedGroup, templates: dict):
+    """The template class of a kernel group, else None (views, pads, host steps)."""
+    return None if group.kind in ("view", "pad") else templates.get(group.name)
+
+
+def _places(group, templates) -> bool:
+    cls = _template(group, templates)
+    return cls is not None and cls.places_output and len(group.outputs) == 1
+
+
+def _reads_placed(graph, group, tensor, templates) -> bool:
+    """Whether the kernel of ``group`` can read ``tensor`` from a bigger buffer."""
+    cls = _template(group, templates)
+    if cls is None:
+        return False
+    workload = group_workload(graph, group)
+    name = dict(zip(group.inputs, (n for n, _ in workload.inputs), strict=True))[tensor]
+    return cls(workload).reads_placed(name)
 
 
 def _choose(candidates, workload, limits, fingerprint, database, version, ignored=None):
@@ -280,8 +323,9 @@ class Executor:
             source, target = step.group.inputs[0], step.group.outputs[0]
             if source in written_into_pads:
                 self._input_boxes[source] = (buffers[target], step.box(graph))
-            else:  # the producer's kernel stores into the interior (Workload.placed)
-                buffers[source] = buffers[target]
+            # Its producer's kernel stores into the interior (Workload.placed), or the input's
+            # write does; its other readers read it there (Workload.input_layouts).
+            buffers[source] = buffers[target]
         self._actions = []  # what a run does, in order: (kind, payload)
         for step in plan.steps:
             if isinstance(step, ViewStep):

@@ -10,7 +10,7 @@ executor aliases their buffers.)
 from coretune.graph.registry import Pattern, get_op
 
 from .ctypes_ import BUFFER_TYPES, buffer_type
-from .lower import RULES, VECTOR_MATH, ElementwiseLowering, linear_index
+from .lower import RULES, VECTOR_MATH, ElementwiseLowering, element_offset
 from .workload import Workload
 
 
@@ -58,7 +58,10 @@ class Epilogue:
 
     def _lowering(self, prefix: str) -> ElementwiseLowering:
         w = self.workload
-        return ElementwiseLowering(w.types, self._producers, lambda n, i: f"{n}[{i}]", prefix)
+        layouts = dict(w.input_layouts)
+        return ElementwiseLowering(
+            w.types, self._producers, lambda n, i: f"{n}[{i}]", prefix, layouts
+        )
 
     def store(self, acc: str, index: tuple[str, ...], prefix: str = "e") -> list[str]:
         """C statements: finish ``acc`` (the anchor at ``index``) and store it to the output."""
@@ -107,10 +110,4 @@ class Epilogue:
 
     def output_offset(self, index: tuple[str, ...]) -> str:
         """The element ``index`` of the output in its buffer: row-major, or placed."""
-        layout = self.workload.output_layout
-        if layout is None:
-            return linear_index(index, self.shape)
-        strides, offset = layout
-        axes = zip(index, strides, self.shape, strict=True)
-        terms = [f"({i}) * {stride}" for i, stride, size in axes if size != 1]
-        return " + ".join(([str(offset)] if offset else []) + terms) or "0"
+        return element_offset(index, self.shape, self.workload.output_layout)

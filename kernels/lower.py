@@ -42,6 +42,18 @@ def linear_index(index, shape) -> str:
     return " + ".join(terms) or "0"
 
 
+def element_offset(index, shape, layout=None) -> str:
+    """Where element ``index`` of a tensor of ``shape`` lives in its buffer: row-major, or
+    per ``layout`` (element strides per axis, element offset): e.g. the interior of a padded
+    buffer (Workload.output_layout, Workload.input_layouts)."""
+    if layout is None:
+        return linear_index(index, shape)
+    strides, offset = layout
+    axes = zip(index, strides, shape, strict=True)
+    terms = [f"({i}) * {stride}" for i, stride, size in axes if size != 1]
+    return " + ".join(([str(offset)] if offset else []) + terms) or "0"
+
+
 class ElementwiseLowering:
     def __init__(
         self,
@@ -49,9 +61,11 @@ class ElementwiseLowering:
         producers: dict[str, Node],
         load: Callable[[str, str], str],
         prefix: str = "v",
+        layouts: dict | None = None,
     ):
         """``producers`` maps the tensors computed inside the kernel to their nodes; any other
-        tensor is read from a buffer with ``load(name, linear_index_expr)``."""
+        tensor is read from a buffer with ``load(name, element_offset_expr)``: row-major, or
+        as ``layouts`` places it (tensor -> (strides, offset))."""
         self.types = types
         # 32-bit index arithmetic is much cheaper on GPUs; 64-bit only when a tensor needs it.
         self.index_type = (
@@ -59,6 +73,7 @@ class ElementwiseLowering:
         )
         self.producers = producers
         self.load = load
+        self.layouts = layouts or {}
         self.prefix = prefix  # temporaries are prefix1, prefix2...: distinct per lowering
         self.lines: list[str] = []
         self._memo: dict[tuple, str] = {}
@@ -95,7 +110,8 @@ class ElementwiseLowering:
             node = self.producers.get(tensor)
             ttype = self.types[tensor]
             if node is None:
-                expr = self.load(tensor, linear_index(index, ttype.shape))
+                layout = self.layouts.get(tensor)
+                expr = self.load(tensor, element_offset(index, ttype.shape, layout))
             else:
                 if node.op in MULTI_OUTPUT_RULES:
                     expr = MULTI_OUTPUT_RULES[node.op](self, node, index, tensor)

@@ -25,6 +25,8 @@ class Workload:
     # per axis and an element offset (the interior of a padded buffer, see graph.executor).
     # Not in the key: the kernel computes the same values, tuned as the plain store.
     output_layout: tuple[tuple[int, ...], int] | None = None
+    # The same for inputs read from a bigger buffer: (input name, (strides, offset)) pairs.
+    input_layouts: tuple[tuple[str, tuple[tuple[int, ...], int]], ...] = ()
 
     @classmethod
     def from_graph(cls, graph: Graph) -> "Workload":
@@ -94,6 +96,11 @@ class Workload:
     def placed(self, strides: tuple[int, ...], offset: int) -> "Workload":
         """This workload storing its output at ``offset + sum(index * strides)``."""
         return dataclasses.replace(self, output_layout=(tuple(strides), int(offset)))
+
+    def reading(self, name: str, strides: tuple[int, ...], offset: int) -> "Workload":
+        """This workload reading input ``name`` at ``offset + sum(index * strides)``."""
+        layout = (name, (tuple(strides), int(offset)))
+        return dataclasses.replace(self, input_layouts=(*self.input_layouts, layout))
 
     def key_string(self) -> str:
         return json.dumps(self.key(), sort_keys=True, separators=(",", ":"))

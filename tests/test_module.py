@@ -217,6 +217,40 @@ def test_pads_match_the_reference_run_after_run(device, tmp_path):
                 np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
+def test_residual_blocks_read_their_shortcut_where_the_pad_holds_it(device, tmp_path):
+    """A tensor that a conv's pad and a residual add both read lives in the pad's interior: a
+    graph input written there by its rectangle write, a conv's output stored there; the
+    residual add in the next conv's epilogue reads it there. No pad copies remain; the
+    module matches the reference run after run, and after save/load."""
+    from coretune.graph import GraphBuilder
+
+    b = GraphBuilder()
+    rng = np.random.default_rng(5)
+
+    def conv(x, name, channels):
+        weight = b.param(f"{name}.w", rng.standard_normal((channels, 5, 3, 3), np.float32) / 4)
+        bias = b.param(f"{name}.b", rng.standard_normal(channels, np.float32))
+        return b.conv2d(x, weight, bias, padding=(1, 1, 1, 1))
+
+    x = b.input("x", (1, 5, 13, 13))
+    h = b.relu(conv(x, "conv1", 5) + x)  # x: read by conv1's pad and by its epilogue
+    r = b.relu(conv(h, "conv2", 5))  # h: read by conv2's pad...
+    out = b.relu(conv(r, "conv3", 5) + h)  # ... and by conv3's epilogue
+    graph = b.build(b.max_pool2d(out, pool_size=(2, 2)))
+    module = compile_module(graph, device=device)
+    summary = module.summary()
+    assert (summary["pads_in_place"], summary["pad_copies"]) == (3, 0)
+    assert [k.placed for k in module.plan.kernels] == [True, True, False, False]
+    path = tmp_path / "residual.ctm"
+    module.save(path)
+    loaded = load(path, device=device)
+    for seed in (1, 2):
+        inputs = random_inputs(graph, seed=seed)
+        (want,) = run_reference(graph, inputs)
+        for (got,) in (module.run(**inputs), loaded.run(**inputs)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
 def test_a_pad_step_in_place_is_derived_never_taken_from_the_file(device, tmp_path):
     """Whether a pad is written in place decides how its producer's kernel is rendered: load
     derives it as compile does, and a file that says otherwise is rejected."""

@@ -1,9 +1,13 @@
-"""Templates that store their output into the interior of a bigger (padded) buffer.
+"""Templates that store their output into, or read a residual from, the interior of a bigger
+(padded) buffer.
 
 The executor lets a conv, pool or gemm write its output straight into the buffer of the pad
-that alone reads it (Workload.placed), so the pad needs no copy per run. Here each such
-template runs its default and random configs with the output placed in a NaN-filled padded
-buffer: the interior must match numpy, and not one element of the border may be written.
+that reads it (Workload.placed), so the pad needs no copy per run; the tensor's other readers,
+e.g. the residual add of a ResNet block, then read it there (Workload.input_layouts). Here
+each such template runs its default and random configs with the output placed in a NaN-filled
+padded buffer (the interior must match numpy, and not one element of the border may be
+written), and with its residual read from a padded buffer whose border is NaN (a read outside
+the interior would show in the output).
 """
 
 import math
@@ -25,7 +29,7 @@ from .kernel_harness import (
     nvcc_compile,
     random_inputs,
 )
-from .test_template_conv2d import conv, conv_bn_relu_add, conv_transpose
+from .test_template_conv2d import conv, conv_bn_relu_add, conv_silu_residual, conv_transpose
 
 RANDOM_CONFIGS = 3
 
@@ -107,6 +111,78 @@ def test_placed_output_fills_the_interior_and_leaves_the_border(device, name, gr
         got = device.download(buffer, padded_shape, np.float32)
         assert np.isnan(got[border]).all(), f"{config}: wrote outside the interior"
         assert_matches_reference(template, [np.ascontiguousarray(got[interior])], arrays)
+
+
+def pool_residual(shape):
+    b = GraphBuilder()
+    y = b.max_pool2d(b.input("x", shape), pool_size=(3, 3), strides=(2, 2))
+    return b.build(b.relu(y) + b.input("residual", y.shape))
+
+
+def dense_residual(m, n, k):
+    b = GraphBuilder()
+    x, w, bias = b.input("x", (m, k)), b.input("w", (n, k)), b.input("b", (n,))
+    return b.build(b.relu(b.dense(x, w, bias)) + b.input("residual", (m, n)))
+
+
+RESIDUAL_CASES = [
+    ("conv2d_direct", conv_bn_relu_add((1, 7, 13, 13), 7, (3, 3), padding=(1, 1, 1, 1))),
+    # vector math: the residual is read at clamped positions for outputs past the edge
+    ("conv2d_direct", conv_silu_residual((1, 7, 13, 33), 13, (3, 3), padding=(1, 1, 1, 1))),
+    ("conv2d_depthwise", conv_silu_residual((1, 13, 7, 33), 13, (3, 3), groups=13)),
+    ("conv2d_winograd", conv_bn_relu_add((1, 7, 13, 13), 13, (3, 3), padding=(1, 1, 1, 1))),
+    (
+        "conv2d_transpose",
+        conv_bn_relu_add((1, 7, 7, 13), 13, (3, 3), "conv2d_transpose", strides=(2, 2)),
+    ),
+    ("pool2d", pool_residual((1, 7, 13, 33))),
+    ("gemm", dense_residual(7, 33, 13)),
+]
+
+
+@pytest.mark.parametrize(
+    "name, graph", RESIDUAL_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(RESIDUAL_CASES)]
+)
+def test_a_residual_read_from_the_interior_of_a_padded_buffer(device, name, graph):
+    workload = Workload.from_graph(graph)
+    position = list(graph.inputs).index("residual")  # workload inputs keep the graph's order
+    residual = workload.inputs[position][0]
+    shape = workload.types[residual].shape
+    pad_width = pad_width_for(len(shape))
+    pairs = list(zip(pad_width[0::2], pad_width[1::2], strict=True))
+    padded_shape = tuple(
+        d + before + after for d, (before, after) in zip(shape, pairs, strict=True)
+    )
+    strides = [math.prod(padded_shape[axis + 1 :]) for axis in range(len(padded_shape))]
+    offset = sum(before * s for (before, _), s in zip(pairs, strides, strict=True))
+    template = TEMPLATES[name](workload.reading(residual, strides, offset))
+    interior = tuple(slice(b, b + d) for (b, _), d in zip(pairs, shape, strict=True))
+    out_type = workload.types[workload.outputs[0]]
+    configs = [template.default_config(device.limits)]
+    configs += template.space(device.limits).sample(RANDOM_CONFIGS, np.random.default_rng(3))
+    for seed, config in enumerate(configs):
+        arrays = positive_variances(workload, random_inputs(workload, seed))
+        placed_residual = np.full(padded_shape, np.nan, np.float32)
+        placed_residual[interior] = arrays[position]
+        buffers = [device.upload(a) for a in template.prepare_weights(arrays)]
+        buffers[position] = device.upload(placed_residual)
+        output = device.upload(np.full(out_type.shape, np.nan, np.float32))
+        compiled = device.compile(template.render(config, "opencl", device.limits))
+        device.launch(compiled, [*buffers, output]).wait()
+        got = device.download(output, out_type.shape, np.float32)
+        assert_matches_reference(template, [got], arrays)
+
+
+def test_only_epilogue_inputs_are_read_from_a_bigger_buffer():
+    name, graph = RESIDUAL_CASES[0]
+    workload = Workload.from_graph(graph)
+    data = workload.nodes[0].inputs[0]  # the conv's own input: read by the template's loops
+    with pytest.raises(TemplateMismatch, match="reads its input in0 row-major only"):
+        TEMPLATES[name](workload.reading(data, (1, 1, 1, 1), 0))
+    b = GraphBuilder()
+    injective = Workload.from_graph(b.build(b.relu(b.input("x", (7, 13))) + b.input("y", (7, 13))))
+    with pytest.raises(TemplateMismatch, match="row-major only"):
+        InjectiveTemplate(injective.reading("in1", (13, 1), 0))
 
 
 def test_only_templates_that_store_through_the_epilogue_place_their_output():

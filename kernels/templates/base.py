@@ -20,8 +20,10 @@ class Template:
     """
 
     name: str = ""
-    # Every store of the output goes through Epilogue.store, so the output may be placed in a
-    # bigger buffer (Workload.output_layout): e.g. straight into the interior of a padded one.
+    # Every store of the output goes through the Epilogue, and so does every read of the
+    # epilogue's own inputs (a residual...): the output may be placed in a bigger buffer
+    # (Workload.output_layout), and those inputs read from one (Workload.input_layouts), e.g.
+    # the interior of a padded buffer.
     places_output: bool = False
 
     def __init__(self, workload: Workload):
@@ -30,6 +32,14 @@ class Template:
         if workload.output_layout is not None and not self.places_output:
             raise TemplateMismatch(f"{self.name} stores its output row-major only")
         self.workload = workload
+        for name, _ in workload.input_layouts:
+            if not self.reads_placed(name):
+                raise TemplateMismatch(f"{self.name} reads its input {name} row-major only")
+
+    def reads_placed(self, name: str) -> bool:
+        """Whether input ``name`` may be read from a bigger buffer (Workload.input_layouts):
+        an input of the epilogue alone, in a template whose epilogue does all its reads."""
+        return self.places_output and name not in self.workload.nodes[0].inputs
 
     @classmethod
     def matches(cls, workload: Workload) -> bool:
