@@ -110,7 +110,8 @@ def row(name: str, r: dict) -> str:
         us(t["onnxruntime"]),
         f"{t['default'] / t['tuned']:.2f}x",
         f"{t['tuned'] / t['onnxruntime']:.2f}x",
-        f"{r.get('measured', '2026-11-24, before verification')}, {r['trials']} trials",
+        f"{r.get('measured', '2026-11-24, before verification')}, {r['trials']} trials"
+        + (f" (tuned at {r['tuned_at']})" if r.get("tuned_at") else ""),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -136,16 +137,23 @@ def main():
             onnx.save(model, path)
             log = RESULTS / f"models_{name}{suffix}.jsonl"  # tune() starts it afresh
             trials = args.trials * len(coretune.compile(model, device).plan.kernels)
-            if not args.no_tune:
+            measured = f"{datetime.date.today()} at {commit()}"
+            saved = RESULTS / f"models_{name}{suffix}.json"
+            if args.no_tune:  # the log of an earlier run: say which
+                earlier = json.loads(saved.read_text()) if saved.exists() else {}
+                tuned_at = earlier.get("tuned_at") or earlier.get("measured", "unknown")
+            else:
                 print(f"{name}: tuning, {trials} trials ...", flush=True)
                 tune(path, log, trials)
+                tuned_at = None
             result = {
                 "trials": trials,
                 "device": device.info.name,
-                "measured": f"{datetime.date.today()} at {commit()}",
+                "measured": measured,
+                **({"tuned_at": tuned_at} if tuned_at else {}),
                 **measure(path, inputs, log, device, args.repeat),
             }
-            (RESULTS / f"models_{name}{suffix}.json").write_text(json.dumps(result, indent=1))
+            saved.write_text(json.dumps(result, indent=1))
             print(row(name, result), flush=True)
     # The table holds every model measured so far (--only re-runs some of them), per device.
     results = {
