@@ -177,7 +177,7 @@ def main():
         "threads. Kernels and memory are the tuned build's (Module.summary()): kernels per run "
         "(and pad copies: device rectangle copies that pad a conv's input each run; pads "
         "in place: written by their producer's own stores or the input's rectangle write, no "
-        "command of their own), planned buffer "
+        "command of their own; a residual add reads such a tensor there), planned buffer "
         "bytes vs one buffer per tensor (no reuse). Speedup = "
         "default / tuned; the last column = tuned / onnxruntime (below 1 means coretune is "
         "faster).",
