@@ -63,16 +63,32 @@ CASES = [
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
 
 
-def placed(template_cls, graph, pad_width):
-    """The template on the graph's workload, its output placed in a buffer padded by
-    ``pad_width`` (pairs per axis); returns the template and the padded shape."""
-    workload = Workload.from_graph(graph)
-    shape = workload.types[workload.outputs[0]].shape
+def padded_layout(shape, pad_width):
+    """A buffer of ``shape`` padded by ``pad_width`` (pairs per axis): its shape, the element
+    strides and offset of its interior (a Workload layout) and the interior's slices."""
     pairs = list(zip(pad_width[0::2], pad_width[1::2], strict=True))
     padded = tuple(d + before + after for d, (before, after) in zip(shape, pairs, strict=True))
-    strides = [math.prod(padded[axis + 1 :]) for axis in range(len(padded))]
+    strides = tuple(math.prod(padded[axis + 1 :]) for axis in range(len(padded)))
     offset = sum(before * s for (before, _), s in zip(pairs, strides, strict=True))
-    return template_cls(workload.placed(strides, offset)), padded
+    interior = tuple(slice(b, b + d) for (b, _), d in zip(pairs, shape, strict=True))
+    return padded, (strides, offset), interior
+
+
+def placed(template_cls, graph, pad_width):
+    """The template on the graph's workload, its output placed in a buffer padded by
+    ``pad_width``; returns the template and the padded shape."""
+    workload = Workload.from_graph(graph)
+    padded, layout, _ = padded_layout(workload.types[workload.outputs[0]].shape, pad_width)
+    return template_cls(workload.placed(*layout)), padded
+
+
+def reading_residual(workload, graph, pad_width):
+    """The workload reading its input "residual" from a buffer padded by ``pad_width``;
+    returns it, the residual's position among the inputs, the padded shape and interior."""
+    position = list(graph.inputs).index("residual")  # workload inputs keep the graph's order
+    name = workload.inputs[position][0]
+    padded, layout, interior = padded_layout(workload.types[name].shape, pad_width)
+    return workload.reading(name, *layout), position, padded, interior
 
 
 def positive_variances(workload, arrays):
@@ -145,18 +161,9 @@ RESIDUAL_CASES = [
 )
 def test_a_residual_read_from_the_interior_of_a_padded_buffer(device, name, graph):
     workload = Workload.from_graph(graph)
-    position = list(graph.inputs).index("residual")  # workload inputs keep the graph's order
-    residual = workload.inputs[position][0]
-    shape = workload.types[residual].shape
-    pad_width = pad_width_for(len(shape))
-    pairs = list(zip(pad_width[0::2], pad_width[1::2], strict=True))
-    padded_shape = tuple(
-        d + before + after for d, (before, after) in zip(shape, pairs, strict=True)
-    )
-    strides = [math.prod(padded_shape[axis + 1 :]) for axis in range(len(padded_shape))]
-    offset = sum(before * s for (before, _), s in zip(pairs, strides, strict=True))
-    template = TEMPLATES[name](workload.reading(residual, strides, offset))
-    interior = tuple(slice(b, b + d) for (b, _), d in zip(pairs, shape, strict=True))
+    pad_width = pad_width_for(len(workload.types[workload.outputs[0]].shape))
+    reading, position, padded_shape, interior = reading_residual(workload, graph, pad_width)
+    template = TEMPLATES[name](reading)
     out_type = workload.types[workload.outputs[0]]
     configs = [template.default_config(device.limits)]
     configs += template.space(device.limits).sample(RANDOM_CONFIGS, np.random.default_rng(3))
@@ -193,13 +200,16 @@ def test_only_templates_that_store_through_the_epilogue_place_their_output():
 
 
 @pytest.mark.parametrize("dialect", ["cuda", "metal"])
-def test_placed_stores_compile_for_cuda_and_pass_the_metal_syntax_check(dialect, tmp_path):
+def test_placed_stores_and_reads_compile_for_cuda_and_pass_the_metal_syntax_check(
+    dialect, tmp_path
+):
     """nvcc compiles the CUDA source (it cannot run here: no GPU); Metal gets only a syntax
     check with the shim header."""
     if dialect == "cuda" and NVCC is None:
         pytest.skip("nvcc not on PATH")
-    name, graph = CASES[0]
+    name, graph = CASES[0]  # a conv with a residual add: its output and residual both placed
     template, _ = placed(TEMPLATES[name], graph, pad_width_for(4))
+    template = TEMPLATES[name](reading_residual(template.workload, graph, pad_width_for(4))[0])
     limits = CUDA_SM80 if dialect == "cuda" else APPLE_M1
     rendered = template.render(template.default_config(limits), dialect, limits)
     if dialect == "cuda":
