@@ -31,6 +31,7 @@ from models import CASES, RESULTS, device_tag  # noqa: E402
 
 import coretune  # noqa: E402
 from coretune.kernels import open_device  # noqa: E402
+from coretune.kernels.space import Config  # noqa: E402
 from coretune.tuner.records import TuningLog, task_key, verified_costs  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def kernel_rows(module, log: pathlib.Path, fingerprint: dict) -> list[dict]:
     for step in module.plan.kernels:
         workload = step.task["workload"]
         candidates = [t for t in by_task.values() if t[0].task["workload"] == workload]
-        default = verified_costs(by_task.get(task_key(step.task), [])).get(_config(step.config))
+        default = verified_costs(by_task.get(task_key(step.task), [])).get(Config(step.config))
         best = min(
             (cost for records in candidates for cost in verified_costs(records).values()),
             default=None,
@@ -54,12 +55,6 @@ def kernel_rows(module, log: pathlib.Path, fingerprint: dict) -> list[dict]:
             {"kernel": step.group.name, "template": step.template, "default": default, "best": best}
         )
     return rows
-
-
-def _config(config: dict):
-    from coretune.kernels.space import Config
-
-    return Config(config)
 
 
 def us(seconds) -> str:
@@ -99,7 +94,7 @@ def main():
             known = [r for r in rows if r["default"] and r["best"]]
             total_default = sum(r["default"] for r in known)
             total_best = sum(r["best"] for r in known)
-            lines += [
+            block = [
                 f"## {name} ({log.name})",
                 "",
                 "| kernel | default template | default config | best config (any template) "
@@ -108,11 +103,11 @@ def main():
             ]
             for r in rows:
                 ratio = f"{r['default'] / r['best']:.2f}x" if r in known else "-"
-                lines.append(
+                block.append(
                     f"| {r['kernel']} | {r['template']} | {us(r['default'])} | {us(r['best'])} "
                     f"| {ratio} |"
                 )
-            lines += [
+            block += [
                 f"| all kernels | | {us(total_default)} | {us(total_best)} "
                 f"| {total_default / total_best:.2f}x |",
                 "",
@@ -120,7 +115,8 @@ def main():
                 f"); bound if kernels took 0 s: {wall / (wall - busy):.2f}x.",
                 "",
             ]
-            print("\n".join(lines[-(len(rows) + 8) :]), flush=True)
+            lines += block
+            print("\n".join(block), flush=True)
     (RESULTS / f"tuning_headroom{suffix}.md").write_text("\n".join(lines))
 
 
