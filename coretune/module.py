@@ -130,7 +130,9 @@ def compile(model, device=None, logs=None) -> Module:  # noqa: A001 - the public
     dev = device if hasattr(device, "info") else open_device(device)
     paths = [logs] if isinstance(logs, str | Path) else list(logs or [])
     database = TuningDatabase.load(paths) if paths else None
-    plan = build_plan(graph, dev.limits, dev.info.fingerprint(), database, __version__)
+    plan = build_plan(
+        graph, dev.limits, dev.info.fingerprint(), database, __version__, dev.info.backend
+    )
     return Module(plan, dev, _digest(paths))
 
 

@@ -23,7 +23,7 @@ def random_inputs(workload, seed):
 
 def run_on_device(device, template, config, arrays):
     """Run one config on the device with NaN-poisoned outputs; returns the outputs."""
-    rendered = template.render(config, "opencl", device.limits)
+    rendered = template.render(config, device.info.backend, device.limits)
     compiled = device.compile(rendered)
     w = template.workload
     out_types = [w.types[name] for name in w.outputs]

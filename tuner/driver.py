@@ -184,7 +184,7 @@ def _record(task, config, result: MeasureResult, fingerprint, strategy, trial) -
         error=result.error,
         message=result.message[:2000],
         device=fingerprint,
-        dialect="opencl",
+        dialect=fingerprint.get("backend", "opencl"),  # the device's own kernel language
         strategy=strategy,
         trial=trial,
         started=result.started,

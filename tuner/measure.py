@@ -74,7 +74,7 @@ def _build(task: Task, config: Config, device_spec: str | None) -> _Built:
 
     device = _worker_device(device_spec)
     try:
-        rendered = task.template().render(config, "opencl", device.limits)
+        rendered = task.template().render(config, device.info.backend, device.limits)
     except InvalidConfig as exc:
         return _Built(config, None, ErrorKind.INVALID, str(exc))
     try:
@@ -122,7 +122,7 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
             return
         config, source = job
         try:
-            rendered = template.render(config, "opencl", device.limits)
+            rendered = template.render(config, device.info.backend, device.limits)
             assert rendered.source == source, "the runner rendered different source"
             compiled = device.compile(rendered)
             outputs = [_poisoned(device, t) for t in out_types]
