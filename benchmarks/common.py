@@ -8,7 +8,6 @@ from datetime import date
 
 def environment(device=None) -> dict:
     import numpy
-    import pyopencl
 
     import coretune
 
@@ -17,7 +16,6 @@ def environment(device=None) -> dict:
         "coretune": coretune.__version__,
         "python": sys.version.split()[0],
         "numpy": numpy.__version__,
-        "pyopencl": pyopencl.VERSION_TEXT,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "(unset)"),
         # PoCL's worker pinning changes big kernels' times by up to 2x (README).
@@ -26,6 +24,7 @@ def environment(device=None) -> dict:
     if device is not None:
         fp = device.info.fingerprint()
         info["device"] = f"{fp['name']} ({fp['platform']}, driver {fp['driver_version']})"
+        info.update(device.versions())  # pyopencl, or the CUDA binding
     try:
         import onnxruntime
 

@@ -23,35 +23,39 @@ from .graph.reference import run_reference
 
 Executor = Callable[[Graph, dict[str, np.ndarray]], list[np.ndarray]]
 
-_MODULES: dict[int, tuple[Graph, object]] = {}
+_MODULES: dict[tuple[int, str], tuple[Graph, object]] = {}
+_DEVICES: dict[str, object] = {}
 
 
-def run_compiled(graph: Graph, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Compile the graph for the default OpenCL device (once per graph) and run it."""
-    from .module import compile as compile_module
+def compiled_on(spec: str | None) -> Executor:
+    """An executor that compiles each graph for device ``spec`` (once per graph) and runs it."""
 
-    entry = _MODULES.get(id(graph))
-    if entry is None or entry[0] is not graph:
-        entry = (graph, compile_module(graph, device=_default_device()))
-        _MODULES[id(graph)] = entry
-    return entry[1].run(**inputs)
+    def run_compiled(graph: Graph, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        from .module import compile as compile_module
+
+        entry = _MODULES.get((id(graph), str(spec)))
+        if entry is None or entry[0] is not graph:
+            entry = (graph, compile_module(graph, device=_device(spec)))
+            _MODULES[(id(graph), str(spec))] = entry
+        return entry[1].run(**inputs)
+
+    return run_compiled
 
 
-def _default_device():
-    global _DEVICE
-    if _DEVICE is None:
+def _device(spec: str | None):
+    if str(spec) not in _DEVICES:
         from .kernels import open_device
 
-        _DEVICE = open_device(None)
-    return _DEVICE
+        _DEVICES[str(spec)] = open_device(spec)
+    return _DEVICES[str(spec)]
 
 
-_DEVICE = None
-
-# Device type -> how a graph runs there: the one place a new device plugs in.
+# Device type -> how a graph runs there: the one place a new device plugs in. "OPENCL" is the
+# default OpenCL device, "CUDA" the first CUDA GPU.
 EXECUTORS: dict[str, Executor] = {
     "CPU": run_reference,
-    "OPENCL": run_compiled,
+    "OPENCL": compiled_on(None),
+    "CUDA": compiled_on("cuda:0"),
 }
 
 

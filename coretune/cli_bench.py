@@ -86,13 +86,12 @@ def onnxruntime_runner(path, inputs, graph_inputs) -> tuple[Runner, str] | None:
     return run, ort.__version__
 
 
-def versions() -> dict:
+def versions(device) -> dict:
     import numpy
-    import pyopencl
 
     from . import __version__
 
-    return {"coretune": __version__, "numpy": numpy.__version__, "pyopencl": pyopencl.VERSION_TEXT}
+    return {"coretune": __version__, "numpy": numpy.__version__, **device.versions()}
 
 
 @click.command()
@@ -143,7 +142,7 @@ def bench(model, logs, device, repeat, seed, as_json):
             rows["tuned"] = compile_module(graph, dev, list(logs))
     inputs = random_inputs(base.plan.graph, seed)
     runners = {name: module_runner(m, inputs) for name, m in rows.items()}
-    info = versions()
+    info = versions(dev)
     if not is_ctm(model):
         found = onnxruntime_runner(model, inputs, base.input_names)
         if found:

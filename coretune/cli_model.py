@@ -172,7 +172,7 @@ def devices(as_json):
     \b
     Examples:
       coretune devices
-      coretune devices --json | jq '.opencl[] | .name'
+      coretune devices --json | jq '.opencl.devices[] | .name'
     """
     report = {"opencl": _opencl_devices(), "cuda": _cuda_devices()}
     if as_json:
@@ -185,7 +185,7 @@ def devices(as_json):
     columns = ("device", "platform", "name", "driver", "units", "wg size", "wi sizes", "local")
     for column in columns:
         table.add_column(column)
-    for d in report["opencl"]:
+    for d in report["opencl"]["devices"]:
         table.add_row(
             d["device"] + (" (default)" if d["default"] else ""),
             d["platform"],
@@ -196,74 +196,62 @@ def devices(as_json):
             "x".join(map(str, d["max_work_item_sizes"])),
             f"{d['local_mem_bytes'] // 1024} KiB",
         )
-    out.print(table)
+    if report["opencl"]["available"]:
+        out.print(table)
+    else:
+        out.print(f"OpenCL: not available ({report['opencl']['reason']})")
     cuda = report["cuda"]
     if not cuda["available"]:
         out.print(f"CUDA: not available ({cuda['reason']})")
     for d in cuda["devices"]:
         out.print(
-            f"{d['device']}: {d['name']}, {d['compute_units']} SMs, work-group "
-            f"{d['max_work_group_size']}, shared memory {d['local_mem_bytes'] // 1024} KiB"
+            f"{d['device']}: {d['name']} ({d['platform']}, driver {d['driver_version']}), "
+            f"{d['compute_units']} SMs, block {d['max_work_group_size']} threads, "
+            f"shared memory {d['local_mem_bytes'] // 1024} KiB"
         )
 
 
-def _opencl_devices() -> list[dict]:
-    from .kernels.opencl import device_info, list_devices
+def _opencl_devices() -> dict:
+    """OpenCL devices when pyopencl and a platform work; otherwise the reason, in one line."""
+    from .kernels.opencl import DeviceError, device_info, list_devices
 
-    found = []
-    for index, device in enumerate(list_devices()):
-        info = device_info(device)
-        found.append(
-            {
-                "device": f"opencl:{index}",
-                "default": index == 0,
-                "platform": info.platform,
-                "name": info.name,
-                "driver_version": info.driver_version,
-                "compute_units": info.limits.compute_units,
-                "max_work_group_size": info.limits.max_work_group_size,
-                "max_work_item_sizes": list(info.limits.max_work_item_sizes),
-                "local_mem_bytes": info.limits.local_mem_bytes,
-                "preferred_vector_width": info.limits.preferred_vector_width,
-            }
-        )
-    return found
+    try:
+        infos = [device_info(device) for device in list_devices()]
+    except DeviceError as exc:
+        return _none_found(str(exc))
+    return _found("opencl", infos)
 
 
 def _cuda_devices() -> dict:
-    """CUDA devices when pycuda and a driver work; otherwise the reason, in one line."""
+    """CUDA devices when CuPy or pycuda and a driver work; otherwise the reason, in one line."""
+    from .kernels.cuda import list_devices
+    from .kernels.opencl import DeviceError
+
     try:
-        import pycuda.driver as driver
-    except ImportError:
-        return _no_cuda("pycuda is not installed: pip install 'coretune[cuda]'")
-    try:
-        driver.init()
-        count = driver.Device.count()
-    except Exception as exc:  # pycuda raises its own error types
-        return _no_cuda(f"the CUDA driver did not start: {str(exc).splitlines()[0]}")
-    if count == 0:
-        return _no_cuda("no CUDA GPU found")
-    a = driver.device_attribute
-    found = []
-    for index in range(count):
-        dev = driver.Device(index)
-        attrs = dev.get_attributes()
-        found.append(
-            {
-                "device": f"cuda:{index}",
-                "name": dev.name(),
-                "compute_units": attrs[a.MULTIPROCESSOR_COUNT],
-                "max_work_group_size": attrs[a.MAX_THREADS_PER_BLOCK],
-                "max_work_item_sizes": [
-                    attrs[a.MAX_BLOCK_DIM_X],
-                    attrs[a.MAX_BLOCK_DIM_Y],
-                    attrs[a.MAX_BLOCK_DIM_Z],
-                ],
-                "local_mem_bytes": attrs[a.MAX_SHARED_MEMORY_PER_BLOCK],
-            }
-        )
-    return {"available": True, "reason": "", "devices": found}
+        infos = list_devices()
+    except DeviceError as exc:
+        return _none_found(str(exc).splitlines()[0])
+    return _found("cuda", infos)
 
 
-def _no_cuda(reason: str) -> dict:
+def _found(backend: str, infos) -> dict:
+    devices = [
+        {
+            "device": f"{backend}:{index}",
+            "default": backend == "opencl" and index == 0,
+            "platform": info.platform,
+            "name": info.name,
+            "driver_version": info.driver_version,
+            "compute_units": info.limits.compute_units,
+            "max_work_group_size": info.limits.max_work_group_size,
+            "max_work_item_sizes": list(info.limits.max_work_item_sizes),
+            "local_mem_bytes": info.limits.local_mem_bytes,
+            "preferred_vector_width": info.limits.preferred_vector_width,
+        }
+        for index, info in enumerate(infos)
+    ]
+    return {"available": True, "reason": "", "devices": devices}
+
+
+def _none_found(reason: str) -> dict:
     return {"available": False, "reason": reason, "devices": []}

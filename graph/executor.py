@@ -204,7 +204,7 @@ def render_kernel(graph, group, template_cls, config, tuned, in_place, renderer,
     workload = placed_in_pads(graph, group, group_workload(graph, group), in_place)
     template = template_cls(workload)
     config = template.space(limits).check(config)
-    rendered = renderer.render(template.spec(config))
+    rendered = renderer.render(template.checked_spec(config, limits))
     return KernelStep(
         group,
         template_cls.name,

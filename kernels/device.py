@@ -17,6 +17,8 @@ class DeviceLimits:
     preferred_vector_width: int = 4  # float lanes of one native vector op
     warp_size: int = 1  # work-items that run in lock step (32 on NVIDIA, 1 on a CPU)
     max_registers_per_thread: int = 255
+    # Work-groups per launch, per axis (CUDA's grid y and z are 16-bit; OpenCL has no such cap).
+    max_groups: tuple[int, int, int] = (2**63 - 1,) * 3
 
     def fits_work_group(self, shape: tuple[int, ...]) -> str | None:
         """None when ``shape`` is a legal work-group, else the reason it is not."""
@@ -27,6 +29,13 @@ class DeviceLimits:
                 return f"work-group axis {axis} is {size} > {self.max_work_item_sizes[axis]}"
         if total > self.max_work_group_size:
             return f"work-group size {total} > device maximum {self.max_work_group_size}"
+        return None
+
+    def fits_launch(self, groups: tuple[int, ...]) -> str | None:
+        """None when ``groups`` work-groups per axis can be launched, else the reason."""
+        for axis, (count, most) in enumerate(zip(groups, self.max_groups, strict=False)):
+            if count > most:
+                return f"{count} work-groups on axis {axis} > device maximum {most}"
         return None
 
     def fits_local_memory(self, nbytes: int) -> str | None:
@@ -69,6 +78,7 @@ CUDA_SM80 = DeviceLimits(
     preferred_vector_width=4,
     warp_size=32,
     max_registers_per_thread=255,
+    max_groups=(2**31 - 1, 65535, 65535),
 )
 APPLE_M1 = DeviceLimits(
     1024, (1024, 1024, 1024), 32 * 1024, compute_units=8, preferred_vector_width=4, warp_size=32

@@ -120,6 +120,10 @@ class OpenCLDevice:
     def limits(self) -> DeviceLimits:
         return self.info.limits
 
+    def versions(self) -> dict[str, str]:
+        """The Python binding and driver behind this device (benchmarks print them)."""
+        return {"pyopencl": self._cl.VERSION_TEXT, "opencl_driver": self.info.driver_version}
+
     def compile(self, rendered: RenderedKernel, options: tuple[str, ...] = ()) -> CompiledKernel:
         """Build (or fetch from the cache, keyed by source and options) and pick the entry."""
         key = hashlib.sha256("\0".join((rendered.source, rendered.entry, *options)).encode())

@@ -232,8 +232,9 @@ def test_devices_json_lists_the_default_device():
     result = coretune("devices", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert sum(d["default"] for d in report["opencl"]) == 1
-    first = report["opencl"][0]
+    assert report["opencl"]["available"]
+    assert sum(d["default"] for d in report["opencl"]["devices"]) == 1
+    first = report["opencl"]["devices"][0]
     assert first["device"] == "opencl:0" and first["max_work_group_size"] > 0
     assert len(first["max_work_item_sizes"]) == 3 and first["local_mem_bytes"] > 0
     assert report["cuda"]["available"] or report["cuda"]["reason"]

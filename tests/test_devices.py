@@ -31,15 +31,37 @@ def test_selection_by_index_and_name():
         open_device("no-such-gpu")
 
 
-def test_cuda_absence_is_a_clear_error():
-    try:
-        import pycuda.driver  # noqa: F401
-    except ImportError:
-        with pytest.raises(DeviceError, match="pip install 'coretune\\[cuda\\]'"):
-            open_device("cuda")
-    else:  # pycuda installed: with no GPU it must still say so clearly
-        with pytest.raises(DeviceError):
-            open_device("cuda")
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.skipif(
+    _importable("cupy") or _importable("pycuda"), reason="a CUDA binding is installed here"
+)
+def test_cuda_without_a_binding_is_one_clear_error():
+    with pytest.raises(DeviceError) as error:
+        open_device("cuda:0")
+    message = str(error.value)
+    assert "CUDA needs CuPy or pycuda" in message and "pip install 'coretune[cuda]'" in message
+    assert "\n" not in message
+
+
+def test_cuda_runtime_choice_is_checked(monkeypatch):
+    monkeypatch.setenv("CORETUNE_CUDA_RUNTIME", "opencl")
+    with pytest.raises(DeviceError, match="CORETUNE_CUDA_RUNTIME='opencl': choose one of cupy"):
+        open_device("cuda")
+    with pytest.raises(DeviceError, match="write cuda or cuda:N"):
+        open_device("cuda:first")
+
+
+def test_cuda_fill_words_repeat_the_element_bytes():
+    from coretune.kernels.cuda import fill_word
+
+    assert fill_word(np.array(np.nan, np.float32)) == 0x7FC00000
+    assert fill_word(np.array(0x5A, np.int64)) == 0x5A
+    assert fill_word(np.array(-1, np.int8)) == 0xFF
 
 
 def _copy_kernel(body):
@@ -95,3 +117,32 @@ def test_the_example_runs_on_pocls_single_threaded_driver():
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("basic-"), run.stdout
+
+
+NO_PYOPENCL = """
+import sys
+sys.modules["pyopencl"] = None  # as on a GPU host without PoCL: any import of it fails
+import coretune, coretune.cli, coretune.module, coretune.backend, coretune.tuner.driver
+from coretune.kernels import DeviceError, open_device
+graph = coretune.import_onnx("examples/tiny_net.onnx")
+for spec in ("opencl", "cuda:0"):
+    try:
+        open_device(spec)
+    except DeviceError as exc:
+        print(spec, "->", exc)
+"""
+
+
+def test_the_opencl_runtime_is_imported_only_for_an_opencl_device():
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-c", NO_PYOPENCL], cwd=root, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("opencl -> pyopencl is not importable"), lines
+    assert lines[1].startswith("cuda:0 -> CUDA") and "pyopencl" not in lines[1], lines

@@ -89,7 +89,10 @@ def test_kernel_count_host_steps_and_memory(compiled, name):
     _, _, module, loaded = compiled(name)
     summary = module.summary()
     assert summary["host_steps"] == [], f"{name} runs groups on the host"
-    assert summary["kernels"] == KERNELS[name]
+    # On CUDA a pad is a kernel of its own (no rectangle copies, nothing written in place).
+    pad_kernels = sum(k.group.kind == "pad" for k in module.plan.kernels)
+    assert pad_kernels == 0 or module.device.info.backend != "opencl"
+    assert summary["kernels"] - pad_kernels == KERNELS[name]
     assert 0 < summary["planned_bytes"] <= summary["unshared_bytes"]
     assert loaded.summary() == summary
 

@@ -1,4 +1,5 @@
-"""ONNX's node tests on device "OPENCL": the compiled path (kernels on the default OpenCL device).
+"""ONNX's node tests on the compiled path: kernels on the test device (the default OpenCL device,
+or the one ``pytest --device`` names, e.g. cuda:0: backend device "CUDA").
 
 Every in-scope test that passes on the reference device must pass here too, except those in
 ``OPENCL_EXCLUDED`` with their reason. The kernels are checked with the test's own tolerances.
@@ -38,12 +39,12 @@ def _opencl_reason(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_node_on_opencl(name):
+def test_node_on_opencl(name, backend_device):
     reason = _opencl_reason(name)
     if reason:
         pytest.skip(f"excluded on OPENCL: {reason}")
     case = _CASES[name]
-    rep = coretune.backend.prepare(case.model, "OPENCL")
+    rep = coretune.backend.prepare(case.model, backend_device)
     for inputs, expected in case.data_sets:
         outputs = rep.run([_array(i) for i in inputs])
         Runner.assert_similar_outputs(

@@ -120,7 +120,7 @@ def test_placed_output_fills_the_interior_and_leaves_the_border(device, name, gr
     configs += space.sample(RANDOM_CONFIGS, np.random.default_rng(len(name)))
     for seed, config in enumerate(configs):
         arrays = positive_variances(template.workload, random_inputs(template.workload, seed))
-        compiled = device.compile(template.render(config, "opencl", device.limits))
+        compiled = device.compile(template.render(config, device.info.backend, device.limits))
         buffer = device.upload(np.full(padded_shape, np.nan, np.float32))
         buffers = [device.upload(a) for a in template.prepare_weights(arrays)]
         device.launch(compiled, [*buffers, buffer]).wait()
@@ -174,7 +174,7 @@ def test_a_residual_read_from_the_interior_of_a_padded_buffer(device, name, grap
         buffers = [device.upload(a) for a in template.prepare_weights(arrays)]
         buffers[position] = device.upload(placed_residual)
         output = device.upload(np.full(out_type.shape, np.nan, np.float32))
-        compiled = device.compile(template.render(config, "opencl", device.limits))
+        compiled = device.compile(template.render(config, device.info.backend, device.limits))
         device.launch(compiled, [*buffers, output]).wait()
         got = device.download(output, out_type.shape, np.float32)
         assert_matches_reference(template, [got], arrays)

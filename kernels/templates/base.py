@@ -4,7 +4,7 @@ from coretune.errors import CoretuneError
 
 from ..device import DeviceLimits
 from ..render import KernelSpec, RenderedKernel, renderer_for
-from ..space import Config, ConfigSpace, Knob, Restriction
+from ..space import Config, ConfigSpace, InvalidConfig, Knob, Restriction
 from ..workload import Workload
 
 
@@ -88,7 +88,15 @@ class Template:
             self.knobs(), self.restrictions(), limits, self.work_group, self.local_mem_bytes
         )
 
+    def checked_spec(self, config, limits: DeviceLimits) -> KernelSpec:
+        """The kernel of a config that fits the device; an invalid one is rejected with its
+        reason (the launch's group counts are known only once the spec is made)."""
+        spec = self.spec(self.space(limits).check(config))
+        too_many = limits.fits_launch(spec.launch.groups)
+        if too_many:
+            raise InvalidConfig(f"{self.name}: {too_many}")
+        return spec
+
     def render(self, config, dialect: str, limits: DeviceLimits) -> RenderedKernel:
         """Render a config for a dialect; an invalid config is rejected with its reason."""
-        config = self.space(limits).check(config)
-        return renderer_for(dialect).render(self.spec(config))
+        return renderer_for(dialect).render(self.checked_spec(config, limits))
