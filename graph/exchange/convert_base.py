@@ -8,8 +8,8 @@ leave no node behind.
 """
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,23 +29,31 @@ Check = Callable[[onnx.NodeProto, dict[str, Any]], str | None]
 @dataclass(frozen=True)
 class Converter:
     """``convert(ctx)`` emits the node; ``check(node, attrs)`` names an unsupported attribute
-    value before anything is converted (so one error can list every offending node);
-    ``constant_inputs`` are the input slots whose values the core IR needs at import time."""
+    value before anything is converted (so one error can list every offending node), and may
+    raise ``Malformed`` for a value ONNX does not allow; ``choices`` are the values ONNX allows
+    for string attributes; ``constant_inputs`` are the input slots whose values the core IR
+    needs at import time."""
 
     convert: Callable[["ConvertContext"], Any]
     check: Check | None = None
     constant_inputs: tuple[int, ...] = ()
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 CONVERTERS: dict[str, Converter] = {}
 
 
-def converts(*op_types: str, check: Check | None = None, constant_inputs: tuple[int, ...] = ()):
+def converts(
+    *op_types: str,
+    check: Check | None = None,
+    constant_inputs: tuple[int, ...] = (),
+    choices: Mapping[str, tuple[str, ...]] | None = None,
+):
     """Register the decorated function as the converter of the given ONNX op types."""
 
     def register(fn):
         for op_type in op_types:
-            CONVERTERS[op_type] = Converter(fn, check, constant_inputs)
+            CONVERTERS[op_type] = Converter(fn, check, constant_inputs, dict(choices or {}))
         return fn
 
     return register
@@ -53,6 +61,53 @@ def converts(*op_types: str, check: Check | None = None, constant_inputs: tuple[
 
 class Unsupported(Exception):  # noqa: N818  (an internal signal, never reaches the user)
     """A node uses a feature outside the core op set; the importer reports all such nodes."""
+
+
+class Malformed(Exception):  # noqa: N818  (an internal signal, never reaches the user)
+    """A node breaks the ONNX spec (an attribute of the wrong type, a string ONNX does not
+    define); the importer reports all such nodes in one ModelLoadError."""
+
+
+def attribute_problems(node: onnx.NodeProto, opset: int, converter: Converter) -> list[str]:
+    """How the node's attributes break its ONNX schema (names, types, required ones) or the
+    converter's ``choices``; checked before any converter reads an attribute."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return []  # no schema at this opset: the checker says so
+    problems = []
+    for attr in node.attribute:
+        declared = schema.attributes.get(attr.name)
+        if declared is None:
+            problems.append(f"attribute {attr.name!r}, which ONNX does not define")
+        elif not attr.ref_attr_name and attr.type != declared.type.value:
+            problems.append(
+                f"attribute {attr.name!r} of type {_attr_type(attr.type)} "
+                f"(ONNX defines it as {_attr_type(declared.type.value)})"
+            )
+    given = {a.name for a in node.attribute}
+    problems += [
+        f"no {name!r} attribute, which ONNX requires"
+        for name, declared in schema.attributes.items()
+        if declared.required and name not in given
+    ]
+    if problems:
+        return problems
+    try:
+        attrs = attribute_values(node)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        return [f"attributes that cannot be read ({type(exc).__name__}: {exc})"]
+    for name, allowed in converter.choices.items():
+        if name in attrs and attrs[name] not in allowed:
+            problems.append(f"{name}={attrs[name]!r} (ONNX allows {', '.join(allowed)})")
+    return problems
+
+
+def _attr_type(code: int) -> str:
+    try:
+        return onnx.AttributeProto.AttributeType.Name(code)
+    except ValueError:
+        return str(code)
 
 
 def onnx_dtype(elem_type: int) -> str | None:

@@ -6,6 +6,8 @@ have no core counterpart and are reported as unsupported.
 
 from .convert_base import ConvertContext, converts
 
+_AUTO_PAD = {"auto_pad": ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")}
+
 
 def _spatial_check(node, attrs):
     """Find 3-D (or higher) ops from their attributes before anything is converted."""
@@ -59,7 +61,7 @@ def _window_2d(strides, dilations, begins, ends):
     return {"strides": strides, "dilation": dilations, "padding": (*begins, *ends)}
 
 
-@converts("Conv", check=_spatial_check)
+@converts("Conv", check=_spatial_check, choices=_AUTO_PAD)
 def conv(ctx: ConvertContext):
     x, weight = ctx.input(0), ctx.input(1)
     rank = _spatial_rank(ctx, x)
@@ -71,7 +73,7 @@ def conv(ctx: ConvertContext):
     return ctx.squeeze(y, axes=(2,)) if rank == 1 else y
 
 
-@converts("ConvTranspose", check=_spatial_check)
+@converts("ConvTranspose", check=_spatial_check, choices=_AUTO_PAD)
 def conv_transpose(ctx: ConvertContext):
     x, weight = ctx.input(0), ctx.input(1)
     rank = _spatial_rank(ctx, x)
@@ -120,7 +122,7 @@ def _pool_check(node, attrs):
     return _spatial_check(node, attrs)
 
 
-@converts("MaxPool", "AveragePool", check=_pool_check)
+@converts("MaxPool", "AveragePool", check=_pool_check, choices=_AUTO_PAD)
 def pool(ctx: ConvertContext):
     x = ctx.input(0)
     rank = _spatial_rank(ctx, x)

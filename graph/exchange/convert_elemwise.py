@@ -4,7 +4,7 @@ import math
 
 import onnx
 
-from .convert_base import ConvertContext, Unsupported, converts, onnx_dtype
+from .convert_base import ConvertContext, converts, onnx_dtype
 
 _BINARY = {
     "Sub": "subtract",
@@ -98,13 +98,10 @@ def hard_swish(ctx: ConvertContext):
     return x * ctx.clip(x * (1 / 6) + 0.5, a_min=0.0, a_max=1.0)
 
 
-@converts("Gelu")
+@converts("Gelu", choices={"approximate": ("none", "tanh")})
 def gelu(ctx: ConvertContext):
     x = ctx.input(0)
-    approximate = ctx.attr("approximate", "none")
-    if approximate not in ("none", "tanh"):
-        raise Unsupported(f"approximate={approximate!r}")
-    if approximate == "tanh":
+    if ctx.attr("approximate", "none") == "tanh":
         inner = (x + x * x * x * 0.044715) * math.sqrt(2 / math.pi)
         return x * 0.5 * (ctx.tanh(inner) + 1.0)
     return x * 0.5 * (ctx.erf(x * (1 / math.sqrt(2))) + 1.0)

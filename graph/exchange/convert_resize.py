@@ -9,7 +9,11 @@ def _resize_check(node, attrs):
     return None
 
 
-@converts("Resize", check=_resize_check, constant_inputs=(1, 2, 3))
+# String attributes resize2d does not check itself.
+_CHOICES = {"keep_aspect_ratio_policy": ("stretch", "not_larger", "not_smaller")}
+
+
+@converts("Resize", check=_resize_check, constant_inputs=(1, 2, 3), choices=_CHOICES)
 def resize(ctx: ConvertContext):
     x = ctx.input(0)
     rank = x.ndim

@@ -4,7 +4,9 @@
 
 The import is all-or-nothing: every op type, attribute value or tensor type coretune cannot
 represent is collected first and reported in one UnsupportedModelError, never dropped or
-approximated. Core tensors keep their ONNX names; nodes keep their ONNX names (made unique).
+approximated; every attribute that breaks its op's ONNX schema (type, name, allowed strings)
+likewise in one ModelLoadError, and every node that cannot be converted (wrong ranks, shapes)
+in one GraphError. Core tensors keep their ONNX names; nodes keep their ONNX names (made unique).
 """
 
 import dataclasses
@@ -29,7 +31,15 @@ from . import (  # noqa: F401  (importing a converter module registers its conve
     convert_resize,
     convert_tensor,
 )
-from .convert_base import CONVERTERS, ConvertContext, Unsupported, attribute_values, onnx_dtype
+from .convert_base import (
+    CONVERTERS,
+    ConvertContext,
+    Malformed,
+    Unsupported,
+    attribute_problems,
+    attribute_values,
+    onnx_dtype,
+)
 
 MIN_OPSET = 13
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -150,9 +160,12 @@ def _node_names(graph: onnx.GraphProto) -> list[str]:
 Problems = dict[tuple[str, str], list[str]]  # (feature, "node" or "value") -> names
 
 
-def scan(graph: onnx.GraphProto, names: list[str]) -> Problems:
-    """Everything in the graph coretune cannot import, and where it is used."""
+def scan(graph: onnx.GraphProto, names: list[str], opset: int) -> tuple[Problems, Problems]:
+    """Everything in the graph coretune cannot import, and where it is used: (unsupported,
+    malformed). Every node's attributes are checked here, against its ONNX schema, before
+    any converter reads them."""
     problems: Problems = defaultdict(list)
+    malformed: Problems = defaultdict(list)
     declared = [
         *graph.input,
         *(o for o in graph.output if o.type.WhichOneof("value") and o.type.tensor_type.elem_type),
@@ -178,26 +191,51 @@ def scan(graph: onnx.GraphProto, names: list[str]) -> Problems:
             )
             problems[op_type, "node"].append(name)
             continue
-        reason = converter.check and converter.check(node, attribute_values(node))
-        if reason:
-            problems[f"{node.op_type} with {reason}", "node"].append(name)
-    return problems
+        bad = attribute_problems(node, opset, converter)
+        for problem in bad:
+            malformed[f"{node.op_type} with {problem}", "node"].append(name)
+        if bad:
+            continue
+        try:
+            reason = converter.check and converter.check(node, attribute_values(node))
+        except Malformed as exc:
+            malformed[f"{node.op_type} with {exc}", "node"].append(name)
+        except _MALFORMED as exc:
+            malformed[f"{node.op_type} with {type(exc).__name__}: {exc}", "node"].append(name)
+        else:
+            if reason:
+                problems[f"{node.op_type} with {reason}", "node"].append(name)
+    return problems, malformed
 
 
 def _require_supported(proto: onnx.ModelProto, opset: int) -> None:
-    problems = scan(proto.graph, _node_names(proto.graph))
+    problems, malformed = scan(proto.graph, _node_names(proto.graph), opset)
+    if malformed:
+        lines = [
+            f"ONNX model {proto.graph.name!r} (opset {opset}) is malformed: "
+            f"{len(malformed)} problem(s):",
+            *_listing(malformed),
+        ]
+        if problems:
+            lines += [f"and it uses {len(problems)} thing(s) coretune does not support:"]
+            lines += _listing(problems)
+        raise ModelLoadError("\n".join(lines))
     if problems:
         raise _unsupported(proto, opset, problems)
+
+
+def _listing(problems: Problems) -> list[str]:
+    return [
+        f"  {what}: {kind}{'s' * (len(names) > 1)} {', '.join(map(repr, names))}"
+        for (what, kind), names in problems.items()
+    ]
 
 
 def _unsupported(proto: onnx.ModelProto, opset: int, problems: Problems):
     lines = [
         f"cannot import ONNX model {proto.graph.name!r} (opset {opset}): it uses "
-        f"{len(problems)} thing(s) coretune does not support:"
-    ]
-    lines += [
-        f"  {what}: {kind}{'s' * (len(names) > 1)} {', '.join(map(repr, names))}"
-        for (what, kind), names in problems.items()
+        f"{len(problems)} thing(s) coretune does not support:",
+        *_listing(problems),
     ]
     return UnsupportedModelError("\n".join(lines))
 
@@ -211,29 +249,33 @@ def _convert(
     ctx = ConvertContext(_all_names(graph, names), _use_counts(graph))
     _declare(ctx, graph, input_shapes, input_values)
     problems: Problems = defaultdict(list)
-    blocked: set[str] = set()  # outputs of unsupported nodes: their consumers are not converted
+    errors: list[str] = []  # one line per node that cannot be converted as it stands
+    blocked: set[str] = set()  # outputs of failed nodes: their consumers are not converted
     for node, name in zip(graph.node, names, strict=True):
         if blocked.intersection(node.input):
             blocked.update(node.output)
             continue
-        ctx.begin(node, name, opset)
         try:
+            ctx.begin(node, name, opset)
             ctx.finish(CONVERTERS[node.op_type].convert(ctx))
+            continue
         except Unsupported as exc:
             problems[f"{node.op_type} with {exc}", "node"].append(name)
-            blocked.update(node.output)
-        except GraphError:
-            if problems:  # the unsupported nodes are the first thing to fix
-                break
-            raise
-        except _MALFORMED as exc:  # attributes or constants of the wrong type, rank or size
-            if problems:
-                break
-            raise GraphError(
+        except GraphError as exc:
+            errors.append(str(exc))
+        except _MALFORMED as exc:  # constants of the wrong type, rank or size
+            errors.append(
                 f"node {name!r} ({node.op_type}) is malformed: {type(exc).__name__}: {exc}"
-            ) from None
-    if problems:
+            )
+        blocked.update(node.output)
+    if problems:  # the unsupported nodes are the first thing to fix
         raise _unsupported(proto, opset, problems)
+    if len(errors) == 1:
+        raise GraphError(errors[0])
+    if errors:
+        raise GraphError(
+            "\n  ".join([f"cannot import ONNX model {graph.name!r}: {len(errors)} nodes:", *errors])
+        )
     outputs = _bind_outputs(ctx, [o.name for o in graph.output])
     nodes, params = _prune(ctx.nodes, ctx.params, outputs)
     return Graph(graph.name or "onnx_model", dict(ctx.inputs), params, nodes, outputs).validate()

@@ -1,0 +1,161 @@
+"""Importer edges (issue 17, item 7): malformed attributes, zero-size tensors, wrong ranks,
+declared types the graph does not compute, unknown auto_pad strings. Each error is coretune's
+own and names every offending node (or tensor) at once."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from coretune.errors import GraphError, ModelLoadError
+from coretune.graph.exchange.importer import import_onnx
+
+FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def _info(name, shape, elem_type=FLOAT):
+    if shape is None:
+        return helper.make_empty_tensor_value_info(name)
+    return helper.make_tensor_value_info(name, elem_type, shape)
+
+
+def _model(nodes, inputs, outputs, inits=None, opset=17, value_info=()):
+    """inputs/outputs: {name: shape} float32 (an output may be (shape, elem_type));
+    inits: {name: array}."""
+    outs = [
+        _info(n, *(s if isinstance(s, tuple) and len(s) == 2 and isinstance(s[1], int) else (s,)))
+        for n, s in outputs.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "edges",
+        [_info(n, s) for n, s in inputs.items()],
+        outs,
+        initializer=[numpy_helper.from_array(np.asarray(a), n) for n, a in (inits or {}).items()],
+        value_info=list(value_info),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    if any(s is None for s in outputs.values()):
+        model = onnx.shape_inference.infer_shapes(model)
+        for out in model.graph.output:  # the checker wants a type and a shape
+            tensor_type = out.type.tensor_type
+            if not tensor_type.HasField("shape"):
+                tensor_type.elem_type = tensor_type.elem_type or FLOAT
+                tensor_type.shape.SetInParent()
+    return model
+
+
+def _ones(*shape):
+    return np.ones(shape, np.float32)
+
+
+def _raw_attr(node, name, value, attr_type):
+    """Set an attribute of any type, bypassing make_node's inference (e.g. an empty list)."""
+    node.attribute.append(helper.make_attribute(name, value, attr_type=attr_type))
+    return node
+
+
+# ---- 1. a scalar where a list is expected: named per node, every node at once ---------------
+def test_scalar_attributes_where_lists_are_expected_name_every_node():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="dilated", dilations=3),
+        helper.make_node("MaxPool", ["a"], ["b"], name="pooled", kernel_shape=1.5),
+        helper.make_node("Conv", ["b", "w2"], ["c"], name="strided", strides=2.0),
+        helper.make_node("Conv", ["c", "w2"], ["y"], name="padded", pads="abc"),
+    ]
+    model = _model(
+        nodes, {"x": [1, 3, 16, 16]}, {"y": None}, {"w": _ones(4, 3, 3, 3), "w2": _ones(4, 4, 1, 1)}
+    )
+    with pytest.raises(ModelLoadError) as info:
+        import_onnx(model)
+    message = str(info.value)
+    for node, op, attr in [
+        ("dilated", "Conv", "dilations"),
+        ("pooled", "MaxPool", "kernel_shape"),
+        ("strided", "Conv", "strides"),
+        ("padded", "Conv", "pads"),
+    ]:
+        assert f"'{node}'" in message and op in message and f"'{attr}'" in message, message
+    assert "TypeError" not in message and "has no len" not in message
+
+
+@pytest.mark.parametrize(
+    "op, attrs",
+    [
+        ("Conv", {"dilations": 3}),
+        ("Conv", {"kernel_shape": 1.5}),
+        ("Conv", {"strides": 2.0}),
+        ("Conv", {"pads": "abc"}),
+        ("ConvTranspose", {"output_padding": 1}),
+        ("AveragePool", {"kernel_shape": [2, 2], "strides": 1}),
+        ("MaxPool", {"kernel_shape": [2, 2], "ceil_mode": [1]}),
+        ("Gemm", {"alpha": "two"}),
+        ("Softmax", {"axis": 1.0}),
+        ("Transpose", {"perm": 1}),
+    ],
+)
+def test_an_attribute_of_the_wrong_type_names_its_node(op, attrs):
+    inputs = {
+        "Conv": (["x", "w"], {"w": _ones(3, 3, 1, 1)}),
+        "ConvTranspose": (["x", "w"], {"w": _ones(3, 3, 1, 1)}),
+        "Gemm": (["f", "wg"], {"wg": _ones(3, 3)}),
+    }.get(op, (["x"], {}))
+    names, inits = inputs
+    shapes = {"x": [1, 3, 4, 4]} if "f" not in names else {"f": [2, 3]}
+    node = helper.make_node(op, names, ["y"], name="the_node", **attrs)
+    with pytest.raises(ModelLoadError, match=f"{op}.*'the_node'"):
+        import_onnx(_model([node], shapes, {"y": None}, inits))
+
+
+def test_conversion_errors_name_every_node_at_once():
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="bad_product"),
+        helper.make_node("Relu", ["a"], ["b"], name="after_bad"),  # not converted: input failed
+        helper.make_node("Softmax", ["x"], ["c"], name="bad_axis", axis=7),
+        helper.make_node("Relu", ["x"], ["d"], name="fine"),
+    ]
+    model = _model(nodes, {"x": [2, 3]}, {"b": None, "c": None, "d": None}, {"w": _ones(4, 5)})
+    with pytest.raises(GraphError) as info:
+        import_onnx(model)
+    message = str(info.value)
+    assert "'bad_product' (MatMul)" in message and "'bad_axis' (Softmax)" in message, message
+    assert "after_bad" not in message and "fine" not in message
+
+
+# ---- 5. unknown auto_pad (and other enumerated strings) ------------------------------------
+def test_an_unknown_auto_pad_names_every_node():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="conv", auto_pad="SAME"),
+        helper.make_node("ConvTranspose", ["a", "wt"], ["b"], name="deconv", auto_pad="same_upper"),
+        helper.make_node(
+            "MaxPool", ["b"], ["c"], name="maxpool", kernel_shape=[2, 2], auto_pad="X"
+        ),
+        helper.make_node(
+            "AveragePool", ["c"], ["y"], name="avgpool", kernel_shape=[1, 1], auto_pad=""
+        ),
+    ]
+    inits = {"w": _ones(3, 3, 3, 3), "wt": _ones(3, 3, 1, 1)}
+    model = _model(nodes, {"x": [1, 3, 8, 8]}, {"y": None}, inits)
+    with pytest.raises(ModelLoadError) as info:
+        import_onnx(model)
+    message = str(info.value)
+    for name in ("conv", "deconv", "maxpool", "avgpool"):
+        assert f"'{name}'" in message, message
+    assert "NOTSET, SAME_UPPER, SAME_LOWER, VALID" in message
+
+
+@pytest.mark.parametrize("auto_pad", ["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_every_valid_auto_pad_imports(auto_pad):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad=auto_pad)
+    model = _model([node], {"x": [1, 3, 8, 8]}, {"y": None}, {"w": _ones(3, 3, 3, 3)})
+    assert import_onnx(model).type_of("y").shape[:2] == (1, 3)
+
+
+def test_an_unknown_resize_aspect_policy_is_refused():
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], name="grow", keep_aspect_ratio_policy="fit"
+    )
+    sizes = {"sizes": np.array([1, 1, 8, 6])}
+    model = _model([node], {"x": [1, 1, 4, 4]}, {"y": [1, 1, 8, 6]}, sizes, opset=18)
+    with pytest.raises(ModelLoadError, match="keep_aspect_ratio_policy='fit'.*'grow'"):
+        import_onnx(model)
