@@ -5,7 +5,7 @@ own and names every offending node (or tensor) at once."""
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from coretune.errors import GraphError, ModelLoadError
 from coretune.graph.exchange.importer import import_onnx
@@ -107,6 +107,18 @@ def test_an_attribute_of_the_wrong_type_names_its_node(op, attrs):
         import_onnx(_model([node], shapes, {"y": None}, inits))
 
 
+def test_an_empty_attribute_list_is_a_named_error():
+    node = _raw_attr(
+        helper.make_node("Conv", ["x", "w"], ["y"], name="no_dilations"),
+        "dilations",
+        [],
+        AttributeProto.INTS,
+    )
+    model = _model([node], {"x": [1, 3, 4, 4]}, {"y": None}, {"w": _ones(3, 3, 1, 1)})
+    with pytest.raises(GraphError, match="'no_dilations' \\(Conv\\).*dilations"):
+        import_onnx(model)
+
+
 def test_conversion_errors_name_every_node_at_once():
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["a"], name="bad_product"),
@@ -120,6 +132,59 @@ def test_conversion_errors_name_every_node_at_once():
     message = str(info.value)
     assert "'bad_product' (MatMul)" in message and "'bad_axis' (Softmax)" in message, message
     assert "after_bad" not in message and "fine" not in message
+
+
+# ---- 3. ranks the ONNX op does not allow -----------------------------------------------------
+@pytest.mark.parametrize(
+    "a_shape, b_shape, attrs",
+    [
+        ([64], [64, 10], {}),
+        ([2, 2, 64], [64, 10], {}),
+        ([2, 64], [64], {}),
+        ([2, 64], [1, 10, 64], {"transB": 1}),
+    ],
+)
+def test_gemm_needs_rank_2_operands(a_shape, b_shape, attrs):
+    node = helper.make_node("Gemm", ["a", "b"], ["y"], name="fc", **attrs)
+    model = _model([node], {"a": a_shape}, {"y": ["m", "n"]}, {"b": _ones(*b_shape)})
+    with pytest.raises(GraphError, match="'fc' \\(Gemm\\).*rank 2"):
+        import_onnx(model)
+
+
+@pytest.mark.parametrize("c_shape", [(2, 4, 10), (3, 10), (4, 3)])
+def test_gemm_needs_a_bias_that_broadcasts_to_the_result(c_shape):
+    node = helper.make_node("Gemm", ["a", "b", "c"], ["y"], name="fc")
+    inits = {"b": _ones(64, 10), "c": _ones(*c_shape)}
+    model = _model([node], {"a": [4, 64]}, {"y": None}, inits)
+    with pytest.raises(GraphError, match="'fc' \\(Gemm\\).*does not broadcast"):
+        import_onnx(model)
+
+
+@pytest.mark.parametrize(
+    "op, x_shape, weight, attrs, needs",
+    [
+        ("Conv", [3, 8], (4, 3, 3, 3), {}, "rank"),
+        ("Conv", [1, 3, 8, 8], (4, 3, 3), {}, "rank"),
+        ("Conv", [1, 3, 8], (4, 3, 3, 3), {}, "rank"),
+        ("Conv", [1, 3, 8, 8], (4, 3, 3, 3), {"kernel_shape": [2, 2]}, "kernel_shape"),
+        ("Conv", [1, 3, 8, 8], (4, 3, 3, 3), {"strides": [2]}, "strides"),
+        ("Conv", [1, 3, 8, 8], (4, 3, 3, 3), {"pads": [1, 1]}, "pads"),
+        ("ConvTranspose", [3, 8], (3, 4, 3, 3), {}, "rank"),
+        ("ConvTranspose", [1, 3, 8, 8], (3, 4, 3, 3), {"output_padding": [1]}, "output_padding"),
+        ("MaxPool", [8, 8], None, {"kernel_shape": [2, 2]}, "rank"),
+        ("MaxPool", [1, 1, 8, 8], None, {"kernel_shape": [2]}, "kernel_shape"),
+        ("MaxPool", [1, 1, 8, 8], None, {"kernel_shape": [2, 2], "dilations": [1]}, "dilations"),
+        ("AveragePool", [1, 1, 8, 8], None, {"kernel_shape": [2, 2], "pads": [0, 1]}, "pads"),
+        ("GlobalAveragePool", [3, 8], None, {}, "rank"),
+        ("GlobalMaxPool", [8], None, {}, "rank"),
+    ],
+)
+def test_spatial_ops_check_ranks_and_attribute_lengths(op, x_shape, weight, attrs, needs):
+    inputs, inits = (["x"], {}) if weight is None else (["x", "w"], {"w": _ones(*weight)})
+    node = helper.make_node(op, inputs, ["y"], name="spatial", **attrs)
+    model = _model([node], {"x": x_shape}, {"y": None}, inits)
+    with pytest.raises(GraphError, match=f"'spatial' \\({op}\\).*{needs}"):
+        import_onnx(model)
 
 
 # ---- 5. unknown auto_pad (and other enumerated strings) ------------------------------------

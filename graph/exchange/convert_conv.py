@@ -17,11 +17,39 @@ def _spatial_check(node, attrs):
     return f"{too_big[0]}-D data" if too_big else None
 
 
-def _spatial_rank(ctx: ConvertContext, x) -> int:
+def _spatial_rank(ctx: ConvertContext, x, weight=None) -> int:
+    """The number of spatial axes of ``x`` (N, C, spatial...); a weight has the same rank."""
     rank = x.ndim - 2
-    if rank not in (1, 2):
+    if rank < 1:
+        raise ctx.error(
+            f"input {x.shape} has rank {x.ndim}; {ctx.node.op_type} needs rank 3 or more "
+            f"(N, C, then the spatial axes)"
+        )
+    if rank > 2:
         raise ctx.unsupported(f"{rank}-D data")
+    if weight is not None and weight.ndim != x.ndim:
+        raise ctx.error(
+            f"weight {weight.shape} has rank {weight.ndim}; it needs the input's rank {x.ndim}"
+        )
     return rank
+
+
+def _per_axis(ctx: ConvertContext, key: str, rank: int, default: int, count: int = 1) -> list:
+    """An ints attribute with ``count`` values per spatial axis (pads: 2, begins then ends)."""
+    values = list(ctx.attr(key, [default] * rank * count))
+    if len(values) != rank * count:
+        raise ctx.error(
+            f"{key} {values} has {len(values)} value(s); {rank}-D data needs {rank * count}"
+        )
+    return values
+
+
+def _conv_kernel(ctx: ConvertContext, weight) -> tuple:
+    kernel = weight.shape[2:]
+    given = ctx.attr("kernel_shape", None)
+    if given is not None and tuple(given) != tuple(kernel):
+        raise ctx.error(f"kernel_shape {list(given)} differs from the weight's {weight.shape}")
+    return kernel
 
 
 def _auto_pads(ctx: ConvertContext, sizes, kernel, strides, dilations):
@@ -38,14 +66,14 @@ def _auto_pads(ctx: ConvertContext, sizes, kernel, strides, dilations):
         return begins, ends
     if auto_pad == "VALID":
         return [0] * rank, [0] * rank
-    pads = list(ctx.attr("pads", [0] * 2 * rank))
+    pads = _per_axis(ctx, "pads", rank, 0, count=2)
     return pads[:rank], pads[rank:]
 
 
 def _window_attrs(ctx: ConvertContext, x, kernel):
     rank = len(kernel)
-    strides = list(ctx.attr("strides", [1] * rank))
-    dilations = list(ctx.attr("dilations", [1] * rank))
+    strides = _per_axis(ctx, "strides", rank, 1)
+    dilations = _per_axis(ctx, "dilations", rank, 1)
     begins, ends = _auto_pads(ctx, x.shape[2:], kernel, strides, dilations)
     return strides, dilations, begins, ends
 
@@ -64,9 +92,9 @@ def _window_2d(strides, dilations, begins, ends):
 @converts("Conv", check=_spatial_check, choices=_AUTO_PAD)
 def conv(ctx: ConvertContext):
     x, weight = ctx.input(0), ctx.input(1)
-    rank = _spatial_rank(ctx, x)
+    rank = _spatial_rank(ctx, x, weight)
     bias = [ctx.input(2)] if ctx.has_input(2) else []
-    window = _window_2d(*_window_attrs(ctx, x, weight.shape[2:]))
+    window = _window_2d(*_window_attrs(ctx, x, _conv_kernel(ctx, weight)))
     if rank == 1:
         x, weight = _as_2d(ctx, x), _as_2d(ctx, weight)
     y = ctx.conv2d(x, weight, *bias, groups=ctx.attr("group", 1), **window)
@@ -76,12 +104,12 @@ def conv(ctx: ConvertContext):
 @converts("ConvTranspose", check=_spatial_check, choices=_AUTO_PAD)
 def conv_transpose(ctx: ConvertContext):
     x, weight = ctx.input(0), ctx.input(1)
-    rank = _spatial_rank(ctx, x)
+    rank = _spatial_rank(ctx, x, weight)
     bias = [ctx.input(2)] if ctx.has_input(2) else []
-    kernel = weight.shape[2:]
-    strides = list(ctx.attr("strides", [1] * rank))
-    dilations = list(ctx.attr("dilations", [1] * rank))
-    extra = list(ctx.attr("output_padding", [0] * rank))
+    kernel = _conv_kernel(ctx, weight)
+    strides = _per_axis(ctx, "strides", rank, 1)
+    dilations = _per_axis(ctx, "dilations", rank, 1)
+    extra = _per_axis(ctx, "output_padding", rank, 0)
     begins, ends = _transpose_pads(ctx, x.shape[2:], kernel, strides, dilations, extra)
     # An output larger than the full result (negative end padding) is output padding.
     extra = [p + max(0, -e) for p, e in zip(extra, ends, strict=True)]
@@ -126,7 +154,7 @@ def _pool_check(node, attrs):
 def pool(ctx: ConvertContext):
     x = ctx.input(0)
     rank = _spatial_rank(ctx, x)
-    kernel = list(ctx.attr("kernel_shape"))
+    kernel = _per_axis(ctx, "kernel_shape", rank, 0)
     attrs = _window_2d(*_window_attrs(ctx, x, kernel))
     attrs["pool_size"] = [1, *kernel] if rank == 1 else kernel
     attrs["ceil_mode"] = bool(ctx.attr("ceil_mode", 0))
@@ -141,6 +169,8 @@ def pool(ctx: ConvertContext):
 def global_pool(ctx: ConvertContext):
     x = ctx.input(0)
     average = ctx.node.op_type == "GlobalAveragePool"
+    if x.ndim < 3:
+        raise ctx.error(f"input {x.shape} has rank {x.ndim}; it needs rank 3 or more (N, C, ...)")
     if x.ndim == 4:
         return ctx.op("global_avg_pool2d" if average else "global_max_pool2d", x)
     # Any other rank is a plain reduction over the spatial axes.

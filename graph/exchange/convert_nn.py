@@ -19,6 +19,8 @@ def matmul(ctx: ConvertContext):
 @converts("Gemm")
 def gemm(ctx: ConvertContext):
     a, b = ctx.input(0), ctx.input(1)
+    if a.ndim != 2 or b.ndim != 2:  # dense would take any rank, and compute something else
+        raise ctx.error(f"A {a.shape} and B {b.shape}: Gemm needs rank 2 for both")
     if ctx.attr("transA", 0):
         a = ctx.transpose(a, axes=(1, 0))
     # dense wants its weight as (units, in); transposes and alpha fold into a constant B.
@@ -29,6 +31,10 @@ def gemm(ctx: ConvertContext):
     if not ctx.has_input(2):
         return ctx.dense(a, weight)
     bias, units = ctx.input(2), weight.shape[0]
+    rows = a.shape[0]
+    result = (rows, units)[2 - bias.ndim :] if bias.ndim <= 2 else ()
+    if bias.ndim > 2 or any(c not in (1, n) for c, n in zip(bias.shape, result, strict=True)):
+        raise ctx.error(f"C {bias.shape} does not broadcast to the result ({rows}, {units})")
     beta = ctx.attr("beta", 1.0)
     if beta != 1.0:
         bias = bias * beta
