@@ -187,6 +187,57 @@ def test_spatial_ops_check_ranks_and_attribute_lengths(op, x_shape, weight, attr
         import_onnx(model)
 
 
+# ---- 4. declared output (and value_info) types must be what the graph computes -------------
+def _relu(declared, value_info=()):
+    nodes = [
+        helper.make_node("Relu", ["x"], ["h"], name="first"),
+        helper.make_node("Relu", ["h"], ["y"], name="second"),
+    ]
+    return _model(nodes, {"x": [2, 3]}, {"y": declared}, value_info=value_info)
+
+
+@pytest.mark.parametrize(
+    "declared, computed",
+    [
+        (([2, 3], INT64), "int64[2, 3]"),
+        ([3, 2], "float32[3, 2]"),
+        ([2, 3, 1], "float32[2, 3, 1]"),
+        ([6], "float32[6]"),
+        (["n", 4], "float32[n, 4]"),
+    ],
+)
+def test_a_declared_output_type_the_graph_does_not_compute_is_refused(declared, computed):
+    with pytest.raises(ModelLoadError) as info:
+        import_onnx(_relu(declared))
+    message = str(info.value)
+    assert "'y'" in message and computed in message and "float32[2, 3]" in message, message
+
+
+@pytest.mark.parametrize("declared", [[2, 3], ["n", 3], ["n", "m"], [None, 3], None])
+def test_symbolic_or_unknown_declared_dims_are_fine(declared):
+    graph = import_onnx(_relu(declared))
+    assert graph.type_of("y").shape == (2, 3)
+
+
+def test_a_declared_value_info_the_graph_does_not_compute_is_refused():
+    model = _relu([2, 3], value_info=[_info("h", [2, 4])])
+    with pytest.raises(ModelLoadError, match="'h'.*float32\\[2, 4\\].*float32\\[2, 3\\]"):
+        import_onnx(model)
+    assert import_onnx(_relu([2, 3], value_info=[_info("h", ["a", 3])])).type_of("y")
+
+
+def test_every_declared_mismatch_is_named_at_once():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"]),
+        helper.make_node("Shape", ["x"], ["s"]),
+    ]
+    model = _model(nodes, {"x": [2, 3]}, {"y": [2, 4], "s": ([2], FLOAT)})
+    with pytest.raises(ModelLoadError) as info:
+        import_onnx(model)
+    message = str(info.value)
+    assert "'y'" in message and "'s'" in message and "int64[2]" in message, message
+
+
 # ---- 5. unknown auto_pad (and other enumerated strings) ------------------------------------
 def test_an_unknown_auto_pad_names_every_node():
     nodes = [

@@ -276,9 +276,56 @@ def _convert(
         raise GraphError(
             "\n  ".join([f"cannot import ONNX model {graph.name!r}: {len(errors)} nodes:", *errors])
         )
+    _check_declared(graph, ctx)
     outputs = _bind_outputs(ctx, [o.name for o in graph.output])
     nodes, params = _prune(ctx.nodes, ctx.params, outputs)
     return Graph(graph.name or "onnx_model", dict(ctx.inputs), params, nodes, outputs).validate()
+
+
+def _check_declared(graph: onnx.GraphProto, ctx: ConvertContext) -> None:
+    """The types the model declares for its outputs (and in value_info) must be those its graph
+    computes, as onnxruntime requires; a symbolic or unknown dim, an unknown shape or element
+    type matches anything. Every mismatch is named at once."""
+    mismatches = []
+    for kind, infos in (("output", graph.output), ("value_info", graph.value_info)):
+        for info in infos:
+            value = ctx.values.get(info.name)
+            if value is None or info.type.WhichOneof("value") != "tensor_type":
+                continue
+            tensor_type = info.type.tensor_type
+            elem = tensor_type.elem_type
+            dtype = (onnx_dtype(elem) or onnx.TensorProto.DataType.Name(elem)) if elem else None
+            dims = (
+                [
+                    d.dim_value if d.HasField("dim_value") else d.dim_param or None
+                    for d in tensor_type.shape.dim
+                ]
+                if tensor_type.HasField("shape")
+                else None
+            )
+            same_dtype = dtype is None or dtype == value.dtype
+            same_shape = dims is None or (
+                len(dims) == value.ndim
+                and all(
+                    not isinstance(d, int) or d == n for d, n in zip(dims, value.shape, strict=True)
+                )
+            )
+            if not (same_dtype and same_shape):
+                shape = "" if dims is None else f"[{', '.join(str(d or '?') for d in dims)}]"
+                mismatches.append(
+                    f"{kind} {info.name!r} is declared {dtype or value.dtype}{shape}, but the "
+                    f"graph computes {value.type}"
+                )
+    if mismatches:
+        raise ModelLoadError(
+            "\n  ".join(
+                [
+                    f"ONNX model {graph.name!r} declares {len(mismatches)} type(s) that its "
+                    f"graph does not compute:",
+                    *mismatches,
+                ]
+            )
+        )
 
 
 def _all_names(graph: onnx.GraphProto, node_names: list[str]) -> set[str]:
