@@ -11,7 +11,9 @@ that differs from what this coretune renders is rejected.
 import hashlib
 import io
 import json
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -57,51 +59,7 @@ class Module:
     # ---- one-file models -------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         from . import __version__
-        from .graph.executor import HostStep, KernelStep, PadStep, ViewStep
 
-        steps = []
-        for step in self.plan.steps:
-            if isinstance(step, KernelStep):
-                steps.append(
-                    {
-                        "kind": "kernel",
-                        "nodes": [n.name for n in step.group.nodes],
-                        "inputs": step.group.inputs,
-                        "outputs": step.group.outputs,
-                        "template": step.template,
-                        "config": step.config,
-                        "tuned": step.tuned,
-                        "source": step.source,
-                        "entry": step.entry,
-                        "launch": step.launch,
-                    }
-                )
-            elif isinstance(step, ViewStep):
-                steps.append({"kind": "view", "source": step.source, "target": step.target})
-            elif isinstance(step, PadStep):
-                steps.append(
-                    {
-                        "kind": "pad",
-                        "nodes": [n.name for n in step.group.nodes],
-                        "in_place": step.in_place,
-                    }
-                )
-            elif isinstance(step, HostStep):
-                steps.append(
-                    {
-                        "kind": "host",
-                        "nodes": [n.name for n in step.group.nodes],
-                        "inputs": step.group.inputs,
-                        "outputs": step.group.outputs,
-                        "reason": step.reason,
-                    }
-                )
-        plan = {
-            "steps": steps,
-            "buffer_bytes": self.plan.buffer_bytes,
-            "buffer_of": self.plan.buffer_of,
-            "unshared_bytes": self.plan.unshared_bytes,
-        }
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -114,8 +72,55 @@ class Module:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("manifest.json", json.dumps(manifest, indent=1))
             archive.writestr("graph.json", self.plan.graph.dumps())
-            archive.writestr("plan.json", json.dumps(plan, indent=1))
+            archive.writestr("plan.json", json.dumps(plan_json(self.plan), indent=1))
             archive.writestr("params.npz", params.getvalue())
+
+
+def plan_json(plan) -> dict:
+    """A plan as plan.json holds it: its steps in order, with each kernel's template, config,
+    source and launch, and the memory plan. Loading derives all of it again from graph.json
+    and the kernels' configs, and refuses a file whose plan differs."""
+    from .graph.executor import HostStep, KernelStep, PadStep, ViewStep
+
+    steps = []
+    for step in plan.steps:
+        if isinstance(step, KernelStep):
+            steps.append(
+                {
+                    "kind": "kernel",
+                    "nodes": [n.name for n in step.group.nodes],
+                    "inputs": step.group.inputs,
+                    "outputs": step.group.outputs,
+                    "template": step.template,
+                    "config": step.config,
+                    "tuned": step.tuned,
+                    "source": step.source,
+                    "entry": step.entry,
+                    "launch": step.launch,
+                }
+            )
+        elif isinstance(step, ViewStep):
+            steps.append({"kind": "view", "source": step.source, "target": step.target})
+        elif isinstance(step, PadStep):
+            nodes = [n.name for n in step.group.nodes]
+            steps.append({"kind": "pad", "nodes": nodes, "in_place": step.in_place})
+        elif isinstance(step, HostStep):
+            steps.append(
+                {
+                    "kind": "host",
+                    "nodes": [n.name for n in step.group.nodes],
+                    "inputs": step.group.inputs,
+                    "outputs": step.group.outputs,
+                    "reason": step.reason,
+                }
+            )
+    plan_data = {
+        "steps": steps,
+        "buffer_bytes": plan.buffer_bytes,
+        "buffer_of": plan.buffer_of,
+        "unshared_bytes": plan.unshared_bytes,
+    }
+    return json.loads(json.dumps(plan_data))  # as the file holds it: lists, str keys
 
 
 def compile(model, device=None, logs=None) -> Module:  # noqa: A001 - the public verb
@@ -137,16 +142,35 @@ def compile(model, device=None, logs=None) -> Module:  # noqa: A001 - the public
 
 
 def load(path: str | Path, device=None) -> Module:
-    """Load a ``.ctm`` file for a device; every entry is validated, no code is executed."""
+    """Load a ``.ctm`` file for a device; every entry is validated, no code is executed, and
+    the plan is derived again from the graph and the kernels' configs (a file whose plan
+    differs is refused), so no field of the file can make a kernel read or write outside its
+    buffers or run out of order."""
     from .kernels import open_device
 
     dev = device if hasattr(device, "info") else open_device(device)
     try:
         with zipfile.ZipFile(path) as archive:
             entries = _read_entries(archive, path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ModelLoadError(f"{path}: not a readable .ctm file ({exc})") from None
+    except _ARCHIVE_ERRORS as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable .ctm file ({type(exc).__name__}: {exc})"
+        ) from None
     return _module_from_entries(entries, dev, path)
+
+
+# What a damaged zip can raise: a flipped byte in the central directory can name an unknown
+# compression method (NotImplementedError) or a bad deflate stream (zlib.error).
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+    zlib.error,
+)
 
 
 def _read_entries(archive: zipfile.ZipFile, path) -> dict[str, bytes]:
@@ -163,106 +187,142 @@ def _read_entries(archive: zipfile.ZipFile, path) -> dict[str, bytes]:
     return out
 
 
+def _json(entries: dict, name: str, path):
+    """An entry's JSON; nesting deep enough to exhaust the parser is damage like any other."""
+    try:
+        return json.loads(entries[name])
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{path}: {name} is not valid JSON ({type(exc).__name__})") from None
+
+
+def _read_params(data: bytes, path) -> dict[str, np.ndarray]:
+    """params.npz's arrays, pickle disabled; each .npy header's declared size is checked
+    against the entry's real size before any array is allocated."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as npz:
+            arrays = {}
+            for info in npz.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise ModelLoadError(f"{path}: params.npz holds {info.filename!r}")
+                with npz.open(info) as entry:
+                    array = _read_npy(entry, info, path)
+                arrays[info.filename[: -len(".npy")]] = array
+            return arrays
+    except ModelLoadError:
+        raise
+    except (*_ARCHIVE_ERRORS, TypeError, KeyError, SyntaxError) as exc:
+        raise ModelLoadError(
+            f"{path}: params.npz is damaged ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _read_npy(entry, info: zipfile.ZipInfo, path) -> np.ndarray:
+    fmt = np.lib.format
+    read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    version = fmt.read_magic(entry)
+    if version not in read_header:
+        raise ModelLoadError(f"{path}: parameter {info.filename}: .npy format {version}")
+    shape, fortran, dtype = read_header[version](entry, max_header_size=10_000)
+    if dtype.hasobject:
+        raise ModelLoadError(f"{path}: parameter {info.filename} holds Python objects")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != info.file_size - entry.tell():
+        raise ModelLoadError(
+            f"{path}: parameter {info.filename} claims shape {shape} of {dtype} "
+            f"({declared:,} bytes); the entry holds {info.file_size - entry.tell():,}"
+        )
+    array = np.frombuffer(entry.read(declared), dtype).reshape(shape, order="F" if fortran else "C")
+    return np.array(array, dtype.newbyteorder("="), order="C")  # our own, native-order copy
+
+
 def _module_from_entries(entries, device, path) -> Module:
     from . import __version__
-    from .graph.executor import HostStep, PadStep, Plan, ViewStep, pads_in_place
+    from .graph.executor import build_plan
     from .graph.ir import Graph
 
     try:
-        manifest = json.loads(entries["manifest.json"])
-        if manifest.get("format") != FORMAT:
+        manifest = _json(entries, "manifest.json", path)
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ModelLoadError(f"{path}: not a coretune module")
         if manifest.get("version") != FORMAT_VERSION:
             raise ModelLoadError(
                 f"{path}: format version {manifest.get('version')!r}; this "
                 f"coretune {__version__} reads version {FORMAT_VERSION}"
             )
-        with np.load(io.BytesIO(entries["params.npz"]), allow_pickle=False) as npz:
-            params = {name: npz[name] for name in npz.files}
-        graph = Graph.from_json(json.loads(entries["graph.json"]), params)
-        plan_data = json.loads(entries["plan.json"])
-        nodes = {n.name: n for n in graph.nodes}
-        plan = Plan(
+        made_for = manifest.get("device", {}).get("backend", "opencl")
+        if made_for != device.info.backend:
+            raise ModelLoadError(
+                f"{path}: compiled for a {made_for} device, not for {device.info.name} "
+                f"({device.info.backend}): compile the model again for this device"
+            )
+        params = _read_params(entries["params.npz"], path)
+        graph = Graph.from_json(_json(entries, "graph.json", path), params)
+        saved = _json(entries, "plan.json", path)
+        plan = build_plan(
             graph,
-            [],
-            [int(b) for b in plan_data["buffer_bytes"]],
-            {str(k): int(v) for k, v in plan_data["buffer_of"].items()},
-            int(plan_data["unshared_bytes"]),
+            device.limits,
+            device.info.fingerprint(),
+            version=__version__,
+            dialect=device.info.backend,
+            saved_choices=_saved_choices(saved),
         )
-        groups = [_step_group(step, nodes, path) for step in plan_data["steps"]]
-        # Which pads are written in place is derived here as build_plan derives it, never
-        # taken from the file; the file's flag must agree.
-        templates = {
-            group.name: _template_class(step["template"])
-            for step, group in zip(plan_data["steps"], groups, strict=True)
-            if step["kind"] == "kernel"
-        }
-        in_place = pads_in_place(graph, groups, templates)
-        for step, group in zip(plan_data["steps"], groups, strict=True):
-            if step["kind"] == "view":
-                plan.steps.append(ViewStep(group.inputs[0], group.outputs[0]))
-            elif step["kind"] == "pad":
-                pad = PadStep(group, in_place=group.inputs[0] in in_place)
-                if step.get("in_place") is not pad.in_place:
-                    raise ModelLoadError(f"{path}: pad {group.name}: wrong in_place flag")
-                plan.steps.append(pad)
-            elif step["kind"] == "host":
-                plan.steps.append(HostStep(group, str(step["reason"])))
-            else:
-                plan.steps.append(_checked_kernel_step(graph, group, step, device, in_place))
+        difference = _first_difference(saved, plan_json(plan))
+        if difference:
+            raise ModelLoadError(
+                f"{path}: plan.json differs from the plan this coretune derives from its graph "
+                f"and kernel configs ({difference}): edited, or made by another version"
+            )
+        return Module(plan, device, str(manifest.get("logs_digest", "")))
     except ModelLoadError:
         raise
     except CoretuneError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ModelLoadError(f"{path}: malformed module ({type(exc).__name__}: {exc})") from None
-    return Module(plan, device, str(manifest.get("logs_digest", "")))
 
 
-def _step_group(step: dict, nodes: dict, path):
-    """The fused group a plan.json step computes (a view's: just its source and target)."""
-    from .graph.passes import FusedGroup, is_copy_pad
+def _saved_choices(saved: dict) -> dict:
+    """node names of each kernel step -> (template class, config, tuned), as recorded."""
+    return {
+        tuple(step["nodes"]): (
+            _template_class(step["template"]),
+            dict(step["config"]),
+            step["tuned"] is True,
+        )
+        for step in saved["steps"]
+        if step["kind"] == "kernel"
+    }
 
-    kind = step["kind"]
-    if kind == "view":
-        return FusedGroup([], [str(step["target"])], [str(step["source"])], "view")
-    if kind == "pad":
-        (node,) = (nodes[n] for n in step["nodes"])
-        if not is_copy_pad(node):
-            raise ModelLoadError(f"{path}: step 'pad' names {node.name}, not a pad copy")
-        return FusedGroup([node], list(node.outputs), list(node.inputs), "pad")
-    if kind not in ("kernel", "host"):
-        raise ModelLoadError(f"{path}: unknown step kind {kind!r}")
-    members = [nodes[n] for n in step["nodes"]]
-    return FusedGroup(members, list(step["outputs"]), list(step["inputs"]))
+
+def _first_difference(saved, derived, where: str = "") -> str:
+    """Where two JSON values first differ (e.g. "steps[3].inputs"), or '' when equal."""
+    if type(saved) is not type(derived):
+        return where or "the whole plan"
+    if isinstance(derived, dict):
+        for key in sorted(set(saved) | set(derived), key=str):
+            if key not in saved or key not in derived:
+                return f"{where}.{key}".lstrip(".")
+            found = _first_difference(saved[key], derived[key], f"{where}.{key}")
+            if found:
+                return found.lstrip(".")
+        return ""
+    if isinstance(derived, list):
+        if len(saved) != len(derived):
+            return f"{where} has {len(saved)} entries, not {len(derived)}".lstrip(".")
+        for i, (a, b) in enumerate(zip(saved, derived, strict=True)):
+            found = _first_difference(a, b, f"{where}[{i}]")
+            if found:
+                return found
+        return ""
+    return "" if saved == derived else where.lstrip(".")
 
 
 def _template_class(name):
     from .kernels.templates import TEMPLATES
 
-    if name not in TEMPLATES:  # never import a module a file names
+    if not isinstance(name, str) or name not in TEMPLATES:  # never import a module a file names
         raise ModelLoadError(f"unknown template {name!r}")
     return TEMPLATES[name]
-
-
-def _checked_kernel_step(graph, group, step, device, in_place):
-    """Re-render the kernel from its template and config (stores and reads placed in pads'
-    interiors where build_plan would place them); the file's source must match."""
-    from .graph.executor import render_kernel
-    from .kernels.render import renderer_for
-
-    renderer = renderer_for(device.info.backend)
-    template_cls = _template_class(step["template"])
-    tuned = bool(step["tuned"])
-    kernel = render_kernel(
-        graph, group, template_cls, step["config"], tuned, in_place, renderer, device.limits
-    )
-    if kernel.source != step["source"]:
-        raise ModelLoadError(
-            f"kernel for {group.name} differs from what this coretune renders "
-            f"for template {step['template']} (edited, or another version)"
-        )
-    return kernel
 
 
 def _import(model):

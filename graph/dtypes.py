@@ -70,3 +70,11 @@ def is_float(name: str) -> bool:
 
 def is_int(name: str) -> bool:
     return name in INT_DTYPES
+
+
+def native_order(array: np.ndarray) -> np.ndarray:
+    """``array`` in this machine's byte order: kernels and numpy's reference read raw bytes,
+    and a big-endian '>f4' array still calls its dtype float32."""
+    if array.dtype.byteorder in ("=", "|") or array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))

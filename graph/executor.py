@@ -143,7 +143,12 @@ def build_plan(
     database=None,
     version: str = "",
     dialect: str = "opencl",
+    saved_choices: dict | None = None,
 ) -> Plan:
+    """The plan of a graph for a device. Each kernel group takes the best tuned config of the
+    database, else its template's default; with ``saved_choices`` (node names of a group ->
+    (template class, config, tuned), as a .ctm file records them) a group listed there takes
+    that instead, so that loading re-derives every other part of the plan."""
     from coretune.kernels.render import renderer_for
 
     graph = optimize(graph)
@@ -157,7 +162,10 @@ def build_plan(
         elif group.kind == "pad" and dialect == "opencl":
             steps.append(PadStep(group))  # rectangle copies: elsewhere pads are kernels
         else:
-            found = _kernel_choice(graph, group, limits, fingerprint, database, version, ignored)
+            saved = (saved_choices or {}).get(tuple(n.name for n in group.nodes))
+            found = saved or _kernel_choice(
+                graph, group, limits, fingerprint, database, version, ignored
+            )
             if isinstance(found, str):
                 steps.append(HostStep(group, found))
             else:
@@ -311,6 +319,7 @@ class Executor:
         graph = plan.graph
         in_place = [s for s in plan.steps if isinstance(s, PadStep) and s.in_place]
         written_into_pads = {s.group.inputs[0] for s in in_place} & set(graph.inputs)
+        _check_fits(plan, device)
         pool = [device.empty(n) for n in plan.buffer_bytes]
         buffers = {n: device.upload(a) for n, a in graph.params.items()}
         for name in (*graph.inputs, *graph.outputs):
@@ -451,6 +460,26 @@ class Executor:
             "repeat": repeat,
             "kernels_per_run": len(self.plan.kernels),
         }
+
+
+def _check_fits(plan: Plan, device) -> None:
+    """Refuse, before allocating, a plan that the device's memory cannot hold (a driver that
+    allocates lazily, PoCL's among them, would fail later, at the first write)."""
+    from coretune.kernels.opencl import DeviceError
+
+    graph, limits = plan.graph, device.limits
+    own = [_nbytes(graph, n) for n in (*graph.inputs, *graph.outputs)]
+    sizes = [*plan.buffer_bytes, *(a.nbytes for a in graph.params.values()), *own]
+    if limits.max_buffer_bytes and max(sizes, default=0) > limits.max_buffer_bytes:
+        raise DeviceError(
+            f"a buffer of {max(sizes):,} bytes is over {device.info.name}'s largest "
+            f"allocation ({limits.max_buffer_bytes:,} bytes)"
+        )
+    if limits.global_mem_bytes and sum(sizes) > limits.global_mem_bytes:
+        raise DeviceError(
+            f"the model needs {sum(sizes):,} bytes of device memory; {device.info.name} has "
+            f"{limits.global_mem_bytes:,}"
+        )
 
 
 def _nbytes(graph, name):

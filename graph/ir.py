@@ -14,7 +14,7 @@ import numpy as np
 
 from coretune.errors import GraphError
 
-from .dtypes import check_dtype, dtype_name
+from .dtypes import check_dtype, dtype_name, native_order
 from .registry import get_op
 
 FORMAT = "coretune.graph"
@@ -78,6 +78,9 @@ class Graph:
                 check_dtype(ttype.dtype)
             except GraphError as exc:
                 problems.append(f"input {name!r}: {exc}")
+        # Parameters in this machine's byte order (a big-endian initializer or .npy array
+        # would otherwise reach the kernels as garbage: they read raw bytes).
+        self.params = {name: native_order(array) for name, array in self.params.items()}
         for name in self.params:
             if name in known:
                 problems.append(f"{name!r} is both a graph input and a parameter")

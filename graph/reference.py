@@ -6,6 +6,7 @@ import numpy as np
 
 from coretune.errors import CoretuneError, InputError
 
+from .dtypes import native_order
 from .ir import Graph, TensorType
 from .registry import get_op
 
@@ -24,7 +25,7 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np
         if name not in inputs:
             problems.append(f"missing input {name!r} ({want})")
             continue
-        array = np.asarray(inputs[name])
+        array = native_order(np.asarray(inputs[name]))
         if array.dtype.name != want.dtype:
             problems.append(f"input {name!r} has dtype {array.dtype.name}, expected {want.dtype}")
         elif tuple(array.shape) != want.shape:

@@ -39,6 +39,7 @@ class CudaProperties:
     multiprocessors: int
     warp_size: int
     registers_per_block: int
+    global_mem_bytes: int
 
 
 class CudaRuntime:
@@ -115,6 +116,7 @@ class CupyRuntime(CudaRuntime):
             multiprocessors=int(p["multiProcessorCount"]),
             warp_size=int(p["warpSize"]),
             registers_per_block=int(p["regsPerBlock"]),
+            global_mem_bytes=int(p["totalGlobalMem"]),
         )
 
     def allocate(self, nbytes):
@@ -196,6 +198,7 @@ class PycudaRuntime(CudaRuntime):
             multiprocessors=attrs[a.MULTIPROCESSOR_COUNT],
             warp_size=attrs[a.WARP_SIZE],
             registers_per_block=attrs[a.MAX_REGISTERS_PER_BLOCK],
+            global_mem_bytes=int(device.total_memory()),
         )
 
     def allocate(self, nbytes):
@@ -308,6 +311,7 @@ class CUDADevice:
             warp_size=props.warp_size,
             max_registers_per_thread=255,
             max_groups=CUDA_MAX_GROUPS,
+            global_mem_bytes=props.global_mem_bytes,
         )
         major, minor = props.compute_capability
         driver = props.driver_version

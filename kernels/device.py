@@ -19,6 +19,8 @@ class DeviceLimits:
     max_registers_per_thread: int = 255
     # Work-groups per launch, per axis (CUDA's grid y and z are 16-bit; OpenCL has no such cap).
     max_groups: tuple[int, int, int] = (2**63 - 1,) * 3
+    global_mem_bytes: int = 0  # device memory in all (0: not known)
+    max_buffer_bytes: int = 0  # the largest single allocation (0: not known)
 
     def fits_work_group(self, shape: tuple[int, ...]) -> str | None:
         """None when ``shape`` is a legal work-group, else the reason it is not."""

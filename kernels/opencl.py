@@ -67,6 +67,8 @@ def device_info(device) -> DeviceInfo:
         local_mem_bytes=int(device.local_mem_size),
         compute_units=int(device.max_compute_units),
         preferred_vector_width=int(widths),
+        global_mem_bytes=int(device.global_mem_size),
+        max_buffer_bytes=int(device.max_mem_alloc_size),
     )
     return DeviceInfo(
         "opencl",
