@@ -6,8 +6,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
-from coretune.errors import GraphError, ModelLoadError
+from coretune.errors import GraphError, ModelLoadError, UnsupportedModelError
+from coretune.graph import run_reference
 from coretune.graph.exchange.importer import import_onnx
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
@@ -132,6 +134,119 @@ def test_conversion_errors_name_every_node_at_once():
     message = str(info.value)
     assert "'bad_product' (MatMul)" in message and "'bad_axis' (Softmax)" in message, message
     assert "after_bad" not in message and "fine" not in message
+
+
+# ---- 2. zero-size tensors: evaluated at import, so no kernel ever sees one -------------------
+def _zero_batch_cnn():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc", "bias"], ["y"], name="fc", transB=1),
+    ]
+    inits = {"w": _ones(4, 3, 3, 3), "fc": _ones(10, 4 * 8 * 8), "bias": _ones(10)}
+    return _model(nodes, {"x": [0, 3, 8, 8]}, {"y": [0, 10]}, inits)
+
+
+def _no_kernel_touches_an_empty_tensor(graph):
+    empty = [
+        name
+        for node in graph.nodes
+        for name in (*node.inputs, *node.outputs)
+        if 0 in graph.types[name].shape
+    ]
+    assert not empty, f"zero-size tensors reach nodes: {empty}\n{graph}"
+
+
+def test_a_zero_size_batch_imports_without_empty_kernels():
+    graph = import_onnx(_zero_batch_cnn())
+    _no_kernel_touches_an_empty_tensor(graph)
+    (y,) = run_reference(graph, {"x": np.zeros((0, 3, 8, 8), np.float32)})
+    assert y.shape == (0, 10) and y.dtype == np.float32
+
+
+def test_a_zero_size_batch_compiles_and_runs(device):
+    from coretune.module import compile as compile_module
+
+    module = compile_module(_zero_batch_cnn(), device=device)
+    (y,) = module.run(x=np.zeros((0, 3, 8, 8), np.float32))
+    assert y.shape == (0, 10)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["dense_k0", "matmul_m0", "concat_empty_part", "resize_zero_axis", "softmax_zero_rows"],
+)
+def test_zero_size_operands_fold_and_match_onnx(case):
+    nodes, inputs, inits, feeds = {
+        "dense_k0": (
+            [helper.make_node("Gemm", ["x", "w", "b"], ["y"])],
+            {"x": [2, 0]},
+            {"w": _ones(0, 4), "b": np.arange(4, dtype=np.float32)},
+            {"x": np.zeros((2, 0), np.float32)},
+        ),
+        "matmul_m0": (
+            [helper.make_node("MatMul", ["x", "z"], ["y"])],
+            {"x": [0, 8], "z": [8, 5]},
+            {},
+            {"x": np.zeros((0, 8), np.float32), "z": _ones(8, 5)},
+        ),
+        "concat_empty_part": (
+            [helper.make_node("Concat", ["x", "e", "x"], ["y"], axis=1)],
+            {"x": [4, 3], "e": [4, 0]},
+            {},
+            {"x": np.arange(12, dtype=np.float32).reshape(4, 3), "e": np.zeros((4, 0), "f4")},
+        ),
+        "resize_zero_axis": (
+            [helper.make_node("Resize", ["x", "", "s"], ["y"])],
+            {"x": [1, 0, 4, 4]},
+            {"s": np.array([1, 1, 2, 2], np.float32)},
+            {"x": np.zeros((1, 0, 4, 4), np.float32)},
+        ),
+        "softmax_zero_rows": (
+            [helper.make_node("Softmax", ["x"], ["y"])],
+            {"x": [0, 8]},
+            {},
+            {"x": np.zeros((0, 8), np.float32)},
+        ),
+    }[case]
+    model = onnx.shape_inference.infer_shapes(_model(nodes, inputs, {"y": None}, inits))
+    graph = import_onnx(model)
+    _no_kernel_touches_an_empty_tensor(graph)
+    expected = ReferenceEvaluator(model).run(None, feeds)
+    for got, want in zip(run_reference(graph, feeds), expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want)
+
+
+def test_a_split_makes_only_its_non_empty_parts():
+    node = helper.make_node("Split", ["x", "sizes"], ["a", "b", "c"], axis=1)
+    sizes = {"sizes": np.array([2, 0, 4], np.int64)}
+    model = _model([node], {"x": [2, 6]}, {"a": [2, 2], "b": [2, 0], "c": [2, 4]}, sizes)
+    graph = import_onnx(model)
+    _no_kernel_touches_an_empty_tensor(graph)
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    a, b, c = run_reference(graph, {"x": x})
+    np.testing.assert_array_equal(a, x[:, :2])
+    np.testing.assert_array_equal(c, x[:, 2:])
+    assert b.shape == (2, 0)
+
+
+def test_an_empty_input_passed_through_is_an_empty_output():
+    model = _model([helper.make_node("Identity", ["x"], ["y"])], {"x": [0, 4]}, {"y": [0, 4]})
+    graph = import_onnx(model)
+    assert not graph.nodes
+    (y,) = run_reference(graph, {"x": np.zeros((0, 4), np.float32)})
+    assert y.shape == (0, 4)
+
+
+def test_an_empty_tensor_a_kernel_would_read_is_refused_by_name():
+    # Gather from an empty axis with indices known only at run time: no value at import.
+    node = helper.make_node("Gather", ["data", "idx"], ["y"], name="pick")
+    model = _model([node], {"data": [0, 3]}, {"y": ["n", 3]})
+    model.graph.input.append(helper.make_tensor_value_info("idx", INT64, [2]))
+    with pytest.raises(UnsupportedModelError, match="zero-size.*'data' float32\\[0, 3\\].*'pick'"):
+        import_onnx(model)
 
 
 # ---- 3. ranks the ONNX op does not allow -----------------------------------------------------

@@ -119,6 +119,10 @@ def onnx_dtype(elem_type: int) -> str | None:
     return name if name in DTYPES else None
 
 
+def _empty(value: Value) -> bool:
+    return math.prod(value.shape) == 0
+
+
 def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
     """The node's attributes as python values: str, int, float, lists, numpy arrays."""
     values = {}
@@ -257,26 +261,39 @@ class ConvertContext:
         array = np.asarray(value, dtype=None if dtype is None else DTYPES[dtype])
         return self.add_constant(self.fresh(f"{self.name}_{stem}"), array)
 
-    def op(self, op_name: str, *operands: Value, **attrs: Any):
-        """Add one core op (or fold it when every operand is a constant); returns a Value, or a
-        tuple of Values for multi-output ops."""
+    def infer(self, op_name: str, *operands: Value, **attrs: Any):
+        """The normalised attributes and the output (shape, dtype)s of a core op on these
+        operands, without adding it; a rejection names the ONNX node."""
         opdef = get_op(op_name)
         try:
             attrs = opdef.normalize_attrs(attrs)
-            outs = opdef.infer([v.shape for v in operands], [v.dtype for v in operands], attrs)
+            return attrs, opdef.infer(
+                [v.shape for v in operands], [v.dtype for v in operands], attrs
+            )
         except GraphError as exc:
             raise self.error(str(exc)) from None
-        if all(v.name in self.consts for v in operands):
+
+    def op(self, op_name: str, *operands: Value, **attrs: Any):
+        """Add one core op, or fold it when every operand is a constant or empty, or when every
+        output is empty; returns a Value, or a tuple of Values for multi-output ops.
+
+        A zero-size tensor holds no data, so an op that makes only empty tensors, or reads
+        only constants and empty tensors, is known at import: no kernel is ever handed an
+        empty workload."""
+        opdef = get_op(op_name)
+        attrs, outs = self.infer(op_name, *operands, **attrs)
+        empty_out = bool(outs) and all(math.prod(shape) == 0 for shape, _ in outs)
+        if empty_out or all(v.name in self.consts or _empty(v) for v in operands):
             folded = sum(math.prod(shape) * DTYPES[dtype].itemsize for shape, dtype in outs)
             if folded > MAX_FOLDED_BYTES:  # checked before anything is allocated
                 raise self.error(
                     f"folding {op_name} would make a {folded} B constant (limit "
                     f"{MAX_FOLDED_BYTES} B): the model is malformed or hostile"
                 )
-            try:
-                arrays = opdef.evaluate([self.consts[v.name] for v in operands], attrs)
-            except (ValueError, IndexError, TypeError) as exc:  # e.g. a constant index too big
-                raise self.error(f"folding {op_name} failed: {exc}") from None
+            if empty_out:
+                arrays = [np.zeros(shape, DTYPES[dtype]) for shape, dtype in outs]
+            else:
+                arrays = self._evaluate(opdef, operands, attrs)
             values = [self.const(a, stem=op_name) for a in arrays]
         else:
             for v in operands:
@@ -293,6 +310,16 @@ class ConvertContext:
             self.nodes.append(node)
             values = [Value(n, self._types[n], self) for n in node.outputs]
         return values[0] if len(values) == 1 else tuple(values)
+
+    def _evaluate(self, opdef, operands: tuple[Value, ...], attrs: dict) -> list[np.ndarray]:
+        arrays = [
+            self.consts[v.name] if v.name in self.consts else np.zeros(v.shape, DTYPES[v.dtype])
+            for v in operands
+        ]  # an operand that is not constant is empty: zeros of its shape are its value
+        try:
+            return opdef.evaluate(arrays, attrs)
+        except (ValueError, IndexError, TypeError) as exc:  # e.g. a constant index too big
+            raise self.error(f"folding {opdef.name} failed: {exc}") from None
 
     def __getattr__(self, op_name: str):
         if op_name.startswith("_"):

@@ -27,7 +27,7 @@ def resize(ctx: ConvertContext):
         for axis, s in zip(axes, scales.tolist(), strict=True):
             scale[axis] = s  # exact: the output size floors in * scale
         size = [int(n * s) for n, s in zip(x.shape, scale, strict=True)]  # floor, as ONNX
-        if all(s == m / n for s, m, n in zip(scale, size, x.shape, strict=True)):
+        if all(not n or s == m / n for s, m, n in zip(scale, size, x.shape, strict=True)):
             scale = None  # the scale is just size / input, resize2d's default
     else:
         raise ctx.error("needs scales or sizes")
@@ -72,6 +72,8 @@ def _from_sizes(ctx: ConvertContext, shape, axes, sizes):
     if policy == "stretch":
         return size, None
     # Keep the aspect ratio: one scale for every resized axis, sizes rounded half up.
+    if any(shape[a] == 0 for a in axes):
+        raise ctx.error(f"keep_aspect_ratio_policy={policy!r} on a zero-size axis of {shape}")
     pick = min if policy == "not_larger" else max
     common = pick(size[a] / shape[a] for a in axes)
     scale = [common if i in axes else 1.0 for i in range(len(shape))]

@@ -82,7 +82,12 @@ def unsqueeze(ctx: ConvertContext):
 
 @converts("Concat")
 def concat(ctx: ConvertContext):
-    return ctx.concatenate(*ctx.inputs_present(), axis=ctx.attr("axis"))
+    parts, axis = ctx.inputs_present(), ctx.attr("axis")
+    ctx.infer("concatenate", *parts, axis=axis)  # every part, empty ones too, must fit
+    filled = [p for p in parts if math.prod(p.shape)] or parts  # empty parts add nothing
+    if len(filled) == 1 < len(parts):
+        return filled[0]
+    return ctx.concatenate(*filled, axis=axis)
 
 
 @converts("Split", constant_inputs=(1,))
@@ -97,7 +102,15 @@ def split(ctx: ConvertContext):
         parts, dim = ctx.attr("num_outputs", len(ctx.node.output)), x.shape[axis]
         chunk = -(-dim // parts)
         sizes = [min(chunk, max(0, dim - i * chunk)) for i in range(parts)]
-    return ctx.split(x, sizes=[int(s) for s in sizes], axis=axis)
+    sizes = [int(s) for s in sizes]
+    ctx.infer("split", x, sizes=sizes, axis=axis)  # the sizes must add up
+    if 0 not in sizes or not math.prod(x.shape):
+        return ctx.split(x, sizes=sizes, axis=axis)
+    # The split makes only the parts that hold data; empty ones are constants.
+    filled = [s for s in sizes if s]
+    made = iter(ctx.split(x, sizes=filled, axis=axis) if len(filled) > 1 else (x,))
+    empty = [0 if i == axis % x.ndim else d for i, d in enumerate(x.shape)]
+    return [next(made) if s else ctx.const(np.zeros(empty), x.dtype, stem="empty") for s in sizes]
 
 
 @converts("Slice", constant_inputs=(1, 2, 3, 4))

@@ -21,7 +21,7 @@ from onnx import numpy_helper
 
 from coretune.errors import GraphError, InputError, ModelLoadError, UnsupportedModelError
 
-from ..dtypes import to_numpy
+from ..dtypes import DTYPES, to_numpy
 from ..ir import Graph, Node, TensorType
 from . import (  # noqa: F401  (importing a converter module registers its converters)
     convert_conv,
@@ -66,7 +66,7 @@ _MALFORMED = (
     KeyError,
     IndexError,
     AttributeError,
-    OverflowError,
+    ArithmeticError,  # overflow, division by zero
     UnicodeDecodeError,
 )
 
@@ -279,7 +279,26 @@ def _convert(
     _check_declared(graph, ctx)
     outputs = _bind_outputs(ctx, [o.name for o in graph.output])
     nodes, params = _prune(ctx.nodes, ctx.params, outputs)
-    return Graph(graph.name or "onnx_model", dict(ctx.inputs), params, nodes, outputs).validate()
+    core = Graph(graph.name or "onnx_model", dict(ctx.inputs), params, nodes, outputs).validate()
+    _refuse_empty_operands(core)
+    return core
+
+
+def _refuse_empty_operands(graph: Graph) -> None:
+    """Zero-size tensors are evaluated at import (ConvertContext.op); one that still reaches a
+    node (read or made by a kernel) is refused here, by name, rather than in the compiler."""
+    empty = defaultdict(list)
+    for node in graph.nodes:
+        for name in (*node.inputs, *node.outputs):
+            ttype = graph.types[name]
+            if not math.prod(ttype.shape):
+                empty[f"{name!r} {ttype}"].append(node.name)
+    if empty:
+        raise UnsupportedModelError(
+            f"cannot import ONNX model {graph.name!r}: zero-size tensors are not supported "
+            f"as a kernel's operand or result: "
+            + "; ".join(f"{t} (node {', '.join(map(repr, n))})" for t, n in empty.items())
+        )
 
 
 def _check_declared(graph: onnx.GraphProto, ctx: ConvertContext) -> None:
@@ -458,6 +477,8 @@ def _bind_outputs(ctx: ConvertContext, outputs: list[str]) -> list[str]:
             ctx.params[name] = ctx.consts[value.name]
         elif value.name == name:
             continue
+        elif not math.prod(value.shape):  # an empty input: its value is known
+            ctx.params[name] = np.zeros(value.shape, DTYPES[value.dtype])
         elif value.name in ctx.inputs or value.name in outputs:
             # The core op set has no identity; a same-shape reshape is the cheapest copy.
             ctx.nodes.append(
