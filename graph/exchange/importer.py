@@ -31,19 +31,20 @@ from . import (  # noqa: F401  (importing a converter module registers its conve
     convert_resize,
     convert_tensor,
 )
-from .convert_base import (
-    CONVERTERS,
-    ConvertContext,
-    Malformed,
-    Unsupported,
-    attribute_problems,
-    attribute_values,
-    onnx_dtype,
+from .convert_base import CONVERTERS, ConvertContext, Unsupported, onnx_dtype
+from .import_checks import (
+    DEFAULT_DOMAINS,
+    MALFORMED,
+    Problems,
+    check_declared,
+    node_names,
+    refuse_empty_operands,
+    require_supported,
+    unsupported,
 )
 
 MIN_OPSET = 13
 MAX_OPSET = onnx.defs.onnx_opset_version()
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def import_onnx(model, input_shapes=None, *, input_values=None) -> Graph:
@@ -56,19 +57,8 @@ def import_onnx(model, input_shapes=None, *, input_values=None) -> Graph:
     """
     try:
         return _import(model, input_shapes, input_values)
-    except _MALFORMED as exc:  # the last line of defence: damaged protos fail in many places
+    except MALFORMED as exc:  # the last line of defence: damaged protos fail in many places
         raise ModelLoadError(f"malformed model: {type(exc).__name__}: {exc}") from None
-
-
-_MALFORMED = (
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    ArithmeticError,  # overflow, division by zero
-    UnicodeDecodeError,
-)
 
 
 def _import(model, input_shapes, input_values) -> Graph:
@@ -76,14 +66,14 @@ def _import(model, input_shapes, input_values) -> Graph:
     opset = default_opset(proto)
     if proto.functions:  # model-local functions: inline them so their nodes are checked too
         proto = onnx.inliner.inline_local_functions(proto)
-    _require_supported(proto, opset)  # before the checker, which stops at the first unknown op
+    require_supported(proto, opset)  # before the checker, which stops at the first unknown op
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise ModelLoadError(f"the model fails the ONNX checker: {exc}") from None
     if opset < MIN_OPSET:
         proto, opset = _upgrade(proto, opset), MIN_OPSET
-        _require_supported(proto, opset)  # the upgrade may rewrite nodes
+        require_supported(proto, opset)  # the upgrade may rewrite nodes
     return _convert(proto, opset, dict(input_shapes or {}), dict(input_values or {}))
 
 
@@ -120,7 +110,7 @@ def load_model(model) -> onnx.ModelProto:
 
 
 def default_opset(proto: onnx.ModelProto) -> int:
-    versions = [o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS]
+    versions = [o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS]
     if not versions:
         raise UnsupportedModelError("the model imports no ai.onnx opset")
     if versions[0] > MAX_OPSET:
@@ -143,109 +133,12 @@ def _upgrade(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         ) from None
 
 
-def _node_names(graph: onnx.GraphProto) -> list[str]:
-    """ONNX node names made unique; unnamed nodes are called '<op type>_<index>'."""
-    seen, names = set(), []
-    for i, node in enumerate(graph.node):
-        base = name = node.name or f"{node.op_type}_{i}"
-        count = 0
-        while name in seen:
-            count += 1
-            name = f"{base}_{count}"
-        seen.add(name)
-        names.append(name)
-    return names
-
-
-Problems = dict[tuple[str, str], list[str]]  # (feature, "node" or "value") -> names
-
-
-def scan(graph: onnx.GraphProto, names: list[str], opset: int) -> tuple[Problems, Problems]:
-    """Everything in the graph coretune cannot import, and where it is used: (unsupported,
-    malformed). Every node's attributes are checked here, against its ONNX schema, before
-    any converter reads them."""
-    problems: Problems = defaultdict(list)
-    malformed: Problems = defaultdict(list)
-    declared = [
-        *graph.input,
-        *(o for o in graph.output if o.type.WhichOneof("value") and o.type.tensor_type.elem_type),
-    ]  # outputs may be untyped
-    for info in declared:
-        kind = info.type.WhichOneof("value")
-        if kind != "tensor_type":
-            problems[f"{kind or 'untyped'} values (only tensors are supported)", "value"].append(
-                info.name
-            )
-        elif onnx_dtype(info.type.tensor_type.elem_type) is None:
-            dtype = onnx.TensorProto.DataType.Name(info.type.tensor_type.elem_type)
-            problems[f"{dtype} tensors", "value"].append(info.name)
-    if graph.sparse_initializer:
-        problems["sparse initializers", "value"].extend(
-            t.values.name for t in graph.sparse_initializer
-        )
-    for node, name in zip(graph.node, names, strict=True):
-        converter = CONVERTERS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
-        if converter is None:
-            op_type = (
-                node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
-            )
-            problems[op_type, "node"].append(name)
-            continue
-        bad = attribute_problems(node, opset, converter)
-        for problem in bad:
-            malformed[f"{node.op_type} with {problem}", "node"].append(name)
-        if bad:
-            continue
-        try:
-            reason = converter.check and converter.check(node, attribute_values(node))
-        except Malformed as exc:
-            malformed[f"{node.op_type} with {exc}", "node"].append(name)
-        except _MALFORMED as exc:
-            malformed[f"{node.op_type} with {type(exc).__name__}: {exc}", "node"].append(name)
-        else:
-            if reason:
-                problems[f"{node.op_type} with {reason}", "node"].append(name)
-    return problems, malformed
-
-
-def _require_supported(proto: onnx.ModelProto, opset: int) -> None:
-    problems, malformed = scan(proto.graph, _node_names(proto.graph), opset)
-    if malformed:
-        lines = [
-            f"ONNX model {proto.graph.name!r} (opset {opset}) is malformed: "
-            f"{len(malformed)} problem(s):",
-            *_listing(malformed),
-        ]
-        if problems:
-            lines += [f"and it uses {len(problems)} thing(s) coretune does not support:"]
-            lines += _listing(problems)
-        raise ModelLoadError("\n".join(lines))
-    if problems:
-        raise _unsupported(proto, opset, problems)
-
-
-def _listing(problems: Problems) -> list[str]:
-    return [
-        f"  {what}: {kind}{'s' * (len(names) > 1)} {', '.join(map(repr, names))}"
-        for (what, kind), names in problems.items()
-    ]
-
-
-def _unsupported(proto: onnx.ModelProto, opset: int, problems: Problems):
-    lines = [
-        f"cannot import ONNX model {proto.graph.name!r} (opset {opset}): it uses "
-        f"{len(problems)} thing(s) coretune does not support:",
-        *_listing(problems),
-    ]
-    return UnsupportedModelError("\n".join(lines))
-
-
 # ---- converting -----------------------------------------------------------------------------
 def _convert(
     proto: onnx.ModelProto, opset: int, input_shapes: dict[str, tuple], input_values: dict
 ) -> Graph:
     graph = proto.graph
-    names = _node_names(graph)  # after the opset upgrade, which may add nodes
+    names = node_names(graph)  # after the opset upgrade, which may add nodes
     ctx = ConvertContext(_all_names(graph, names), _use_counts(graph))
     _declare(ctx, graph, input_shapes, input_values)
     problems: Problems = defaultdict(list)
@@ -263,92 +156,29 @@ def _convert(
             problems[f"{node.op_type} with {exc}", "node"].append(name)
         except GraphError as exc:
             errors.append(str(exc))
-        except _MALFORMED as exc:  # constants of the wrong type, rank or size
+        except MALFORMED as exc:  # constants of the wrong type, rank or size
             errors.append(
                 f"node {name!r} ({node.op_type}) is malformed: {type(exc).__name__}: {exc}"
             )
         blocked.update(node.output)
     if problems:  # the unsupported nodes are the first thing to fix
-        raise _unsupported(proto, opset, problems)
+        raise unsupported(proto, opset, problems)
     if len(errors) == 1:
         raise GraphError(errors[0])
     if errors:
         raise GraphError(
             "\n  ".join([f"cannot import ONNX model {graph.name!r}: {len(errors)} nodes:", *errors])
         )
-    _check_declared(graph, ctx)
+    check_declared(graph, ctx.values)
     outputs = _bind_outputs(ctx, [o.name for o in graph.output])
     nodes, params = _prune(ctx.nodes, ctx.params, outputs)
     core = Graph(graph.name or "onnx_model", dict(ctx.inputs), params, nodes, outputs).validate()
-    _refuse_empty_operands(core)
+    refuse_empty_operands(core)
     return core
 
 
-def _refuse_empty_operands(graph: Graph) -> None:
-    """Zero-size tensors are evaluated at import (ConvertContext.op); one that still reaches a
-    node (read or made by a kernel) is refused here, by name, rather than in the compiler."""
-    empty = defaultdict(list)
-    for node in graph.nodes:
-        for name in (*node.inputs, *node.outputs):
-            ttype = graph.types[name]
-            if not math.prod(ttype.shape):
-                empty[f"{name!r} {ttype}"].append(node.name)
-    if empty:
-        raise UnsupportedModelError(
-            f"cannot import ONNX model {graph.name!r}: zero-size tensors are not supported "
-            f"as a kernel's operand or result: "
-            + "; ".join(f"{t} (node {', '.join(map(repr, n))})" for t, n in empty.items())
-        )
-
-
-def _check_declared(graph: onnx.GraphProto, ctx: ConvertContext) -> None:
-    """The types the model declares for its outputs (and in value_info) must be those its graph
-    computes, as onnxruntime requires; a symbolic or unknown dim, an unknown shape or element
-    type matches anything. Every mismatch is named at once."""
-    mismatches = []
-    for kind, infos in (("output", graph.output), ("value_info", graph.value_info)):
-        for info in infos:
-            value = ctx.values.get(info.name)
-            if value is None or info.type.WhichOneof("value") != "tensor_type":
-                continue
-            tensor_type = info.type.tensor_type
-            elem = tensor_type.elem_type
-            dtype = (onnx_dtype(elem) or onnx.TensorProto.DataType.Name(elem)) if elem else None
-            dims = (
-                [
-                    d.dim_value if d.HasField("dim_value") else d.dim_param or None
-                    for d in tensor_type.shape.dim
-                ]
-                if tensor_type.HasField("shape")
-                else None
-            )
-            same_dtype = dtype is None or dtype == value.dtype
-            same_shape = dims is None or (
-                len(dims) == value.ndim
-                and all(
-                    not isinstance(d, int) or d == n for d, n in zip(dims, value.shape, strict=True)
-                )
-            )
-            if not (same_dtype and same_shape):
-                shape = "" if dims is None else f"[{', '.join(str(d or '?') for d in dims)}]"
-                mismatches.append(
-                    f"{kind} {info.name!r} is declared {dtype or value.dtype}{shape}, but the "
-                    f"graph computes {value.type}"
-                )
-    if mismatches:
-        raise ModelLoadError(
-            "\n  ".join(
-                [
-                    f"ONNX model {graph.name!r} declares {len(mismatches)} type(s) that its "
-                    f"graph does not compute:",
-                    *mismatches,
-                ]
-            )
-        )
-
-
-def _all_names(graph: onnx.GraphProto, node_names: list[str]) -> set[str]:
-    names = set(node_names)
+def _all_names(graph: onnx.GraphProto, nodes: list[str]) -> set[str]:
+    names = set(nodes)
     names.update(i.name for i in graph.input)
     names.update(o.name for o in graph.output)
     names.update(t.name for t in graph.initializer)
@@ -402,7 +232,7 @@ def constant_inputs(model: onnx.ModelProto) -> set[str]:
     producers = {out: node for node in graph.node for out in node.output}
     pending = []
     for node in graph.node:
-        converter = CONVERTERS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
+        converter = CONVERTERS.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
         for i in converter.constant_inputs if converter else ():
             if i < len(node.input) and node.input[i]:
                 pending.append(node.input[i])
