@@ -168,6 +168,40 @@ def attr_value(model, rng):
     return model, f"{node.name}.{attr.name} = {helper.get_attribute_value(attr)!r}"
 
 
+def attr_shape(model, rng):
+    """A list attribute (strides, pads, kernel_shape, perm...) given as one int, float or
+    string, or an enumerated string (auto_pad, mode...) ONNX does not define."""
+    kinds = (AttributeProto.INTS, AttributeProto.STRING)
+    node = _pick(rng, (n for n in model.graph.node if any(a.type in kinds for a in n.attribute)))
+    if node is None:
+        return _add_attr(model, rng)
+    attr = rng.choice([a for a in node.attribute if a.type in kinds])
+    if attr.type == AttributeProto.STRING:
+        value = rng.choice(["SAME", "same_upper", "", "NOTSET ", "linear2"])
+    else:
+        value = rng.choice([3, 0, 1.5, "abc"])
+    attr.CopyFrom(helper.make_attribute(attr.name, value))
+    return model, f"{node.name}.{attr.name} = {value!r}"
+
+
+def declared_type(model, rng):
+    """A graph output or value_info declared with another element type, rank or dim than the
+    graph computes."""
+    info = rng.choice([*model.graph.output, *model.graph.value_info])
+    tensor_type = info.type.tensor_type
+    choice = rng.choice(["elem", "rank", "dim"])
+    if choice == "elem":
+        tensor_type.elem_type = rng.choice(
+            [TensorProto.INT64, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BOOL]
+        )
+    elif choice == "rank" or not tensor_type.shape.dim:
+        tensor_type.shape.dim.add().dim_value = 1
+    else:
+        dim = rng.choice(tensor_type.shape.dim)
+        dim.dim_value = (dim.dim_value or 1) + rng.randint(1, 5)
+    return model, f"{info.name!r} declared {onnx.helper.printable_type(info.type)} ({choice})"
+
+
 def _add_attr(model, rng):
     node = rng.choice(model.graph.node)
     node.attribute.append(helper.make_attribute("bogus", rng.choice([1, "x", [1.0]])))
@@ -321,6 +355,8 @@ MUTATIONS: dict[str, Callable] = {
         splice,
         attr_type,
         attr_value,
+        attr_shape,
+        declared_type,
         init_dims,
         init_reshape,
         init_data,
