@@ -404,7 +404,7 @@ class Executor:
         writes = [self._write_input(name, array) for name, array in arrays.items()]
         for kind, payload in self._actions:
             if kind == "kernel":
-                event = payload.launch()
+                event = payload.launch(timed=events is not None)
                 if events is not None:
                     events.append(event)
             elif kind == "copy":

@@ -361,9 +361,16 @@ class CUDADevice:
         return buffer
 
     def download(self, buffer, shape, dtype) -> np.ndarray:
+        """Device -> host, after every kernel before it: a kernel that faulted (an illegal
+        address...) is reported here, where its error surfaces."""
         out = np.empty(shape, dtype)
         if out.nbytes:
-            self.runtime.to_host(out, buffer)
+            try:
+                self.runtime.to_host(out, buffer)
+            except Exception as exc:
+                raise DeviceError(
+                    f"CUDA error before a download: {type(exc).__name__}: {exc}"
+                ) from None
         return out
 
     def write(self, buffer, array: np.ndarray, blocking: bool = True):
@@ -382,11 +389,14 @@ class CUDADevice:
     def copy(self, source, target, nbytes: int) -> None:
         self.runtime.device_copy(target, source, nbytes)
 
-    def launch(self, compiled: CompiledCudaKernel, buffers: list):
-        """Launch once between two events; returns them (``event_seconds`` reads them)."""
-        start, end = self.runtime.event(), self.runtime.event()
+    def launch(self, compiled: CompiledCudaKernel, buffers: list, timed: bool = True):
+        """Launch once, between two events when ``timed``; returns them (``event_seconds``
+        reads them), else None: two event records per kernel cost a model's run more than
+        a small kernel takes."""
         launch = compiled.rendered.launch
-        self.runtime.record(start)
+        if timed:
+            start, end = self.runtime.event(), self.runtime.event()
+            self.runtime.record(start)
         try:
             self.runtime.launch(compiled.function, launch.groups, launch.local, buffers)
         except Exception as exc:  # the driver refused it: say which kernel and launch
@@ -394,6 +404,8 @@ class CUDADevice:
                 f"CUDA launch of {compiled.rendered.entry} ({launch.groups} blocks of "
                 f"{launch.local} threads) failed: {type(exc).__name__}: {exc}"
             ) from None
+        if not timed:
+            return None
         self.runtime.record(end)
         return _CudaEvent(self.runtime, start, end)
 
@@ -437,8 +449,8 @@ class _BoundCudaKernel:
     compiled: CompiledCudaKernel
     buffers: tuple
 
-    def launch(self):
-        return self.device.launch(self.compiled, self.buffers)
+    def launch(self, timed: bool = True):
+        return self.device.launch(self.compiled, self.buffers, timed)
 
 
 @dataclass

@@ -97,8 +97,8 @@ class BoundKernel:
     local_size: tuple[int, ...]
     buffers: tuple  # held here: clSetKernelArg does not keep a buffer alive
 
-    def launch(self):
-        """Enqueue once; returns the profiling event."""
+    def launch(self, timed: bool = True):
+        """Enqueue once; returns the profiling event (OpenCL makes one either way)."""
         return _cl().enqueue_nd_range_kernel(
             self.queue, self.kernel, self.global_size, self.local_size
         )
