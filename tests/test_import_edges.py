@@ -121,6 +121,23 @@ def test_an_empty_attribute_list_is_a_named_error():
         import_onnx(model)
 
 
+def test_window_attributes_that_disagree_name_every_node():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="c", kernel_shape=[1, 1], strides=[1] * 3),
+        helper.make_node("MaxPool", ["a"], ["b"], name="p", kernel_shape=[2, 2], pads=[1, 1, 1]),
+        helper.make_node("MaxPool", ["b"], ["c"], name="d", kernel_shape=[2, 2], dilations=[1]),
+        helper.make_node("AveragePool", ["c"], ["y"], name="q", kernel_shape=[2, 2], pads=[0, 1]),
+    ]
+    model = _model(nodes, {"x": [1, 3, 8, 8]}, {"y": None}, {"w": _ones(3, 3, 1, 1)})
+    with pytest.raises(ModelLoadError) as info:
+        import_onnx(model)
+    message = str(info.value)
+    assert "different numbers of spatial axes" in message and "node 'c'" in message, message
+    assert "odd count" in message and "node 'p'" in message, message
+    assert "'d'" in message and "'q'" in message, message
+    assert "3-D" not in message
+
+
 def test_conversion_errors_name_every_node_at_once():
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["a"], name="bad_product"),
@@ -288,8 +305,7 @@ def test_gemm_needs_a_bias_that_broadcasts_to_the_result(c_shape):
         ("ConvTranspose", [1, 3, 8, 8], (3, 4, 3, 3), {"output_padding": [1]}, "output_padding"),
         ("MaxPool", [8, 8], None, {"kernel_shape": [2, 2]}, "rank"),
         ("MaxPool", [1, 1, 8, 8], None, {"kernel_shape": [2]}, "kernel_shape"),
-        ("MaxPool", [1, 1, 8, 8], None, {"kernel_shape": [2, 2], "dilations": [1]}, "dilations"),
-        ("AveragePool", [1, 1, 8, 8], None, {"kernel_shape": [2, 2], "pads": [0, 1]}, "pads"),
+        ("AveragePool", [1, 1, 8, 8], None, {"kernel_shape": [2], "pads": [0, 1]}, "kernel_shape"),
         ("GlobalAveragePool", [3, 8], None, {}, "rank"),
         ("GlobalMaxPool", [8], None, {}, "rank"),
     ],

@@ -4,16 +4,24 @@
 have no core counterpart and are reported as unsupported.
 """
 
-from .convert_base import ConvertContext, converts
+from .convert_base import ConvertContext, Malformed, converts
 
 _AUTO_PAD = {"auto_pad": ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")}
 
 
 def _spatial_check(node, attrs):
-    """Find 3-D (or higher) ops from their attributes before anything is converted."""
-    ranks = {len(attrs[k]) for k in ("kernel_shape", "strides", "dilations") if k in attrs}
-    ranks |= {len(attrs[k]) // 2 for k in ("pads",) if k in attrs}
-    too_big = [r for r in ranks if r > 2]
+    """Find 3-D (or higher) ops from their attributes before anything is converted, and
+    attributes that disagree on the number of spatial axes."""
+    keys = ("kernel_shape", "strides", "dilations", "output_padding")
+    ranks = {k: len(attrs[k]) for k in keys if k in attrs}
+    if "pads" in attrs:
+        if len(attrs["pads"]) % 2:
+            raise Malformed(f"pads {attrs['pads']} (an odd count: begins, then ends)")
+        ranks["pads"] = len(attrs["pads"]) // 2
+    if len(set(ranks.values())) > 1:
+        given = ", ".join(f"{k} {list(attrs[k])}" for k in ranks)
+        raise Malformed(f"attributes for different numbers of spatial axes ({given})")
+    too_big = [r for r in ranks.values() if r > 2]
     return f"{too_big[0]}-D data" if too_big else None
 
 
