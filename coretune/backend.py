@@ -137,18 +137,32 @@ class CoretuneRep(BackendRep):
         )
 
 
+def _unavailable(device: str) -> str:
+    """Why graphs cannot run on ``device`` here ('' when they can): an unknown device type, or
+    a GPU type whose device does not open on this machine."""
+    kind = _device_type(device)
+    if kind not in EXECUTORS:
+        return f"coretune's ONNX backend runs on {', '.join(EXECUTORS)}"
+    if kind == "CUDA":
+        from .kernels import DeviceError
+
+        try:
+            _device("cuda:0")
+        except DeviceError as exc:
+            return str(exc)
+    return ""
+
+
 class CoretuneBackend(Backend):
     @classmethod
     def supports_device(cls, device: str) -> bool:
-        return _device_type(device) in EXECUTORS
+        return not _unavailable(device)
 
     @classmethod
     def prepare(cls, model, device: str = "CPU", **kwargs) -> CoretuneRep:
-        if not cls.supports_device(device):
-            raise CoretuneError(
-                f"device {device!r} is not supported; coretune's ONNX backend "
-                f"runs on {', '.join(EXECUTORS)}"
-            )
+        reason = _unavailable(device)
+        if reason:
+            raise CoretuneError(f"device {device!r} is not supported here: {reason}")
         rep = CoretuneRep(load_model(model), device)
         rep.import_declared()
         return rep

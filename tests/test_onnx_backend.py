@@ -81,9 +81,12 @@ def test_run_node_and_devices():
     (y,) = coretune.backend.run_node(helper.make_node("Relu", ["x"], ["y"]), [x])
     np.testing.assert_array_equal(y, [[0.0, 2.0]])
     assert coretune.backend.supports_device("CPU")
-    assert not coretune.backend.supports_device("CUDA")
-    with pytest.raises(CoretuneError, match="CUDA"):
-        coretune.backend.prepare(_symbolic_relu(), "CUDA")
+    assert not coretune.backend.supports_device("TPU")
+    with pytest.raises(CoretuneError, match="'TPU' is not supported here: .*CPU, OPENCL, CUDA"):
+        coretune.backend.prepare(_symbolic_relu(), "TPU")
+    if not coretune.backend.supports_device("CUDA"):  # no GPU here: the reason is given
+        with pytest.raises(CoretuneError, match="'CUDA' is not supported here: CUDA"):
+            coretune.backend.prepare(_symbolic_relu(), "CUDA")
 
 
 def test_rep_imports_once_per_input_signature():
