@@ -6,7 +6,7 @@ Cases come from tests/ctm_mutations.py, round-robin over (model, mutation) pairs
 replays with ``make_case(model, mutation, seed)``. They run in a worker process that keeps one
 device open: a crash or a hang costs that case (the worker is replaced), not the campaign.
 
-    python benchmarks/fuzz_ctm.py                 # 2,400 cases
+    python benchmarks/fuzz_ctm.py                 # 5,400 cases
     python benchmarks/fuzz_ctm.py --cases 300     # a quick look
 
 Writes benchmarks/results/fuzz_ctm.md; exits 1 when any case failed.
@@ -165,7 +165,7 @@ def report(result: dict, seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=2400)
+    parser.add_argument("--cases", type=int, default=5400)
     parser.add_argument("--seconds", type=float, default=60.0, help="bound per case")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "fuzz_ctm.md")
     args = parser.parse_args()
