@@ -48,12 +48,13 @@ def compile_command(model, logs, device, output):
 
     dev = open_device(device)
     module = compile_module(load_graph(model), dev, list(logs))
-    summary = module.summary()
+    summary, times = module.summary(), module.build_times()
     out = console()
     out.print(f"{model} on {device_line(dev)}")
     out.print(
         f"kernels: {summary['kernels']} ({summary['tuned']} tuned, "
-        f"{len(summary['untuned'])} with default configs)"
+        f"{len(summary['untuned'])} with default configs), built in "
+        f"{times['build_seconds']:.2f} s, first run {times['warm_up_seconds']:.2f} s"
     )
     if summary["untuned"]:
         out.print("  untuned: " + ", ".join(summary["untuned"]))

@@ -56,6 +56,15 @@ class Module:
     def summary(self) -> dict:
         return self.plan.summary()
 
+    def build_times(self) -> dict:
+        """Seconds the kernels took to build and to run once on zeros (so that a user's first
+        run compiles nothing); the drivers' own binary caches, PoCL's and CuPy's, keyed by
+        source, device and options, make a second build of the same kernels fast."""
+        return {
+            "build_seconds": self._executor.build_seconds,
+            "warm_up_seconds": self._executor.warm_up_seconds,
+        }
+
     # ---- one-file models -------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         from . import __version__

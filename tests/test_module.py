@@ -280,3 +280,37 @@ def test_a_pad_step_must_name_a_pad_copy(saved, tmp_path, device):
 
     with pytest.raises(ModelLoadError, match=r"\(steps has \d+ entries, not \d+\)"):
         load(_rewrite(saved[1], tmp_path, _json_edit("plan.json", retarget)), device=device)
+
+
+def test_compile_launches_every_kernel_once_so_the_first_run_builds_nothing(device):
+    """PoCL builds a kernel's work-group function at its first launch: compile runs the model
+    once on zeros, so that cost is paid there, not by the user's first run."""
+    from coretune.graph import GraphBuilder
+
+    class CountingDevice:
+        def __init__(self, inner):
+            self.inner, self.launches = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def bind(self, compiled, buffers):
+            bound, outer = self.inner.bind(compiled, buffers), self
+
+            class Counted:
+                def launch(self, timed=True):
+                    outer.launches += 1
+                    return bound.launch(timed)
+
+            return Counted()
+
+    b = GraphBuilder()
+    x = b.input("x", (3, 7))
+    graph = b.build(b.softmax(b.relu(b.dense(x, b.param("w", np.ones((5, 7), np.float32))))))
+    counting = CountingDevice(device)
+    module = compile_module(graph, device=counting)
+    assert counting.launches == len(module.plan.kernels) >= 2
+    assert set(module.build_times()) == {"build_seconds", "warm_up_seconds"}
+    (probabilities,) = module.run(x=np.random.default_rng(0).standard_normal((3, 7), np.float32))
+    assert counting.launches == 2 * len(module.plan.kernels)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
