@@ -4,6 +4,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -27,14 +28,22 @@ def log_group():
 
 
 def _read(paths) -> list:
-    """Every record of every log, in file order; a damaged log is a one-line error."""
-    from .tuner.records import TuningLog
+    """Every record of every log, in file order; lines that are not valid records are skipped
+    and named on stderr, one line per log."""
+    return [record for path in paths for record in _read_log(path)[0]]
 
-    records = []
-    for path in paths:
-        existing_file(path)
-        records += TuningLog(path).read()
-    return records
+
+def _read_log(path) -> tuple[list, int]:
+    """The valid records of one log, and how many lines were skipped."""
+    from .tuner.records import LogWarning, TuningLog
+
+    log = TuningLog(existing_file(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LogWarning)  # said here, in one line
+        records = log.read()
+    if log.skipped:
+        click.echo(f"warning: {log.skipped_message()}", err=True)
+    return records, len(log.skipped)
 
 
 def _groups(records) -> dict:
@@ -167,20 +176,15 @@ def merge(paths, output, ok_only):
     Example:
       coretune log merge machine1.jsonl machine2.jsonl -o merged.jsonl
     """
-    from .tuner.records import VERIFY, Record, device_key, task_key
+    from .tuner.records import VERIFY, device_key, task_key
 
     kept: dict = {}
     total = invalid = 0
     for path in paths:
-        for line in existing_file(path).read_bytes().split(b"\n"):
-            if not line.strip():
-                continue
-            total += 1
-            try:
-                record = Record.from_json(line.decode())
-            except (ValueError, TypeError, UnicodeDecodeError):
-                invalid += 1
-                continue
+        records, skipped = _read_log(path)
+        total += len(records) + skipped
+        invalid += skipped
+        for record in records:
             if ok_only and not record.ok:
                 continue
             key = (

@@ -231,7 +231,9 @@ def tune(
         )
         return
     log_path = Path(log_path) if log_path else default_log_path(model, dev.info.name)
-    states = task_states(tasks, dev, log_path)
+    states, skipped = task_states(tasks, dev, log_path)
+    if skipped:
+        click.echo(f"warning: {skipped}", err=True)
     shares = [s.share for s in states]
     budgets = split_trials(shares, trials) if trials else None
     for state, budget in zip(states, budgets or [None] * len(states), strict=True):
@@ -258,7 +260,7 @@ def tune(
     display_cls = LiveDisplay if err.is_terminal else PlainDisplay
     with display_cls(states, time_budget) as display:
         outcome = _run_session(plan, states, display)
-    summary_table(task_states(tasks, dev, log_path), out)
+    summary_table(task_states(tasks, dev, log_path)[0], out)
     if outcome.bug:
         click.echo(outcome.bug, err=True)
     if outcome.error:

@@ -72,10 +72,13 @@ class TaskState:
         )
 
 
-def task_states(tasks, device, log_path) -> list[TaskState]:
-    """Per-task state from the log: records of this device and coretune version only."""
+def task_states(tasks, device, log_path) -> tuple[list[TaskState], str]:
+    """Per-task state from the log: records of this device and coretune version only; and a
+    line naming the log's lines that are not valid records ("" when none), which are skipped."""
+    import warnings
+
     from . import __version__
-    from .tuner.records import TuningLog, device_key, task_key
+    from .tuner.records import LogWarning, TuningLog, device_key, task_key
 
     total = sum(t.flops * t.weight for t in tasks) or 1
     states = [
@@ -89,11 +92,15 @@ def task_states(tasks, device, log_path) -> list[TaskState]:
     ]
     by_key = {task_key(t.key()): s for t, s in zip(tasks, states, strict=True)}
     dev = device_key(device.info.fingerprint())
-    for record in TuningLog(log_path).read():
+    log = TuningLog(log_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LogWarning)
+        records = log.read()
+    for record in records:
         state = by_key.get(task_key(record.task))
         if state and device_key(record.device) == dev and record.coretune_version == __version__:
             state.add(record)
-    return states
+    return states, log.skipped_message() if log.skipped else ""
 
 
 class PlainDisplay:

@@ -245,7 +245,7 @@ def test_log_plot_writes_a_png(logs, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_damaged_log_is_a_one_line_error(logs):
+def test_a_damaged_line_is_skipped_and_named_in_one_line(logs):
     result = coretune("log", "summary", str(logs[1]))
-    assert result.returncode == 1 and result.stderr.startswith("error: ")
-    assert "invalid record" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 0 and result.stderr.startswith("warning: skipped 1 line(s)")
+    assert f"{logs[1]}:6 (not JSON" in result.stderr and "Traceback" not in result.stderr

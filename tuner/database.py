@@ -5,6 +5,8 @@ are never used; they are counted and reported, so a user sees why a kernel ran u
 record whose config is not valid for its template (a log edited by hand) is rejected with its
 file and line number. Where a tuning run verified its finalists (interleaved re-measurements,
 tuner.driver), the best is the finalist with the lowest median; otherwise the lowest cost.
+Lines that are not valid records are skipped by the reader (``skipped``: file, line, why),
+never trusted.
 """
 
 from collections.abc import Iterable
@@ -32,6 +34,7 @@ class Lookup:
 @dataclass
 class TuningDatabase:
     records: list[tuple[str, int, Record]] = field(default_factory=list)  # (file, line, record)
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)  # (file, line, why)
 
     @classmethod
     def load(cls, paths: Iterable[str | Path]) -> "TuningDatabase":
@@ -41,6 +44,7 @@ class TuningDatabase:
             if not log.path.exists():
                 raise LogError(f"tuning log {path} does not exist")
             db.records += [(str(path), n, r) for n, r in log.read_numbered()]
+            db.skipped += [(str(path), n, why) for n, why in log.skipped]
         return db
 
     def best(

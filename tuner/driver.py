@@ -14,12 +14,22 @@ records (strategy "verify") are what the tuning database ranks by (see verified_
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coretune.kernels.space import Config
 
 from .measure import MeasureOptions, Measurer, MeasureResult
-from .records import VERIFY, Record, TuningLog, device_key, task_key, verified_costs
+from .records import (
+    MAX_COST,
+    MIN_COST,
+    VERIFY,
+    ErrorKind,
+    Record,
+    TuningLog,
+    device_key,
+    task_key,
+    verified_costs,
+)
 from .strategies import make_strategy
 from .task import Task
 
@@ -103,7 +113,7 @@ def tune(
             configs += search.propose(want - len(configs))
             if not configs:
                 break  # the space is exhausted
-            results = measurer.measure(configs)
+            results = _checked(measurer.measure(configs))
             costs = [min(r.costs) if r.ok else math.inf for r in results]
             search.observe(configs, costs)
             for config, result, cost in zip(configs, results, costs, strict=True):
@@ -147,13 +157,27 @@ def _verify(task, log, measurer, finalists, fingerprint, trial, seed, on_trial) 
     records = []
     for _ in range(VERIFY_ROUNDS):
         batch = order.sample(finalists, len(finalists))
-        for config, result in zip(batch, measurer.measure(batch), strict=True):
+        for config, result in zip(batch, _checked(measurer.measure(batch)), strict=True):
             record = _record(task, config, result, fingerprint, VERIFY, trial)
             log.append(record)
             records.append(record)
             if on_trial:
                 on_trial(record)
     return records
+
+
+def _checked(results: list[MeasureResult]) -> list[MeasureResult]:
+    """A timing no run can take (a broken device timer) is a runtime error, not a record that
+    every reader would skip: the trial stays counted and is never measured again."""
+    checked = []
+    for result in results:
+        if result.ok and not (
+            result.costs and all(MIN_COST <= c <= MAX_COST for c in result.costs)
+        ):
+            message = f"impossible timings {result.costs} s"
+            result = replace(result, costs=(), error=ErrorKind.RUNTIME, message=message)
+        checked.append(result)
+    return checked
 
 
 def _history(log: TuningLog, task: Task, fingerprint: dict):

@@ -2,13 +2,17 @@
 
 One record per measurement, written and fsync'd before the next trial starts, so a killed run
 loses at most the trial in flight. Appends take an exclusive lock, so two tuners can share a
-log. The reader skips a torn last line with a warning and rejects any other damage with its
-line number.
+log. Every line is checked on read, field by field (a timing must be one a device can take);
+a line that is not a valid record (torn by a kill, NUL bytes left by a crash, edited by hand)
+is skipped, and the reader warns with the file and line of each (``TuningLog.skipped``), so
+one bad line never costs the rest of the log. A UTF-8 BOM at the start is accepted.
 """
 
+import codecs
 import enum
 import fcntl
 import json
+import math
 import os
 import statistics
 import time
@@ -22,10 +26,17 @@ from coretune.kernels.space import Config
 
 SCHEMA_VERSION = 1
 VERIFY = "verify"  # the strategy of a record that re-measures a finalist (tuner.driver)
+MIN_COST = 1e-9  # seconds: no launch on any device is timed at less (a few clock cycles)
+MAX_COST = 3600.0  # seconds: no tuner waits an hour for one run (MeasureOptions.run_timeout)
+MAX_NESTING = 32  # a real record nests 6 levels deep (a workload's nodes and attributes)
 
 
 class LogError(CoretuneError):
     """A tuning log that cannot be trusted (damaged, wrong schema, invalid record)."""
+
+
+class LogWarning(UserWarning):
+    """Lines of a tuning log were skipped: the message names the file and line of each."""
 
 
 class ErrorKind(enum.StrEnum):
@@ -54,6 +65,11 @@ class Record:
     finished: float = 0.0
     coretune_version: str = ""
     schema: int = SCHEMA_VERSION
+    # A verification record's round (1, 2, ...) and the number of finalists each round
+    # measures, so a reader can tell a complete round from one a kill cut short. 0 in search
+    # trials, and in verification records written before coretune logged rounds.
+    round: int = 0
+    finalists: int = 0
 
     @property
     def ok(self) -> bool:
@@ -71,23 +87,96 @@ class Record:
 
     @classmethod
     def from_json(cls, line: str) -> "Record":
-        data = json.loads(line)
+        """Parse and check one log line; a ValueError says what is wrong with it."""
+        try:
+            data = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"nested deeper than {MAX_NESTING} levels") from None
         if not isinstance(data, dict):
             raise ValueError("a record must be a JSON object")
-        if data.get("schema") != SCHEMA_VERSION:
+        if not _is_int(data.get("schema")) or data["schema"] != SCHEMA_VERSION:
             raise ValueError(
                 f"schema version {data.get('schema')!r}, this coretune reads {SCHEMA_VERSION}"
             )
-        data["error"] = ErrorKind(data.get("error", "none"))
-        data["costs"] = tuple(float(c) for c in data.get("costs", ()))
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
+        unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
-        for name in ("task", "config", "device"):
-            if not isinstance(data.get(name, {}), dict):
-                raise ValueError(f"{name} must be an object")
+        _check_fields(data)
+        data["error"] = ErrorKind(data.get("error", "none"))
+        data["costs"] = tuple(float(c) for c in data.get("costs", ()))
         return cls(**data)
+
+
+def _check_fields(data: dict) -> None:
+    """Every field of a parsed record, by type and range: a timing must be one a device can
+    take (finite, MIN_COST..MAX_COST s), so no edited or damaged line can move a choice."""
+    if _nesting(data) > MAX_NESTING:
+        raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+    for name in ("task", "config", "device"):
+        if not isinstance(data.get(name, {}), dict):
+            raise ValueError(f"{name} must be an object")
+    if not isinstance(data.get("task", {}).get("template"), str):
+        raise ValueError("task must name its template")
+    if not all(_is_scalar(v) for v in data.get("config", {}).values()):
+        raise ValueError("config values must be strings, booleans or finite numbers")
+    for name in ("message", "dialect", "strategy", "coretune_version"):
+        if not isinstance(data.get(name, ""), str):
+            raise ValueError(f"{name} must be a string")
+    for name in ("trial", "round", "finalists"):
+        value = data.get(name, 0)
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
+    if (data.get("round", 0) or data.get("finalists", 0)) and data.get("strategy") != VERIFY:
+        raise ValueError("only a verification record has a round")
+    if bool(data.get("round", 0)) != bool(data.get("finalists", 0)):
+        raise ValueError("a verification round needs its number of finalists, and vice versa")
+    for name in ("started", "finished"):
+        value = data.get(name, 0.0)
+        if not _is_number(value) or not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a time in seconds, not {value!r}")
+    costs = data.get("costs", [])
+    if not isinstance(costs, list):
+        raise ValueError("costs must be a list")
+    for cost in costs:
+        if not _is_number(cost) or not MIN_COST <= cost <= MAX_COST:
+            raise ValueError(
+                f"cost {cost!r} is not a time a run can take ({MIN_COST:g}-{MAX_COST:g} s)"
+            )
+    error = data.get("error", "none")
+    if not isinstance(error, str) or error not in {kind.value for kind in ErrorKind}:
+        raise ValueError(f"unknown error kind {error!r}")
+    if (error == ErrorKind.NONE) != bool(costs):
+        raise ValueError("a successful record has costs, a failed one none")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+def _is_scalar(value) -> bool:
+    return (
+        isinstance(value, str | bool)
+        or _is_int(value)
+        or (isinstance(value, float) and math.isfinite(value))
+    )
+
+
+def _nesting(value) -> int:
+    """How deep lists and objects nest in a parsed JSON value (without recursing)."""
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        level = [
+            item
+            for container in level
+            if isinstance(container, dict | list)
+            for item in (container.values() if isinstance(container, dict) else container)
+        ]
+    return depth - 1
 
 
 def verified_costs(records) -> dict[Config, float]:
@@ -117,9 +206,12 @@ class TuningLog:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.skipped: list[tuple[int, str]] = []  # (line number, why) of the last read
 
     def append(self, record: Record) -> None:
-        line = (record.to_json() + "\n").encode()
+        text = record.to_json()
+        Record.from_json(text)  # a ValueError here is a bug: never write what a reader skips
+        line = (text + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -144,39 +236,47 @@ class TuningLog:
         return [record for _, record in self.read_numbered()]
 
     def read_numbered(self) -> list[tuple[int, Record]]:
-        """(line number, record) pairs, so later checks can point at the offending line."""
+        """(line number, record) pairs, so later checks can point at the offending line. The
+        lines that are not valid records are skipped, listed in ``skipped`` as (line number,
+        reason), and named in one LogWarning."""
+        self.skipped = []
         if not self.path.exists():
             return []
-        lines = self.path.read_bytes().split(b"\n")
-        complete = lines[:-1]  # everything before the final newline
-        tail = lines[-1]
+        data = self.path.read_bytes()
+        if data.startswith(codecs.BOM_UTF8):  # left by an editor: not part of the first line
+            data = data[len(codecs.BOM_UTF8) :]
+        lines = data.split(b"\n")
         records = []
-        for number, raw in enumerate(complete, start=1):
+        for number, raw in enumerate(lines, start=1):
             if not raw.strip():
                 continue
             try:
                 records.append((number, Record.from_json(raw.decode())))
             except (ValueError, TypeError, UnicodeDecodeError) as exc:
-                if _is_torn(raw, number, len(complete)):
-                    warnings.warn(f"{self.path}:{number}: skipping a torn record", stacklevel=2)
-                    continue
-                raise LogError(f"{self.path}:{number}: invalid record: {exc}") from None
-        if tail.strip():
-            warnings.warn(
-                f"{self.path}:{len(lines)}: skipping a torn last record (the run "
-                "writing it was killed)",
-                stacklevel=2,
-            )
+                self.skipped.append((number, _why_invalid(raw, exc, number == len(lines))))
+        if self.skipped:
+            warnings.warn(LogWarning(self.skipped_message()), stacklevel=2)
         return records
 
+    def skipped_message(self, most: int = 5) -> str:
+        """One line naming the skipped lines of the last read (the first ``most`` of them)."""
+        named = "; ".join(f"{self.path}:{n} ({why})" for n, why in self.skipped[:most])
+        more = len(self.skipped) - most
+        return f"skipped {len(self.skipped)} line(s) that are not valid records: {named}" + (
+            f"; and {more} more" if more > 0 else ""
+        )
 
-def _is_torn(raw: bytes, number: int, total: int) -> bool:
-    """A line cut short by a killed writer: not valid JSON, and a fresh record follows it."""
-    try:
-        json.loads(raw)
-        return False
-    except ValueError:
-        return raw.lstrip().startswith(b"{") and not raw.rstrip().endswith(b"}")
+
+def _why_invalid(raw: bytes, exc: Exception, last: bool) -> str:
+    if not raw.strip(b"\0 \t\r"):
+        return "NUL bytes (left by a crash)"
+    if last:  # no newline after it
+        return "a torn last record (the run writing it was killed)"
+    if isinstance(exc, json.JSONDecodeError):
+        if not raw.rstrip().endswith(b"}"):
+            return "a torn record (its writer was killed)"
+        return f"not JSON: {exc}"
+    return f"invalid record: {exc}"
 
 
 def _last_byte(path: Path, size: int) -> bytes:
