@@ -4,9 +4,9 @@
 are never used; they are counted and reported, so a user sees why a kernel ran untuned. A
 record whose config is not valid for its template (a log edited by hand) is rejected with its
 file and line number. Where a tuning run verified its finalists (interleaved re-measurements,
-tuner.driver), the best is the finalist with the lowest median; otherwise the lowest cost.
-Lines that are not valid records are skipped by the reader (``skipped``: file, line, why),
-never trusted.
+tuner.driver), the best is the finalist with the lowest median over the complete rounds;
+otherwise the lowest cost. Lines that are not valid records are skipped by the reader
+(``skipped``: file, line, why), never trusted.
 """
 
 from collections.abc import Iterable
@@ -77,8 +77,8 @@ class TuningDatabase:
 
 def choose(records: list[Record]) -> Lookup:
     """The winner among one task's records on one device and version: the finalist with the
-    lowest verified median if there are verifications, else the record with the lowest cost.
-    Failed verifications count: a finalist that failed a round is no winner."""
+    lowest verified median if a verification completed a round, else the record with the
+    lowest cost. Failed verifications count: a finalist that failed a round is no winner."""
     lookup = Lookup(None, None)
     for record in records:
         if record.ok and record.strategy != VERIFY and record.best_cost < lookup.cost:
@@ -89,6 +89,8 @@ def choose(records: list[Record]) -> Lookup:
         lookup.config = min(verified, key=verified.get)
         lookup.cost, lookup.verified = verified[lookup.config], True
         lookup.record = next(
-            r for r in records if r.strategy == VERIFY and Config(r.config) == lookup.config
+            r
+            for r in reversed(records)
+            if r.strategy == VERIFY and Config(r.config) == lookup.config
         )
     return lookup

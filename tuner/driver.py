@@ -8,7 +8,9 @@ Verification: a config's cost in the search is the min of a few repeats taken wi
 milliseconds, and a device's speed changes over seconds (on a shared machine, by up to 2x), so
 the search's best is often a config that ran in a fast moment. With ``Budget.verify`` > 0 the
 run ends by re-measuring its best few configs and the default in interleaved rounds; those
-records (strategy "verify") are what the tuning database ranks by (see verified_costs).
+records (strategy "verify", with their round) are what the tuning database ranks by (see
+verified_costs). A run killed during its verification is completed by the next: the same
+finalists (the same trials rank the same), only the measurements the log lacks.
 """
 
 import math
@@ -23,11 +25,13 @@ from .records import (
     MAX_COST,
     MIN_COST,
     VERIFY,
+    VERIFY_ROUNDS,
     ErrorKind,
     Record,
     TuningLog,
     device_key,
     task_key,
+    verification_rounds,
     verified_costs,
 )
 from .strategies import make_strategy
@@ -51,9 +55,6 @@ class Budget:
     early_stop: int | None = None  # stop after this many trials without improvement
     batch: int = 4  # configs built in parallel before they run
     verify: int = 0  # best configs re-measured after the budget, with the default (_verify)
-
-
-VERIFY_ROUNDS = 3
 
 
 def _version() -> str:
@@ -130,8 +131,11 @@ def tune(
                 if on_trial:
                     on_trial(record)
         finalists = _finalists(searched, budget.verify, default)
-        if len(finalists) > 1 and (trial > len(mine) or not verified_before):
-            checks = _verify(task, log, measurer, finalists, fingerprint, trial, seed, on_trial)
+        if len(finalists) > 1:
+            done = verification_rounds(verified_before).get((trial, len(finalists)), {})
+            checks = _verify(
+                task, log, measurer, finalists, fingerprint, trial, seed, on_trial, done
+            )
             verified = verified_costs([*verified_before, *checks])
             if verified:
                 best_config = min(verified, key=verified.get)
@@ -148,17 +152,23 @@ def _finalists(searched: list[Record], top: int, default: Config | None) -> list
     return finalists
 
 
-def _verify(task, log, measurer, finalists, fingerprint, trial, seed, on_trial) -> list[Record]:
+def _verify(task, log, measurer, finalists, fingerprint, trial, seed, on_trial, done):
     """VERIFY_ROUNDS rounds, each measuring every finalist once in its own shuffled order,
-    back to back; every measurement is logged. Returns the new records."""
+    back to back; every measurement is logged with its round. ``done`` ({round: {config:
+    records}}) is what the log already has of this verification (a killed run): only the rest
+    is measured, in the uninterrupted run's order. Returns the new records."""
     import random
 
     order = random.Random(seed)
+    rounds = [order.sample(finalists, len(finalists)) for _ in range(VERIFY_ROUNDS)]
     records = []
-    for _ in range(VERIFY_ROUNDS):
-        batch = order.sample(finalists, len(finalists))
+    for number, batch in enumerate(rounds, start=1):
+        batch = [c for c in batch if c not in done.get(number, {})]
+        if not batch:
+            continue
         for config, result in zip(batch, _checked(measurer.measure(batch)), strict=True):
             record = _record(task, config, result, fingerprint, VERIFY, trial)
+            record = replace(record, round=number, finalists=len(finalists))
             log.append(record)
             records.append(record)
             if on_trial:

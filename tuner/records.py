@@ -26,6 +26,7 @@ from coretune.kernels.space import Config
 
 SCHEMA_VERSION = 1
 VERIFY = "verify"  # the strategy of a record that re-measures a finalist (tuner.driver)
+VERIFY_ROUNDS = 3  # interleaved rounds of a verification, each measuring every finalist once
 MIN_COST = 1e-9  # seconds: no launch on any device is timed at less (a few clock cycles)
 MAX_COST = 3600.0  # seconds: no tuner waits an hour for one run (MeasureOptions.run_timeout)
 MAX_NESTING = 32  # a real record nests 6 levels deep (a workload's nodes and attributes)
@@ -65,7 +66,7 @@ class Record:
     finished: float = 0.0
     coretune_version: str = ""
     schema: int = SCHEMA_VERSION
-    # A verification record's round (1, 2, ...) and the number of finalists each round
+    # A verification record's round (1..VERIFY_ROUNDS) and the number of finalists each round
     # measures, so a reader can tell a complete round from one a kill cut short. 0 in search
     # trials, and in verification records written before coretune logged rounds.
     round: int = 0
@@ -179,18 +180,62 @@ def _nesting(value) -> int:
     return depth - 1
 
 
-def verified_costs(records) -> dict[Config, float]:
-    """Config -> median of its verification costs, from records of one task on one device.
-    A config that failed any verification round is left out."""
-    costs: dict[Config, list[float]] = {}
-    failed = set()
+def verification_rounds(records) -> dict[tuple[int, int], dict[int, dict[Config, list]]]:
+    """One task's verification records on one device, by pass and round:
+    {(trial, finalists): {round: {config: [records]}}}. A pass verifies the first ``trial``
+    trials; each of its rounds measures its ``finalists`` configs once. Records written before
+    rounds were logged (round 0) are numbered by their order: a config's k-th record of a
+    pass is in round k, and the pass's finalists are the configs it measured."""
+    passes: dict = {}
+    legacy: dict[int, list] = {}
     for record in records:
-        if record.strategy == VERIFY:
+        if record.strategy != VERIFY:
+            continue
+        if record.round:
+            key = (record.trial, record.finalists)
+            rounds = passes.setdefault(key, {}).setdefault(record.round, {})
+            rounds.setdefault(Config(record.config), []).append(record)
+        else:
+            legacy.setdefault(record.trial, []).append(record)
+    for trial, old in legacy.items():
+        configs = {Config(r.config) for r in old}
+        seen: dict[Config, int] = {}
+        for record in old:
             config = Config(record.config)
-            costs.setdefault(config, []).append(record.best_cost)
-            if not record.ok:
-                failed.add(config)
-    return {c: statistics.median(v) for c, v in costs.items() if c not in failed}
+            seen[config] = seen.get(config, 0) + 1
+            rounds = passes.setdefault((trial, len(configs)), {}).setdefault(seen[config], {})
+            rounds.setdefault(config, []).append(record)
+    return passes
+
+
+def verified_costs(records) -> dict[Config, float]:
+    """Config -> median of its costs over the complete rounds of the latest verification with
+    one (most trials, then latest), from records of one task on one device. A round is
+    complete when it measured every finalist: the rounds a kill cut short are ignored, so no
+    config measured in fewer rounds than its peers wins on one lucky measurement. A config
+    that failed in any round is left out."""
+    passes = verification_rounds(records)
+
+    def recency(key):
+        measured = passes[key].values()
+        return key[0], max(
+            r.finished for by_config in measured for rs in by_config.values() for r in rs
+        )
+
+    for key in sorted(passes, key=recency, reverse=True):
+        rounds = passes[key].values()
+        complete = [by_config for by_config in rounds if len(by_config) >= key[1]]
+        if not complete:
+            continue
+        failed = {
+            c for by_config in rounds for c, rs in by_config.items() if not all(r.ok for r in rs)
+        }
+        costs: dict[Config, list[float]] = {}
+        for by_config in complete:
+            for config, rs in by_config.items():
+                costs.setdefault(config, []).extend(r.best_cost for r in rs)
+        return {c: statistics.median(v) for c, v in costs.items() if c not in failed}
+    return {}
 
 
 def task_key(task: dict) -> str:
