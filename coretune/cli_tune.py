@@ -5,6 +5,7 @@ process owns the display and the interrupt, and re-reads the log for the final s
 """
 
 import multiprocessing as mp
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,9 @@ def _run_session(plan, states, display) -> _Outcome:
     context = mp.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     stop = context.Event()
-    process = context.Process(target=run_session, args=(plan, sender, stop), name="coretune-tune")
+    process = context.Process(
+        target=run_session, args=(plan, sender, stop, os.getpid()), name="coretune-tune"
+    )
     interrupts = [0]
     outcome, handled = _Outcome(), 0
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: the child ignores it

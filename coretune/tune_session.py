@@ -15,12 +15,15 @@ passed on to the tasks after it.
 """
 
 import math
+import os
 import signal
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 
 from .errors import CoretuneError
+from .tuner.records import LogWarning, TuningLog
 
 TRIALS_FLOOR = 4
 TIME_FLOOR = 0.25  # each task gets at least a quarter of an even split of a time budget
@@ -79,11 +82,30 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run_session(plan: SessionPlan, conn, stop) -> None:
-    """Process target: tune every task, sending ("task"|"trial"|"done"|"end"|...) messages."""
+class _GuardedLog(TuningLog):
+    """The session's log: each append first checks that the command is still there, a
+    fallback where the parent-death signal is not (not Linux), or has not been set yet."""
+
+    def __init__(self, path, parent: int):
+        super().__init__(path)
+        self.parent = parent
+
+    def append(self, record) -> None:
+        if os.getppid() != self.parent:
+            os._exit(1)  # the command is gone: a restarted tune may own this log now
+        super().append(record)
+
+
+def run_session(plan: SessionPlan, conn, stop, parent: int) -> None:
+    """Process target: tune every task, sending ("task"|"trial"|"done"|"end"|...) messages.
+    ``parent``: the command's pid; this process dies with it."""
+    from .tuner.measure import die_with_parent
+
+    die_with_parent(parent)
     signal.signal(signal.SIGTERM, _terminate)
+    warnings.simplefilter("ignore", LogWarning)  # the command names the skipped lines once
     try:
-        _tune_all(plan, conn, stop)
+        _tune_all(plan, conn, stop, parent)
         conn.send(("end",))
     except _Stopped:
         conn.send(("stopped",))
@@ -95,12 +117,11 @@ def run_session(plan: SessionPlan, conn, stop) -> None:
         conn.send(("error", False, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
-def _tune_all(plan: SessionPlan, conn, stop) -> None:
+def _tune_all(plan: SessionPlan, conn, stop, parent: int) -> None:
     from .kernels import open_device
     from .tuner.driver import Budget, tune
-    from .tuner.records import TuningLog
 
-    log = TuningLog(plan.log)
+    log = _GuardedLog(plan.log, parent)
     device = open_device(plan.device)
     _ignore_sigint()
     started = time.monotonic()

@@ -3,10 +3,13 @@
 A compiler crash, a driver crash or a hanging kernel costs one trial: it is recorded with its
 error kind and the worker is restarted; the tuning process itself never dies of a bad config.
 Each new config's output is checked once against the numpy reference before it is timed.
+Workers die with the process that started them (die_with_parent), however it ends.
 """
 
 import math
 import multiprocessing as mp
+import os
+import signal
 import sys
 import time
 import traceback
@@ -67,6 +70,25 @@ class _Built:
     message: str
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Call first thing in a child process: it is SIGKILLed when ``parent`` dies, so no
+    worker outlives a killed tuner (a restarted tune never races a ghost of the last one). On
+    Linux, PR_SET_PDEATHSIG, which fires when the parent *thread* that started the child ends:
+    coretune starts its workers from the main thread (ProcessPoolExecutor spawns its workers
+    in submit()). A parent already gone before this call (a spawn child imports for a while
+    first) is caught by the pid check."""
+    if sys.platform == "linux":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 # ---- build workers --------------------------------------------------------------------------
 def _build(task: Task, config: Config, device_spec: str | None) -> _Built:
     """Render and compile one config (in a worker process); errors come back as values."""
@@ -97,8 +119,9 @@ def _worker_device(spec):
 
 
 # ---- the device worker ----------------------------------------------------------------------
-def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: int):
+def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: int, parent: int):
     """Owns the device: uploads the task's inputs once, then runs configs as they arrive."""
+    die_with_parent(parent)
     from threadpoolctl import threadpool_limits
 
     from coretune.kernels import open_device
@@ -222,7 +245,12 @@ class Measurer:
 
     def _pool_(self):
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.build_workers, mp_context=_CONTEXT)
+            self._pool = ProcessPoolExecutor(
+                self.build_workers,
+                mp_context=_CONTEXT,
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     def _kill_pool(self):
@@ -240,7 +268,7 @@ class Measurer:
         parent, child = _CONTEXT.Pipe()
         self._runner = _CONTEXT.Process(
             target=_runner_main,
-            args=(child, self.task, self.device_spec, self.options, self.seed),
+            args=(child, self.task, self.device_spec, self.options, self.seed, os.getpid()),
             daemon=True,
         )
         self._runner.start()
