@@ -1,23 +1,33 @@
-"""Kill a real tuning run with SIGKILL at >= 20 random points, restart it each time, and check
-that the log it leaves is as good as an uninterrupted run's.
+"""Kill a real tuning run with SIGKILL at >= 20 random points, in its search and in its
+finalists' verification, by its process group or by its pid alone; restart it each time, and
+check that the log it leaves is as good as an uninterrupted run's.
 
 The run: coretune.tuner.driver.tune on a small injective task, random strategy, fixed seed,
-batch 1, in a subprocess with its own process group (the tuner, its build workers and its
-device worker die together). Kill points alternate between "a random moment after start"
-(start-up, mid-build, mid-run, mid-append) and "just after the log gained 1-2 records".
+batch 1, the default config first, then 3 finalists + the default verified in 3 rounds, in a
+subprocess with its own process group. A kill by the group takes the tuner and its workers at
+once; a kill by the pid takes the tuner alone, and its build workers and device worker must
+die with it (tuner.measure.die_with_parent). Kill points: in the search, alternately "a random
+moment after start" (start-up, mid-build, mid-run, mid-append) and "just after the log gained
+a record"; then the same inside the verification.
 
-Checks, once the killed run has finished its budget:
-  1. every complete line of the log is a valid record (torn lines are counted, and only a
-     killed writer may leave one);
-  2. no config was recorded twice, and the budget was met exactly;
-  3. the killed run recorded the same set of configs as an uninterrupted run with the same
-     seed (proposals are deterministic, so a resume must not change what gets measured);
-  4. its best config, costed from one table (a grid run over every config, measured once),
-     is the uninterrupted run's best config;
-  5. nothing of a killed run survives its SIGKILL.
+Costs are replayed: the builds and runs are real (so kills land in real work), but each
+result's cost is the config's cost in a table (a grid run over every config, measured once)
+with a jitter keyed by the config and how many records of it the log already holds. The
+uninterrupted and the killed run thus see the same numbers, the verified medians need not
+rank like the search, and any difference in their final choice is the resume's doing.
 
-    python benchmarks/kill_campaign.py                  # 25 kills, 60 trials: 2-5 minutes
-    python benchmarks/kill_campaign.py --kills 5 --trials 20     # a quick look
+Checks, once the killed run has finished:
+  1. every complete line of the log is a valid record (torn lines are counted);
+  2. no config searched twice, no verification round measured a config twice, and the trial
+     budget was met exactly;
+  3. the same configs in the same order as the uninterrupted run with the same seed;
+  4. the same finalists, each verified in every round;
+  5. the same final choice (the tuning database's pick, and its verified median);
+  6. nothing of a killed run survives it (its group is gone within 10 s), and no record was
+     appended after a kill (the log's size right after the kill and 2 s after the group ended).
+
+    python benchmarks/kill_campaign.py                  # 25 kills, 84 trials: 3-6 minutes
+    python benchmarks/kill_campaign.py --kills 8 --trials 20     # a quick look
 
 Writes benchmarks/results/kill_campaign.md; exits 1 when a check fails.
 """
@@ -33,6 +43,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -41,6 +52,8 @@ from common import environment, header  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 RUN_LIMIT = 600.0  # seconds one (re)started run may take before it counts as stuck
+VERIFY = 3  # finalists besides the default
+JITTER = 0.25  # replayed costs vary by up to +-25% from one measurement of a config to the next
 
 
 def small_task():
@@ -54,38 +67,64 @@ def small_task():
     return Task("injective", Workload.from_graph(b.build(b.sigmoid(x * y + 1.0))))
 
 
-def worker(log: str, strategy: str, trials: int, seed: int) -> None:
+def _key(config) -> str:
+    return json.dumps(dict(config), sort_keys=True)
+
+
+def replaying_measurer(table_log: str, log: str):
+    """A Measurer that builds and runs for real, then reports the table's cost, jittered by
+    (config, the number of its records in ``log``): the same numbers in every run."""
+    from dataclasses import replace
+
+    from coretune.tuner.measure import Measurer
+    from coretune.tuner.records import TuningLog
+
+    table = {_key(r.config): r.best_cost for r in TuningLog(table_log).read()}
+
+    class Replaying(Measurer):
+        def measure(self, configs):
+            results = super().measure(configs)
+            logged = [_key(r.config) for r in TuningLog(log).read()]
+            for index, (config, result) in enumerate(zip(configs, results, strict=True)):
+                key = _key(config)
+                logged.append(key)
+                if result.ok:
+                    jitter = zlib.crc32(f"{key}/{logged.count(key)}".encode()) / 2**32 * 2 - 1
+                    cost = table[key] * (1 + JITTER * jitter)
+                    results[index] = replace(result, costs=(cost,) * len(result.costs))
+            return results
+
+    return Replaying
+
+
+def worker(log: str, strategy: str, trials: int, seed: int, table: str | None) -> None:
     """One tuning run (the process the campaign kills)."""
-    from coretune.tuner.driver import Budget, tune
+    from coretune.kernels import open_device
+    from coretune.tuner import driver
     from coretune.tuner.measure import MeasureOptions
     from coretune.tuner.records import TuningLog
 
-    warnings.simplefilter("ignore")  # the torn-record warnings are counted by the campaign
-    tune(
-        small_task(),
+    warnings.simplefilter("ignore")  # the skipped (torn) lines are counted by the campaign
+    task = small_task()
+    if table:
+        driver.Measurer = replaying_measurer(table, log)
+    driver.tune(
+        task,
         TuningLog(log),
         strategy=strategy,
         seed=seed,
-        budget=Budget(trials=trials, batch=1),
+        budget=driver.Budget(trials=trials, batch=1, verify=VERIFY if table else 0),
         options=MeasureOptions(repeat=1, number=2),
+        default=task.template().default_config(open_device().limits) if table else None,
     )
 
 
-def _start(log: pathlib.Path, strategy: str, trials: int, seed: int) -> subprocess.Popen:
-    """A tuning run in a new session (so one killpg reaches its workers too); its stderr goes
-    to a file beside the log, where no full pipe can stall it."""
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        str(log),
-        "--strategy",
-        strategy,
-        "--trials",
-        str(trials),
-        "--seed",
-        str(seed),
-    ]
+def _start(log: pathlib.Path, strategy: str, trials: int, seed: int, table=None):
+    """A tuning run in a new session (its own process group); its stderr goes to a file beside
+    the log, where no full pipe can stall it."""
+    command = [sys.executable, __file__, "--worker", str(log), "--strategy", strategy]
+    command += ["--trials", str(trials), "--seed", str(seed)]
+    command += ["--table", str(table)] if table else []
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(log.with_suffix(".stderr"), "ab") as err:
         return subprocess.Popen(
@@ -102,6 +141,10 @@ def _complete_lines(path: pathlib.Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+def _size(path: pathlib.Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
 def _group_gone(pgid: int, patience: float = 10.0) -> bool:
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
@@ -113,166 +156,250 @@ def _group_gone(pgid: int, patience: float = 10.0) -> bool:
     return False
 
 
-def uninterrupted(log: pathlib.Path, strategy: str, trials: int, seed: int) -> float:
+def uninterrupted(log: pathlib.Path, strategy: str, trials: int, seed: int, table=None) -> float:
     started = time.monotonic()
-    process = _start(log, strategy, trials, seed)
+    process = _start(log, strategy, trials, seed, table)
     if process.wait(timeout=RUN_LIMIT) != 0:
         raise _failed(process, log, f"the uninterrupted {strategy} run")
     return time.monotonic() - started
 
 
-def killed_run(log: pathlib.Path, trials: int, seed: int, kills: int, rng: random.Random):
-    """Run until the budget is met, SIGKILLing the first ``kills`` starts at random points."""
-    events, survivors = [], 0
+def _kill_point(process, log, started, mode, delay) -> None:
+    """Wait for the kill point: ``delay`` s after start ("timed"), or ``delay`` s after the log
+    gained a record ("after-record"); returns early if the run ends."""
+    target = _complete_lines(log) + 1
+    deadline = started + RUN_LIMIT
+    while process.poll() is None and time.monotonic() < deadline:
+        if mode == "timed" and time.monotonic() - started >= delay:
+            return
+        if mode == "after-record" and _complete_lines(log) >= target:
+            time.sleep(delay)
+            return
+        time.sleep(0.001)
+
+
+def _progress(log: pathlib.Path) -> tuple[int, int]:
+    """(search records, verification records) in the log."""
+    records, _ = read_log(log)
+    checks = sum(r.strategy == "verify" for r in records)
+    return len(records) - checks, checks
+
+
+def killed_run(log, trials, seed, table, kills, in_verify, rng):
+    """Run until done, SIGKILLing the first ``kills`` starts: the last ``in_verify`` of them
+    inside the verification (the run before them is let through the search), by the process
+    group and by the pid in turn."""
+    events = []
     while True:
-        process = _start(log, "random", trials, seed)
+        before = _complete_lines(log)
+        searched, _ = _progress(log)
+        verifying = len(events) >= kills - in_verify
+        # In the verification, a restart takes ~3 s to its first measurement, and a round's
+        # records are appended together once all its finalists ran: a timed kill mostly lands
+        # in the restart or a round's runs, an after-record one (no delay) within or just
+        # after a round's appends.
+        if len(events) % 2 == 0:
+            mode, delay = "timed", rng.uniform(0.2, 3.5 if verifying else 1.6)
+        else:
+            mode, delay = "after-record", 0.0 if verifying else rng.uniform(0.0, 0.3)
+        process = _start(log, "random", trials, seed, table)
         started = time.monotonic()
         if len(events) >= kills:  # the last start runs to the end
             if process.wait(timeout=RUN_LIMIT) != 0:
                 raise _failed(process, log, "the final run")
-            return events, survivors
-        before = _complete_lines(log)
-        if len(events) % 2 == 0:
-            mode, delay = "timed", rng.uniform(0.2, 1.6)
-            wait_for = None
+            return events
+        if verifying and searched < trials:  # through the search, into the verification
+            mode, wanted = "after-search", rng.randrange(0, 3)
+            while process.poll() is None and _progress(log)[0] < trials:
+                time.sleep(0.02)
+            target = _complete_lines(log) + wanted
+            while process.poll() is None and _complete_lines(log) < target:
+                time.sleep(0.002)
         else:
-            mode, delay = "after-record", rng.uniform(0.0, 0.3)
-            wait_for = before + 1
-        deadline = started + RUN_LIMIT
-        while process.poll() is None and time.monotonic() < deadline:
-            if wait_for is None and time.monotonic() - started >= delay:
-                break
-            if wait_for is not None and _complete_lines(log) >= wait_for:
-                time.sleep(delay)
-                break
-            time.sleep(0.01)
-        if process.poll() is not None:  # it finished the budget before the kill point
+            _kill_point(process, log, started, mode, delay)
+        if process.poll() is not None:  # it finished before the kill point
             if process.returncode != 0:
                 raise _failed(process, log, "a restarted run")
-            return events, survivors
-        os.killpg(process.pid, signal.SIGKILL)
+            return events
+        by_pid = len(events) % 4 in (1, 2)  # group, pid, pid, group, ...
+        if by_pid:
+            os.kill(process.pid, signal.SIGKILL)  # the tuner alone: its workers must follow
+        else:
+            os.killpg(process.pid, signal.SIGKILL)
+        at = round(time.monotonic() - started, 2)
         process.wait()
-        survivors += not _group_gone(process.pid)
+        size = _size(log)
+        gone = _group_gone(process.pid)
+        time.sleep(2.0)  # a ghost worker would have appended by now
+        searched, checked = _progress(log)
         events.append(
             {
+                "phase": "verify" if searched >= trials else "search",
+                "checks": checked,
                 "mode": mode,
-                "at": round(time.monotonic() - started, 2),
+                "by": "pid" if by_pid else "group",
+                "at": at,
                 "records_before": before,
                 "records_after": _complete_lines(log),
+                "survived": not gone,
+                "appended": _size(log) - size,
             }
         )
 
 
 def read_log(path: pathlib.Path):
-    """(records, torn lines); any other damage raises."""
+    """(records, torn or invalid lines skipped)."""
     from coretune.tuner.records import TuningLog
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        records = TuningLog(path).read()
-    return records, sum("torn" in str(w.message) for w in caught)
+    log = TuningLog(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = log.read()
+    return records, len(log.skipped)
 
 
-def _key(config) -> str:
-    return json.dumps(dict(config), sort_keys=True)
+def _choice(path: pathlib.Path):
+    """The tuning database's pick for the task, as a compile would make it."""
+    import coretune
+    from coretune.kernels import open_device
+    from coretune.tuner.database import TuningDatabase
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lookup = TuningDatabase.load([path]).best(
+            small_task().key(), open_device().info.fingerprint(), coretune.__version__
+        )
+    return _key(lookup.config), lookup.cost, lookup.verified
 
 
 def check(campaign_log, reference_log, table_log, trials) -> tuple[list, dict]:
     from coretune.kernels import open_device
+    from coretune.tuner.records import VERIFY as VERIFY_STRATEGY
 
     records, torn = read_log(campaign_log)
     reference, _ = read_log(reference_log)
     table_records, _ = read_log(table_log)
     space = small_task().template().space(open_device().limits)
     table = {_key(r.config): r.best_cost for r in table_records}
-    keys = [_key(r.config) for r in records]
-    ref_keys = [_key(r.config) for r in reference]
-    invalid = [
-        r for r in records if not space.is_valid(r.config) or not r.device or r.started > r.finished
-    ]
+
+    def split(rs):
+        search = [_key(r.config) for r in rs if r.strategy != VERIFY_STRATEGY]
+        checks = [(r.round, _key(r.config)) for r in rs if r.strategy == VERIFY_STRATEGY]
+        return search, checks
+
+    keys, checks = split(records)
+    ref_keys, ref_checks = split(reference)
+    invalid = [r for r in records if not space.is_valid(r.config) or not r.device]
 
     def best(keys_):
         return min(keys_, key=lambda k: table.get(k, float("inf")))
 
     missing = sorted(set(keys) - set(ref_keys)), sorted(set(ref_keys) - set(keys))
-    checks = [
+    choice, ref_choice = _choice(campaign_log), _choice(reference_log)
+    finalists = {k for _, k in checks}
+    checks_list = [
         (
             "every complete record is valid",
             not invalid,
             f"{len(invalid)} invalid; {torn} torn line(s) skipped",
         ),
         (
-            "no config recorded twice",
-            len(keys) == len(set(keys)),
-            f"{len(keys) - len(set(keys))} duplicate(s)",
+            "no config searched twice, none verified twice in a round",
+            len(keys) == len(set(keys)) and len(checks) == len(set(checks)),
+            f"{len(keys) - len(set(keys))} + {len(checks) - len(set(checks))} duplicate(s)",
         ),
-        ("the budget was met exactly", len(records) == trials, f"{len(records)} of {trials}"),
+        ("the trial budget was met exactly", len(keys) == trials, f"{len(keys)} of {trials}"),
         (
-            "same configs as the uninterrupted run",
-            not any(missing),
+            "same configs in the same order as the uninterrupted run",
+            keys == ref_keys,
             f"{len(missing[0])} measured only by the killed run, {len(missing[1])} only by the "
             "uninterrupted one",
         ),
         (
-            "same best config (costed from one table)",
+            "same finalists, each verified in every round",
+            sorted(checks) == sorted(ref_checks) and len(checks) == 3 * len(finalists),
+            f"{len(finalists)} finalists, {len(checks)} verification records "
+            f"(uninterrupted: {len(ref_checks)})",
+        ),
+        (
+            "same best searched config (costed from one table)",
             best(keys) == best(ref_keys),
             f"killed run: {best(keys)}, uninterrupted: {best(ref_keys)}",
         ),
+        (
+            "same final choice (the database's pick, verified)",
+            choice == ref_choice and choice[2],
+            f"killed run: {choice[0]} {choice[1] * 1e6:.2f} us, uninterrupted: {ref_choice[0]} "
+            f"{ref_choice[1] * 1e6:.2f} us",
+        ),
     ]
-    facts = {"records": len(records), "torn": torn, "ordered_same": keys == ref_keys}
-    return checks, facts
+    facts = {"records": len(records), "torn": torn, "choice": choice}
+    return checks_list, facts
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=25)
+    parser.add_argument("--in-verify", type=int, default=7, help="kills inside verification")
     parser.add_argument("--trials", type=int, default=84)
     parser.add_argument("--seed", type=int, default=5, help="the tuner's seed")
     parser.add_argument("--campaign-seed", type=int, default=2026, help="where the kills land")
     parser.add_argument("--strategy", default="random")
+    parser.add_argument("--table", help=argparse.SUPPRESS)
     parser.add_argument("--worker", metavar="LOG", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS / "kill_campaign.md")
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.strategy, args.trials, args.seed)
+        worker(args.worker, args.strategy, args.trials, args.seed, args.table)
         return 0
     if args.strategy != "random":
         parser.error("the campaign drives the random strategy")
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="kill_campaign_"))
+    table = work / "table.jsonl"
     started = time.monotonic()
     print("measuring the table (grid over every config)...", file=sys.stderr)
-    table_seconds = uninterrupted(work / "table.jsonl", "grid", 10_000, args.seed)
+    table_seconds = uninterrupted(table, "grid", 10_000, args.seed)
     print("the uninterrupted run...", file=sys.stderr)
-    reference_seconds = uninterrupted(work / "reference.jsonl", "random", args.trials, args.seed)
+    reference = work / "reference.jsonl"
+    reference_seconds = uninterrupted(reference, "random", args.trials, args.seed, table)
     print(f"the killed run ({args.kills} kills)...", file=sys.stderr)
-    events, survivors = killed_run(
-        work / "campaign.jsonl",
-        args.trials,
-        args.seed,
-        args.kills,
-        random.Random(args.campaign_seed),
-    )
-    checks, facts = check(
-        work / "campaign.jsonl", work / "reference.jsonl", work / "table.jsonl", args.trials
-    )
-    checks.append(
+    campaign = work / "campaign.jsonl"
+    rng = random.Random(args.campaign_seed)
+    events = killed_run(campaign, args.trials, args.seed, table, args.kills, args.in_verify, rng)
+    checks, facts = check(campaign, reference, table, args.trials)
+    in_verify = sum(e["phase"] == "verify" for e in events)
+    by_pid = [e for e in events if e["by"] == "pid"]
+    survived = sum(e["survived"] for e in events)
+    appended = sum(e["appended"] > 0 for e in events)
+    checks = [
         (
-            "nothing survives a SIGKILL of the process group",
-            survivors == 0,
-            f"{survivors} group(s) still alive 10 s after the kill",
-        )
-    )
-    checks.insert(
-        0, ("at least 20 kills across the run", len(events) >= 20, f"{len(events)} kills")
-    )
+            "at least 20 kills, 5 in verification, 10 by pid alone",
+            len(events) >= 20 and in_verify >= 5 and len(by_pid) >= 10,
+            f"{len(events)} kills: {in_verify} in verification, {len(by_pid)} by pid",
+        ),
+        *checks,
+        (
+            "nothing survives a SIGKILL (of the group, or of the pid alone)",
+            survived == 0,
+            f"{survived} run(s) with a process alive 10 s after the kill",
+        ),
+        (
+            "no record appended after a kill",
+            appended == 0,
+            f"{appended} kill(s) after which the log grew",
+        ),
+    ]
 
     lines = [
         "# Kill campaign: SIGKILL a tuning run, restart it, check the log",
         "",
         header(environment()),
         f"- task: injective sigmoid(x * y + 1) on 64x64, random strategy, seed {args.seed}, "
-        f"batch 1, {args.trials} trials; kills placed with seed {args.campaign_seed}",
+        f"batch 1, {args.trials} trials, the default first; then {VERIFY} finalists + the "
+        f"default verified in 3 rounds; kills placed with seed {args.campaign_seed}",
+        f"- costs replayed from the table with a +-{JITTER:.0%} jitter per (config, record "
+        "count), so both runs see the same numbers; builds and runs are real",
         f"- table: a grid run over every config ({table_seconds:.0f} s); uninterrupted run: "
         f"{reference_seconds:.0f} s; campaign total: {time.monotonic() - started:.0f} s",
         f"- logs kept in {work}",
@@ -285,14 +412,16 @@ def main() -> int:
     ]
     lines += [
         "",
-        f"Records: {facts['records']}; torn lines skipped: {facts['torn']}; same order as the "
-        f"uninterrupted run: {facts['ordered_same']}.",
+        f"Records: {facts['records']}; torn lines skipped: {facts['torn']}; final choice: "
+        f"{facts['choice'][0]} at {facts['choice'][1] * 1e6:.2f} us (verified median).",
         "",
-        "| kill | mode | seconds after start | complete lines before | after |",
-        "| ---: | --- | ---: | ---: | ---: |",
+        "| kill | phase | mode | by | seconds after start | complete lines before | after "
+        "| of them verification records | bytes appended after the kill |",
+        "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {i} | {e['mode']} | {e['at']} | {e['records_before']} | {e['records_after']} |"
+        f"| {i} | {e['phase']} | {e['mode']} | {e['by']} | {e['at']} | {e['records_before']} "
+        f"| {e['records_after']} | {e['checks']} | {e['appended']} |"
         for i, e in enumerate(events, 1)
     ]
     text = "\n".join(lines) + "\n"
