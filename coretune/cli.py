@@ -57,6 +57,23 @@ def main(ctx, verbose):
       coretune log summary LOG                     # what a tuning log holds
     """
     ctx.obj = {"verbose": verbose}
+    _warnings_as_lines()
+
+
+def _warnings_as_lines() -> None:
+    """coretune's own warnings (e.g. a tuning log's skipped lines, named with file:line) as one
+    ``warning:`` line on stderr, not Python's source-location format."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("coretune"):
+            click.echo(f"warning: {one_line(str(message))}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 @main.command()
