@@ -51,6 +51,11 @@ def _vision(factory: str, **kwargs):
 
         torch.manual_seed(0)
         model = getattr(torchvision.models, factory)(weights=None, **kwargs).eval()
+        # Zero-initialised weights (ViT's head) would make the output 0 and the check empty.
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dim() > 1 and not param.any():
+                    param.normal_(0.0, 0.02)
         image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         return model, {"input": image}
 
@@ -118,7 +123,9 @@ MODELS = {
     "squeezenet1_1": _vision("squeezenet1_1"),
     "shufflenet_v2_x1_0": _vision("shufflenet_v2_x1_0"),
     "densenet121": _vision("densenet121"),
-    "googlenet": _vision("googlenet", aux_logits=False, init_weights=True),
+    # Its own init (truncated normal, std 0.01) makes the features vanish: the logits would be
+    # the fc bias alone. torch's default init keeps them.
+    "googlenet": _vision("googlenet", aux_logits=False, init_weights=False),
     "regnet_y_400mf": _vision("regnet_y_400mf"),
     "convnext_tiny": _vision("convnext_tiny"),
     "vit_b_16": _vision("vit_b_16"),
@@ -135,11 +142,12 @@ def export(name: str, exporter: str, model, inputs: dict, path: pathlib.Path) ->
     args = tuple(torch.from_numpy(a) for a in inputs.values())
     tmp = path.with_suffix(".tmp.onnx")
     kwargs = {"input_names": list(inputs), "output_names": ["output"]}
-    with torch.no_grad():
-        if exporter == "torchscript":
-            torch.onnx.export(model, args, str(tmp), dynamo=False, **kwargs)
-        else:  # weights inside the file: onnxruntime_runner reads the model as bytes
-            torch.onnx.export(model, args, str(tmp), dynamo=True, external_data=False, **kwargs)
+    # Not under no_grad: there nn.MultiheadAttention takes its fused fast path, which the
+    # TorchScript exporter cannot export (aten::_native_multi_head_attention).
+    if exporter == "torchscript":
+        torch.onnx.export(model, args, str(tmp), dynamo=False, **kwargs)
+    else:  # weights inside the file: onnxruntime_runner reads the model as bytes
+        torch.onnx.export(model, args, str(tmp), dynamo=True, external_data=False, **kwargs)
     tmp.replace(path)  # only a complete export is cached
 
 
@@ -182,6 +190,7 @@ def work(name: str, exporter: str, out: pathlib.Path, repeat: int, budget: float
         result.update(fields)
         out.write_text(json.dumps(result, indent=1))
 
+    import numpy as np
     import onnx
     import onnxruntime as ort
     import torch
@@ -261,7 +270,10 @@ def work(name: str, exporter: str, out: pathlib.Path, repeat: int, budget: float
         return save(stage="run", run_error=error_text(exc), traceback=tb(exc))
     first = time.perf_counter() - start
     err = rel_err(got, ref)
-    save(stage="ran", first_run_s=round(first, 3), rel_err=err, ok=bool(err <= 1e-4))
+    spread = max(float(np.std(r)) for r in ref)  # a constant output would check nothing
+    save(
+        stage="ran", first_run_s=round(first, 3), rel_err=err, ok=bool(err <= 1e-4), ref_std=spread
+    )
     # As many interleaved rounds as fit the budget (each onnxruntime turn opens a session).
     runners = {"default": module_runner(module, feeds)}
     runners["onnxruntime"] = onnxruntime_runner(path, feeds, module.input_names)[0]
@@ -405,7 +417,11 @@ def report(results: dict) -> str:
         "same random inputs (target <= 1e-4). Latencies: medians of wall time per run, the "
         "default build and onnxruntime (CPU provider, 2 intra-op threads) interleaved run by "
         "run (coretune.cli_bench.interleaved; rounds per model in zoo.json); ratio = default / "
-        "onnxruntime. Each model runs in a subprocess of its own with a time limit.",
+        "onnxruntime. Each model runs in a subprocess of its own with a time limit. The "
+        "machine is a 2-core VM shared with other work: the two rows of one model (the same "
+        "network, two exports) show how much its timings drift between runs. 'Measured at' "
+        "names the checkout; '+ uncommitted edits' means graph/ or kernels/ had work in "
+        "progress, whose import rules count as supported here.",
         "",
         "| model | exporter | opset | import ok / error | kernels | host steps | compile s "
         "| rel err | default | onnxruntime | ratio |",
@@ -418,6 +434,10 @@ def report(results: dict) -> str:
             or "none compiled"
         ),
         "",
+        "## What fails where",
+        "",
+        *details(rows),
+        "",
         "Command: `python benchmarks/zoo.py` (`--only NAME ...`, `--exporter`, `--timeout`); "
         "the full errors, op-type counts of every exported model, build seconds and first-run "
         "times are in zoo.json. Measured at: "
@@ -425,6 +445,46 @@ def report(results: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def readme_ops() -> set[str]:
+    """The op types the README says the importer covers (its "Import covers ..." sentence)."""
+    text = (ROOT / "README.md").read_text()
+    if "and these op types:" not in text:
+        return set()
+    return set(text.split("and these op types:")[1].split(". ")[0].split())
+
+
+def details(rows: list[dict]) -> list[str]:
+    """Per model and exporter: the failing stage with its error, host steps, and the op types
+    of the exported file outside the README's import list."""
+    listed = readme_ops()
+    lines = []
+    for r in rows:
+        what = []
+        for key in ("export_error", "ort_error", "import_error", "compile_error", "run_error"):
+            if key in r and not (key == "import_error" and r.get("unsupported")):
+                head = " ".join(r[key].splitlines()[:3])[:400]
+                what.append(f"{key.replace('_', ' ')}: `{head}`")
+        for key in ("timeout", "crash"):
+            if key in r:
+                what.append(f"{key}: `{r[key].strip().splitlines()[-1][:300]}`")
+        if r.get("unsupported"):
+            ops = ", ".join(f"{o} x{n}" for o, n in r["unsupported"].items())
+            what.append(f"import: unsupported op types {ops}")
+        if r.get("traceback"):
+            what.append(f"at {r['traceback']}")
+        if r.get("host_steps"):
+            what.append(f"{r['host_steps']} host steps ({', '.join(r['host_step_names'][:3])} ...)")
+        if r.get("rel_err") is not None and r["rel_err"] > 1e-4:
+            what.append(f"mismatch: rel err {r['rel_err']:.2e}")
+        outside = {o: n for o, n in r.get("onnx_op_types", {}).items() if o not in listed}
+        if listed and outside:
+            ops = ", ".join(f"{o} x{n}" for o, n in outside.items())
+            what.append(f"op types outside the README's import list: {ops}")
+        if what:
+            lines.append(f"- {r['model']} ({r['exporter']}): " + "; ".join(what))
+    return lines or ["- nothing: every model imports, compiles and matches"]
 
 
 def main():
@@ -438,16 +498,20 @@ def main():
     parser.add_argument(
         "--warm-cache", action="store_true", help="keep PoCL's program cache (default: cold)"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite zoo.md from zoo.json, run nothing"
+    )
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
+    # coretune comes from its installed (editable) package: the checkout's root is not put on
+    # sys.path, where its kernels/ folder would shadow the `kernels` package transformers uses.
     if args.worker:
         name, exporter, out = args.worker
         return work(name, exporter, pathlib.Path(out), args.repeat, args.budget)
     exporters = EXPORTERS if args.exporter == "both" else (args.exporter,)
     saved = RESULTS / "zoo.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
-    for name in args.only or MODELS:
+    for name in [] if args.report_only else args.only or MODELS:
         for exporter in exporters:
             if args.refresh:
                 (CACHE / f"{name}.{exporter}.onnx").unlink(missing_ok=True)
@@ -457,6 +521,7 @@ def main():
             saved.write_text(json.dumps(results, indent=1))
             print(row(result), flush=True)
             (RESULTS / "zoo.md").write_text(report(results))  # so far, should the run stop
+    (RESULTS / "zoo.md").write_text(report(results))
     print(report(results))
 
 
