@@ -9,6 +9,7 @@ prologues and epilogues they fuse. Where a template computes a short vector of a
 them with one vector call each.
 """
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -90,6 +91,20 @@ class ElementwiseLowering:
         """Declare that ``variable`` already holds ``tensor`` at ``index`` (e.g. an accumulator
         a template computed), so the ops fused after it read it from there."""
         self._memo[(tensor, index)] = variable
+
+    @contextlib.contextmanager
+    def loop(self, start: str, stop: str, step: int = 1):
+        """``for (j = start; j < stop; j += step)`` (``j > stop`` when step < 0) around what
+        the body emits; yields j. Values computed inside are forgotten after the loop: they
+        are out of scope there."""
+        self._count += 1
+        j = f"{self.prefix}{self._count}"
+        test = f"{j} < {stop}" if step > 0 else f"{j} > {stop} - 1"
+        self.lines.append(f"for ({self.index_type} {j} = {start}; {test}; {j} += {step}) {{")
+        outer = dict(self._memo)
+        yield j
+        self._memo = outer
+        self.lines.append("}")
 
     def int_temp(self, expr: str) -> str:
         return self.temp(self.index_type, expr)
@@ -188,6 +203,33 @@ def _attr_literals(lw, node):
     }
 
 
+def _remainder(lw, a: str, b: str, dtype: str) -> str:
+    """C's remainder (the sign of a); 0 for a zero divisor, as numpy's. a % -1 is 0, but
+    INT_MIN % -1 overflows (a trap on x86): it is never computed."""
+    if dtype == "float32":
+        return lw.temp("float", f"fmod({a}, {b})")
+    never = f"{b} == 0" if dtype.startswith("uint") else f"({b} == 0 || {b} == -1)"
+    return lw.temp(value_type(dtype), f"({never} ? 0 : {a} % {b})")
+
+
+def _fmod(lw, node, index):
+    a, b = (lw.operand(t, index) for t in node.inputs)
+    return _remainder(lw, a, b, lw.dtype(node.inputs[0]))
+
+
+def _mod(lw, node, index):
+    """numpy mod: C's remainder moved into b's sign; a zero takes b's sign (ONNX Mod)."""
+    a, b = (lw.operand(t, index) for t in node.inputs)
+    dtype = lw.dtype(node.inputs[0])
+    r = _remainder(lw, a, b, dtype)
+    if dtype.startswith("uint"):
+        return r  # no signs to move
+    fix = f"(({r} < 0) != ({b} < 0) ? {r} + {b} : {r})"
+    if dtype == "float32":
+        return f"({r} != 0 ? {fix} : ({b} < 0 ? -0.0f : 0.0f))"
+    return f"({r} != 0 ? {fix} : 0)"
+
+
 # numpy's maximum/minimum propagate NaN: written so a NaN on either side wins.
 _MAX = "(({0} > {1} || {0} != {0}) ? {0} : {1})"
 _MIN = "(({0} < {1} || {0} != {0}) ? {0} : {1})"
@@ -215,6 +257,14 @@ RULES: dict[str, Callable] = {
     "greater": _elementwise("({0} > {1})", "({0} > {1})"),
     "less": _elementwise("({0} < {1})", "({0} < {1})"),
     "equal": _elementwise("({0} == {1})", "({0} == {1})"),
+    "greater_equal": _elementwise("({0} >= {1})", "({0} >= {1})"),
+    "less_equal": _elementwise("({0} <= {1})", "({0} <= {1})"),
+    "logical_and": _elementwise(None, "({0} && {1})"),
+    "logical_or": _elementwise(None, "({0} || {1})"),
+    "logical_xor": _elementwise(None, "({0} != {1})"),
+    "logical_not": _elementwise(None, "(!{0})"),
+    "fmod": _fmod,
+    "mod": _mod,
     "negative": _elementwise("(-{0})", "(-{0})"),
     "abs": _elementwise("fabs({0})", "({0} < 0 ? -{0} : {0})"),
     "exp": _elementwise("exp({0})"),
@@ -289,16 +339,54 @@ def _broadcast_to(lw, node, index):
     return lw.operand(node.inputs[0], index)
 
 
+def _position(lw, picked: str, n: int) -> str:
+    """An index read from a tensor as a position on an axis of size n: negative ones count
+    from the end; out-of-range ones are clamped, never read past."""
+    position = lw.int_temp(f"({picked} < 0 ? {picked} + {n} : {picked})")
+    return lw.int_temp(f"({position} < 0 ? 0 : ({position} >= {n} ? {n - 1} : {position}))")
+
+
 def _take(lw, node, index):
     data, indices = node.inputs
     axis = node.attrs["axis"] % len(lw.types[data].shape)
     k = len(lw.types[indices].shape)
-    picked = lw.value(indices, index[axis : axis + k])
-    n = lw.types[data].shape[axis]
-    # Negative indices count from the end; out-of-range ones are clamped, never read past.
-    position = lw.int_temp(f"({picked} < 0 ? {picked} + {n} : {picked})")
-    position = lw.int_temp(f"({position} < 0 ? 0 : ({position} >= {n} ? {n - 1} : {position}))")
+    position = _position(lw, lw.value(indices, index[axis : axis + k]), lw.types[data].shape[axis])
     return lw.value(data, index[:axis] + (position,) + index[axis + k :])
+
+
+def _take_along_axis(lw, node, index):
+    data, indices = node.inputs
+    axis = node.attrs["axis"] % len(index)
+    position = _position(lw, lw.value(indices, index), lw.types[data].shape[axis])
+    return lw.value(data, index[:axis] + (position,) + index[axis + 1 :])
+
+
+def _triangle(keep: str):
+    def rule(lw, node, index):
+        x = lw.value(node.inputs[0], index)
+        zero = literal(0, lw.dtype(node.inputs[0]))
+        row, col = index[-2:]
+        return f"((({col}) - ({row})) {keep} {node.attrs['k']} ? {x} : {zero})"
+
+    return rule
+
+
+def _cumsum(lw, node, index):
+    """A loop over the axis, in numpy's order (from the end when reversed), so float sums
+    round as the reference's do."""
+    x = node.inputs[0]
+    dtype = lw.dtype(x)
+    axis = node.attrs["axis"] % len(index)
+    n, i = lw.types[x].shape[axis], index[axis]
+    skip = 1 if node.attrs["exclusive"] else 0
+    total = lw.temp(value_type(dtype), literal(0, dtype))
+    if node.attrs["reverse"]:
+        bounds = (str(n - 1), f"({i}) + {skip}", -1)
+    else:
+        bounds = ("0", f"({i}) + {1 - skip}", 1)
+    with lw.loop(*bounds) as j:
+        lw.lines.append(f"{total} += {lw.value(x, index[:axis] + (j,) + index[axis + 1 :])};")
+    return total
 
 
 def _strided_slice(lw, node, index):
@@ -372,6 +460,10 @@ RULES.update(
         "transpose": _transpose,
         "broadcast_to": _broadcast_to,
         "take": _take,
+        "take_along_axis": _take_along_axis,
+        "tril": _triangle("<="),
+        "triu": _triangle(">="),
+        "cumsum": _cumsum,
         "strided_slice": _strided_slice,
         "pad": _pad,
         "concatenate": _concatenate,

@@ -31,6 +31,15 @@ class OpCase:
             if positive and dtype.startswith("float"):
                 array = np.abs(array) + np.asarray(0.5, dtype)  # keep the domain valid
             out.append(array)
+        if self.op in ("mod", "fmod"):  # both signs, never a zero divisor
+            out = [
+                a if a.dtype.kind == "f" else a * rng.choice([-1, 1], a.shape).astype(a.dtype)
+                for a in out
+            ]
+        if self.op == "take_along_axis":
+            (shape, _), (index_shape, index_dtype) = self.inputs
+            n = shape[self.attrs.get("axis", 0)]
+            out[1] = rng.integers(-n, n, size=index_shape).astype(index_dtype)
         if self.op == "take":
             out[1] = rng.integers(
                 -self.inputs[0][0][self.attrs.get("axis", 0)],
@@ -59,8 +68,18 @@ BINARY = [
     "greater",
     "less",
     "equal",
+    "greater_equal",
+    "less_equal",
+    "mod",
+    "fmod",
     "power",
 ]
+LOGICAL = ["logical_and", "logical_or", "logical_xor"]
+
+
+def b(*shape):
+    return (tuple(shape), "bool")
+
 
 CASES = (
     [OpCase(op, (f(7, 13),)) for op in UNARY]
@@ -77,6 +96,11 @@ CASES = (
     ]
     + [OpCase(op, (f(3, 1, 33), f(7, 1))) for op in BINARY]
     + [OpCase(op, (((13,), "int32"), ((13,), "int32"))) for op in ("add", "divide", "maximum")]
+    + [OpCase(op, (((7, 1), "int64"), ((33,), "int64"))) for op in ("mod", "fmod")]
+    + [OpCase(op, (((13,), "int32"), ((13,), "int32"))) for op in ("mod", "fmod", "less_equal")]
+    + [OpCase(op, (b(7, 1), b(1, 13))) for op in LOGICAL]
+    + [OpCase(op, (b(33), b(33))) for op in LOGICAL]
+    + [OpCase("logical_not", (b(7, 13),)), OpCase("logical_not", (b(1),))]
     + [
         OpCase(
             "leaky_relu",
@@ -216,6 +240,13 @@ CASES = (
             ),
             {},
         ),
+        OpCase("take_along_axis", (f(7, 13), ((7, 5), "int64")), {"axis": 1}),
+        OpCase("take_along_axis", (f(13, 7, 3), ((33, 7, 1), "int32")), {}),
+        OpCase("take_along_axis", (f(7, 13), ((1, 13), "int64")), {"axis": -2}),
+        OpCase("tril", (f(2, 7, 13),)),
+        OpCase("tril", (f(13, 7),), {"k": -2}),
+        OpCase("triu", (f(2, 7, 13),), {"k": 3}),
+        OpCase("triu", (((13, 7), "int64"),), {"k": -1}),
         OpCase(
             "strided_slice", (f(13, 33),), {"begin": (1, -3), "end": (12, 0), "strides": (3, -2)}
         ),
@@ -245,5 +276,12 @@ CASES = (
         OpCase(op, (f(7, 13),), {"axis": 1, "keepdims": k})
         for op in ("argmax", "argmin")
         for k in (False, True)
+    ]
+    + [
+        OpCase("cumsum", (f(7, 13),), {"axis": 1}),
+        OpCase("cumsum", (f(13, 7),), {"axis": 0, "exclusive": True, "reverse": True}),
+        OpCase("cumsum", (f(33),), {"reverse": True}),
+        OpCase("cumsum", (((7, 1, 13), "int32"),), {"axis": -1, "exclusive": True}),
+        OpCase("cumsum", (((1,), "int64"),), {}),
     ]
 )

@@ -124,7 +124,9 @@ def minimum_opset(case: OpCase) -> int:
         or a.get("coordinate_transformation_mode") == "half_pixel_symmetric"
     ):
         return 19
-    if case.op == "reshape" and 0 in a["newshape"]:
+    if case.op == "mod" and case.inputs[0][1].startswith("float"):
+        return 28  # Mod with fmod=0 takes floats from opset 28
+    if case.op == "reshape" and 0 in a["newshape"] or case.op in ("tril", "triu"):
         return 14
     return MIN_OPSET
 

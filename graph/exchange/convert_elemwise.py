@@ -4,7 +4,8 @@ import math
 
 import onnx
 
-from .convert_base import ConvertContext, converts, onnx_dtype
+from ..dtypes import is_float
+from .convert_base import ConvertContext, Malformed, converts, onnx_dtype
 
 _BINARY = {
     "Sub": "subtract",
@@ -14,6 +15,11 @@ _BINARY = {
     "Equal": "equal",
     "Greater": "greater",
     "Less": "less",
+    "GreaterOrEqual": "greater_equal",
+    "LessOrEqual": "less_equal",
+    "And": "logical_and",
+    "Or": "logical_or",
+    "Xor": "logical_xor",
 }
 _UNARY = {
     "Neg": "negative",
@@ -25,6 +31,7 @@ _UNARY = {
     "Sigmoid": "sigmoid",
     "Erf": "erf",
     "Relu": "relu",
+    "Not": "logical_not",
 }
 _VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
 
@@ -61,6 +68,22 @@ def _biased_dense(ctx: ConvertContext, product, bias):
         return None
     bias = ctx.broadcast_to(ctx.reshape(bias, newshape=(-1,)), shape=units)  # folds to [N]
     return ctx.dense(*(ctx.core_value(n) for n in node.inputs), bias)
+
+
+def _mod_check(node, attrs):
+    if attrs.get("fmod", 0) not in (0, 1):
+        raise Malformed(f"fmod={attrs['fmod']} (ONNX allows 0 or 1)")
+    return None
+
+
+@converts("Mod", check=_mod_check)
+def mod(ctx: ConvertContext):
+    a, b = ctx.input(0), ctx.input(1)
+    if ctx.attr("fmod", 0):
+        return ctx.fmod(a, b)
+    if is_float(a.dtype) and ctx.opset < 28:
+        raise ctx.error(f"fmod=0 on {a.dtype} needs opset 28 (Mod-13 takes fmod=1 for floats)")
+    return ctx.mod(a, b)
 
 
 @converts("Reciprocal")

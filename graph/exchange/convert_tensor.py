@@ -170,3 +170,56 @@ def pad(ctx: ConvertContext):
         end=[x.shape[i] - max(0, -ends[i]) for i in cropped],
         axes=cropped,
     )
+
+
+@converts("GatherElements")
+def gather_elements(ctx: ConvertContext):
+    return ctx.take_along_axis(ctx.input(0), ctx.input(1), axis=ctx.attr("axis", 0))
+
+
+def _scalar_input(ctx: ConvertContext, i: int, what: str) -> int:
+    value = ctx.constant(i, what)
+    if value.size != 1:
+        raise ctx.error(f"{what} must be a scalar, got shape {value.shape}")
+    return int(value.reshape(()))
+
+
+@converts("Trilu", constant_inputs=(1,))
+def trilu(ctx: ConvertContext):
+    k = _scalar_input(ctx, 1, "k") if ctx.has_input(1) else 0
+    return ctx.op("triu" if ctx.attr("upper", 1) else "tril", ctx.input(0), k=k)
+
+
+@converts("CumSum", constant_inputs=(1,))
+def cumsum(ctx: ConvertContext):
+    return ctx.cumsum(
+        ctx.input(0),
+        axis=_scalar_input(ctx, 1, "axis"),
+        exclusive=bool(ctx.attr("exclusive", 0)),
+        reverse=bool(ctx.attr("reverse", 0)),
+    )
+
+
+# Range's length depends on its inputs' values: with static shapes it is always a constant.
+_STASH_DTYPES = {1: np.float32, 11: np.float64}  # TensorProto FLOAT, DOUBLE
+
+
+@converts("Range", constant_inputs=(0, 1, 2))
+def range_(ctx: ConvertContext):
+    start, limit, delta = (ctx.constant(i, w) for i, w in enumerate(("start", "limit", "delta")))
+    if any(v.size != 1 for v in (start, limit, delta)):
+        raise ctx.error("start, limit and delta must be scalars")
+    start, limit, delta = (v.reshape(()) for v in (start, limit, delta))
+    if delta == 0:
+        raise ctx.error("delta must not be 0")
+    length = max(0, math.ceil((float(limit) - float(start)) / float(delta)))
+    if length * start.dtype.itemsize > MAX_FOLDED_BYTES:
+        raise ctx.error(f"Range asks for an implausible {length} elements")
+    # As ONNX's reference: float16/bfloat16 are computed in stash_type (opset 27), else as
+    # Python scalars, and cast to the inputs' type.
+    stash = _STASH_DTYPES.get(ctx.attr("stash_type", 1)) if ctx.opset >= 27 else None
+    if stash is not None and start.dtype.name in ("float16", "bfloat16"):
+        values = np.arange(start.astype(stash), float(limit), float(delta), dtype=stash)
+    else:
+        values = np.arange(start.item(), limit.item(), delta.item())
+    return ctx.const(values.astype(start.dtype), stem="range")

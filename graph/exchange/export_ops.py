@@ -59,6 +59,13 @@ def emit_cast(w: OnnxWriter, node: Node) -> None:
     )
 
 
+def emit_mod(w: OnnxWriter, node: Node) -> None:
+    fmod = node.op == "fmod"
+    if not fmod and w.type_of(node.inputs[0]).dtype.startswith(("float", "bfloat")):
+        w.require(node, 28, "a floating-point mod with the sign of b (Mod fmod=0)")
+    w.emit("Mod", node.inputs, node.outputs, node.name, fmod=int(fmod))
+
+
 # ---- dense algebra and normalisation ---------------------------------------------------------
 def emit_dense(w: OnnxWriter, node: Node) -> None:
     data, weight, *bias = node.inputs
@@ -277,6 +284,25 @@ def emit_pad(w: OnnxWriter, node: Node) -> None:
     w.emit("Pad", [node.inputs[0], pads, value], node.outputs, node.name, mode=mode)
 
 
+def emit_triangle(w: OnnxWriter, node: Node) -> None:
+    w.require(node, 14, "Trilu")
+    k = w.constant(node, "k", np.array(node.attrs["k"], np.int64))
+    w.emit("Trilu", [node.inputs[0], k], node.outputs, node.name, upper=int(node.op == "triu"))
+
+
+def emit_cumsum(w: OnnxWriter, node: Node) -> None:
+    a = node.attrs
+    axis = w.constant(node, "axis", np.array(a["axis"], np.int64))
+    w.emit(
+        "CumSum",
+        [node.inputs[0], axis],
+        node.outputs,
+        node.name,
+        exclusive=a["exclusive"],
+        reverse=a["reverse"],
+    )
+
+
 def emit_resize2d(w: OnnxWriter, node: Node) -> None:
     """Resize over every axis (the leading ones keep their size), by ``sizes``; by ``scales``
     only when the core's coordinate scale differs from size / in, which sizes would imply."""
@@ -341,6 +367,12 @@ _DIRECT = {
     "greater": "Greater",
     "less": "Less",
     "equal": "Equal",
+    "greater_equal": "GreaterOrEqual",
+    "less_equal": "LessOrEqual",
+    "logical_and": "And",
+    "logical_or": "Or",
+    "logical_xor": "Xor",
+    "logical_not": "Not",
     "negative": "Neg",
     "abs": "Abs",
     "exp": "Exp",
@@ -359,6 +391,8 @@ _DIRECT = {
 EMITTERS: dict[str, Emitter] = {
     **{op: direct(op_type) for op, op_type in _DIRECT.items()},
     "rsqrt": emit_rsqrt,
+    "mod": emit_mod,
+    "fmod": emit_mod,
     "leaky_relu": direct("LeakyRelu", alpha="alpha"),
     "clip": emit_clip,
     "cast": emit_cast,
@@ -375,6 +409,10 @@ EMITTERS: dict[str, Emitter] = {
     "reshape": emit_reshape,
     "transpose": emit_transpose,
     "take": direct("Gather", axis="axis"),
+    "take_along_axis": direct("GatherElements", axis="axis"),
+    "tril": emit_triangle,
+    "triu": emit_triangle,
+    "cumsum": emit_cumsum,
     "strided_slice": emit_strided_slice,
     "pad": emit_pad,
     "broadcast_to": with_ints("Expand", "shape"),

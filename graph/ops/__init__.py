@@ -1,3 +1,3 @@
 """The core-op declarations; importing this package registers every op."""
 
-from . import conv, elemwise, nn, reduce, resize, transform  # noqa: F401
+from . import conv, elemwise, indexing, nn, reduce, resize, transform  # noqa: F401

@@ -1,4 +1,5 @@
-"""Elementwise and broadcasting ops: the unary and binary families, cast, clip, where."""
+"""Elementwise and broadcasting ops: the unary and binary families (arithmetic, comparisons,
+logic), cast, clip, where."""
 
 import numpy as np
 import scipy.special
@@ -8,10 +9,12 @@ from ..registry import Attr, OpDef, Pattern, register, shape_error
 from .common import broadcast, first_shape, same_dtypes
 
 
-def unary(name, fn, doc, attrs=(), level=1, float_only=False):
+def unary(name, fn, doc, attrs=(), level=1, float_only=False, bool_only=False):
     def dtype_rule(dtypes, **_):
         if float_only and not is_float(dtypes[0]):
             raise shape_error(name, f"needs a floating-point operand, got {dtypes[0]}")
+        if bool_only:
+            _require_bool(name, dtypes)
         return [dtypes[0]]
 
     return register(
@@ -29,11 +32,15 @@ def unary(name, fn, doc, attrs=(), level=1, float_only=False):
     )
 
 
-def binary(name, fn, doc, out_dtype=None, level=1):
+def binary(name, fn, doc, out_dtype=None, level=1, bool_only=False, numbers_only=False):
     def shape_rule(shapes, **_):
         return [broadcast(name, *shapes)]
 
     def dtype_rule(dtypes, **_):
+        if bool_only:
+            _require_bool(name, dtypes)
+        if numbers_only and "bool" in dtypes:
+            raise shape_error(name, "needs numeric operands, got bool")
         dtype = same_dtypes(name, dtypes)
         return [out_dtype or dtype]
 
@@ -50,6 +57,11 @@ def binary(name, fn, doc, out_dtype=None, level=1):
             doc,
         )
     )
+
+
+def _require_bool(name, dtypes):
+    if any(d != "bool" for d in dtypes):
+        raise shape_error(name, f"needs bool operands, got {', '.join(dtypes)}")
 
 
 def _divide(a, b):
@@ -76,6 +88,13 @@ binary("minimum", np.minimum, "elementwise min (NaN propagates)")
 binary("greater", np.greater, "a > b", out_dtype="bool")
 binary("less", np.less, "a < b", out_dtype="bool")
 binary("equal", np.equal, "a == b", out_dtype="bool")
+binary("mod", np.mod, "remainder with the sign of b (numpy mod, Python %)", numbers_only=True)
+binary("fmod", np.fmod, "remainder with the sign of a (C fmod)", numbers_only=True)
+binary("greater_equal", np.greater_equal, "a >= b", out_dtype="bool")
+binary("less_equal", np.less_equal, "a <= b", out_dtype="bool")
+binary("logical_and", np.logical_and, "a and b (bool)", bool_only=True)
+binary("logical_or", np.logical_or, "a or b (bool)", bool_only=True)
+binary("logical_xor", np.logical_xor, "a xor b (bool)", bool_only=True)
 
 
 def _power_dtype(dtypes, **_):
@@ -105,6 +124,7 @@ unary("rsqrt", lambda x: 1 / np.sqrt(x), "1 / sqrt(x)", float_only=True)
 unary("tanh", np.tanh, "hyperbolic tangent", float_only=True)
 unary("sigmoid", scipy.special.expit, "1 / (1 + exp(-x))", float_only=True)
 unary("erf", scipy.special.erf, "Gauss error function", float_only=True)
+unary("logical_not", np.logical_not, "not x (bool)", bool_only=True)
 unary("relu", lambda x: np.maximum(x, 0), "max(x, 0)")
 unary(
     "leaky_relu",

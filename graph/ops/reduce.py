@@ -1,4 +1,5 @@
-"""Reductions: sum, mean, max, min, prod over axes; argmax, argmin along one axis."""
+"""Reductions: sum, mean, max, min, prod over axes; argmax, argmin along one axis; the cumsum
+scan."""
 
 import numpy as np
 
@@ -113,3 +114,49 @@ for _name, _fn in (("argmax", np.argmax), ("argmin", np.argmin)):
             f"index of the {'largest' if _name == 'argmax' else 'smallest'} element along axis",
         )
     )
+
+
+def _cumsum_shape(shapes, axis, **_):
+    normalize_axis("cumsum", axis, len(shapes[0]))
+    return [shapes[0]]
+
+
+def _cumsum_dtype(dtypes, **_):
+    if dtypes[0] == "bool":
+        raise shape_error("cumsum", "needs a numeric operand, got bool")
+    return [dtypes[0]]
+
+
+def _cumsum(x, axis, exclusive, reverse):
+    axis = normalize_axis("cumsum", axis, x.ndim)
+    if reverse:
+        x = np.flip(x, axis)
+    out = np.cumsum(x, axis=axis, dtype=x.dtype)  # sequential, in x's dtype: as the kernels
+    if exclusive and x.shape[axis]:
+        first = [slice(None)] * x.ndim
+        first[axis] = slice(0, 1)
+        rest = list(first)
+        rest[axis] = slice(0, -1)
+        out = np.concatenate([np.zeros_like(out[tuple(first)]), out[tuple(rest)]], axis=axis)
+    return (np.flip(out, axis) if reverse else out,)
+
+
+# A scan, not a reduction: each output element sums a computable set of inputs (a kernel
+# loops over them), so cumsum fuses as an injective op.
+register(
+    OpDef(
+        "cumsum",
+        4,
+        Pattern.INJECTIVE,
+        ("x",),
+        _cumsum_shape,
+        _cumsum_dtype,
+        _cumsum,
+        (
+            Attr("axis", "int", 0),
+            Attr("exclusive", "bool", False, doc="leave each element out of its own sum"),
+            Attr("reverse", "bool", False, doc="sum from the end of the axis"),
+        ),
+        "running sum along axis",
+    )
+)
