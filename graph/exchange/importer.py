@@ -25,6 +25,7 @@ from ..dtypes import DTYPES, to_numpy
 from ..ir import Graph, Node, TensorType
 from . import (  # noqa: F401  (importing a converter module registers its converters)
     convert_conv,
+    convert_einsum,
     convert_elemwise,
     convert_nn,
     convert_reduce,
