@@ -263,6 +263,7 @@ RULES: dict[str, Callable] = {
     "logical_or": _elementwise(None, "({0} || {1})"),
     "logical_xor": _elementwise(None, "({0} != {1})"),
     "logical_not": _elementwise(None, "(!{0})"),
+    "isnan": _elementwise("({0} != {0})"),
     "fmod": _fmod,
     "mod": _mod,
     "negative": _elementwise("(-{0})", "(-{0})"),
@@ -359,6 +360,42 @@ def _take_along_axis(lw, node, index):
     axis = node.attrs["axis"] % len(index)
     position = _position(lw, lw.value(indices, index), lw.types[data].shape[axis])
     return lw.value(data, index[:axis] + (position,) + index[axis + 1 :])
+
+
+def _index_row(lw, indices: str, lead: tuple[str, ...], sizes) -> tuple[str, ...]:
+    """The positions an index row of ``indices`` (at ``lead``, its last axis) names."""
+    return tuple(_position(lw, lw.value(indices, (*lead, str(t))), n) for t, n in enumerate(sizes))
+
+
+def _gather_nd(lw, node, index):
+    data, indices = node.inputs
+    b, lead = node.attrs["batch_dims"], len(lw.types[indices].shape) - 1
+    k = lw.types[indices].shape[-1]
+    row = _index_row(lw, indices, index[:lead], lw.types[data].shape[b : b + k])
+    return lw.value(data, index[:b] + row + index[lead:])
+
+
+_SCATTER = {"none": "{1}", "add": "({0} + {1})", "mul": "({0} * {1})", "max": _MAX, "min": _MIN}
+_INT_SCATTER = {"max": "({0} > {1} ? {0} : {1})", "min": "({0} < {1} ? {0} : {1})"}
+
+
+def _scatter_nd(lw, node, index):
+    """A loop over the index rows, in order: each that names this element combines its
+    update into the value (so the last of repeated rows wins, as the reference's)."""
+    data, indices, updates = node.inputs
+    rows, k = lw.types[indices].shape[:-1], lw.types[indices].shape[-1]
+    value = lw.temp(value_type(lw.dtype(data)), lw.value(data, index))
+    with lw.loop("0", str(math.prod(rows))) as j:
+        lead = lw.unflatten(j, rows)
+        row = _index_row(lw, indices, lead, lw.types[data].shape[:k])
+        hit = " && ".join(f"{p} == ({i})" for p, i in zip(row, index, strict=False)) or "1"
+        update = lw.value(updates, lead + index[k:])
+        combine = _SCATTER[node.attrs["reduction"]]
+        if lw.dtype(data) != "float32":  # no NaN to propagate
+            combine = _INT_SCATTER.get(node.attrs["reduction"], combine)
+        combined = combine.format(value, update)
+        lw.lines.append(f"if ({hit}) {value} = {combined};")
+    return value
 
 
 def _triangle(keep: str):
@@ -461,6 +498,8 @@ RULES.update(
         "broadcast_to": _broadcast_to,
         "take": _take,
         "take_along_axis": _take_along_axis,
+        "gather_nd": _gather_nd,
+        "scatter_nd": _scatter_nd,
         "tril": _triangle("<="),
         "triu": _triangle(">="),
         "cumsum": _cumsum,

@@ -18,11 +18,12 @@ SUPPORTED_OP_TYPES = frozenset(
     Dropout Constant ConstantOfShape Shape Expand Where Equal Greater Less Max Min Sum
     ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ArgMax ArgMin Resize GreaterOrEqual
     LessOrEqual And Or Xor Not Mod GatherElements Trilu CumSum Range Einsum
+    IsNaN GatherND ScatterND
 """.split()
 )
 
 # The number of in-scope node tests each onnx release ships (checked by the test suite).
-EXPECTED_IN_SCOPE = {"1.23.2": 853}
+EXPECTED_IN_SCOPE = {"1.23.2": 865}
 
 # test-name pattern (without the _cpu suffix) -> why it cannot pass.
 EXCLUDED = {

@@ -40,6 +40,10 @@ class OpCase:
             (shape, _), (index_shape, index_dtype) = self.inputs
             n = shape[self.attrs.get("axis", 0)]
             out[1] = rng.integers(-n, n, size=index_shape).astype(index_dtype)
+        if self.op == "isnan":
+            out[0].reshape(-1)[::3] = np.nan
+        if self.op in ("gather_nd", "scatter_nd"):
+            out[1] = self._index_rows(rng)
         if self.op == "take":
             out[1] = rng.integers(
                 -self.inputs[0][0][self.attrs.get("axis", 0)],
@@ -47,6 +51,19 @@ class OpCase:
                 size=self.inputs[1][0],
             ).astype(self.inputs[1][1])
         return out
+
+    def _index_rows(self, rng):
+        """Valid index rows for gather_nd/scatter_nd, about half of them negative; distinct
+        where scatter_nd replaces (ONNX leaves repeated rows undefined there)."""
+        (shape, _), (index_shape, index_dtype) = self.inputs[:2]
+        lead = self.attrs.get("batch_dims", 0)
+        sizes = shape[lead : lead + index_shape[-1]]
+        count = int(np.prod(index_shape[:-1]))
+        repeats = self.op == "gather_nd" or self.attrs.get("reduction", "none") != "none"
+        flat = rng.choice(int(np.prod(sizes)), size=count, replace=repeats)
+        rows = np.stack(np.unravel_index(flat, sizes), axis=-1)
+        rows -= rng.integers(0, 2, rows.shape) * np.array(sizes, dtype=rows.dtype)
+        return rows.reshape(index_shape).astype(index_dtype)
 
     def __str__(self):
         shapes = "x".join(str(list(s)) for s, _ in self.inputs)
@@ -101,6 +118,7 @@ CASES = (
     + [OpCase(op, (b(7, 1), b(1, 13))) for op in LOGICAL]
     + [OpCase(op, (b(33), b(33))) for op in LOGICAL]
     + [OpCase("logical_not", (b(7, 13),)), OpCase("logical_not", (b(1),))]
+    + [OpCase("isnan", (f(7, 13),)), OpCase("isnan", (f(1),))]
     + [
         OpCase(
             "leaky_relu",
@@ -243,6 +261,18 @@ CASES = (
         OpCase("take_along_axis", (f(7, 13), ((7, 5), "int64")), {"axis": 1}),
         OpCase("take_along_axis", (f(13, 7, 3), ((33, 7, 1), "int32")), {}),
         OpCase("take_along_axis", (f(7, 13), ((1, 13), "int64")), {"axis": -2}),
+        OpCase("gather_nd", (f(7, 13, 5), ((3, 2), "int64"))),
+        OpCase("gather_nd", (f(2, 7, 13), ((2, 3, 1), "int64")), {"batch_dims": 1}),
+        OpCase("gather_nd", (f(7, 13), ((33, 2), "int64"))),
+        OpCase("scatter_nd", (f(7, 13), ((5, 1), "int64"), f(5, 13))),
+        OpCase("scatter_nd", (f(7, 13, 3), ((2, 3, 2), "int64"), f(2, 3, 3)), {"reduction": "add"}),
+        OpCase("scatter_nd", (f(33), ((7, 1), "int64"), f(7)), {"reduction": "mul"}),
+        OpCase("scatter_nd", (f(7, 13), ((13, 2), "int64"), f(13)), {"reduction": "max"}),
+        OpCase(
+            "scatter_nd",
+            (((7, 13), "int32"), ((33, 2), "int64"), ((33,), "int32")),
+            {"reduction": "min"},
+        ),
         OpCase("tril", (f(2, 7, 13),)),
         OpCase("tril", (f(13, 7),), {"k": -2}),
         OpCase("triu", (f(2, 7, 13),), {"k": 3}),

@@ -124,6 +124,8 @@ def minimum_opset(case: OpCase) -> int:
         or a.get("coordinate_transformation_mode") == "half_pixel_symmetric"
     ):
         return 19
+    if case.op == "scatter_nd" and a.get("reduction", "none") != "none":
+        return 16 if a["reduction"] in ("add", "mul") else 18
     if case.op == "mod" and case.inputs[0][1].startswith("float"):
         return 28  # Mod with fmod=0 takes floats from opset 28
     if case.op == "reshape" and 0 in a["newshape"] or case.op in ("tril", "triu"):

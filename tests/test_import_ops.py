@@ -173,3 +173,15 @@ def test_gather_elements_with_wider_indices_off_the_axis_names_the_node():
     proto = model([node], {"x": (FLOAT, [3, 2]), "i": (INT64, [2, 4])}, {"y": (FLOAT, [2, 4])})
     with pytest.raises(GraphError, match="'wide' \\(GatherElements\\).*exceed data"):
         import_onnx(proto)
+
+
+def test_a_scatter_reduction_onnx_does_not_define_is_malformed():
+    node = helper.make_node("ScatterND", ["x", "i", "u"], ["y"], name="avg", reduction="mean")
+    proto = model(
+        [node],
+        {"x": (FLOAT, [4, 3]), "i": (INT64, [2, 1]), "u": (FLOAT, [2, 3])},
+        {"y": (FLOAT, [4, 3])},
+        opset=18,
+    )
+    with pytest.raises(ModelLoadError, match="reduction='mean'.*'avg'"):
+        import_onnx(proto)

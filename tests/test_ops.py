@@ -22,10 +22,11 @@ def test_the_core_set_is_complete():
         1: "dense matmul add subtract multiply divide power maximum minimum negative abs exp log "
         "sqrt rsqrt tanh sigmoid erf relu leaky_relu clip softmax log_softmax batch_norm "
         "layer_norm flatten concatenate split expand_dims squeeze cast where greater less equal "
-        "greater_equal less_equal mod fmod logical_and logical_or logical_xor logical_not",
+        "greater_equal less_equal mod fmod logical_and logical_or logical_xor logical_not isnan",
         2: "conv2d conv2d_transpose max_pool2d avg_pool2d global_avg_pool2d global_max_pool2d "
         "resize2d",
-        3: "reshape transpose take strided_slice pad broadcast_to take_along_axis tril triu",
+        3: "reshape transpose take strided_slice pad broadcast_to take_along_axis gather_nd "
+        "scatter_nd tril triu",
         4: "sum mean max min prod argmax argmin cumsum",
     }
     for level, names in expected.items():

@@ -34,6 +34,9 @@ NEW_OPS = {
     "mod",
     "fmod",
     "take_along_axis",
+    "gather_nd",
+    "scatter_nd",
+    "isnan",
     "tril",
     "triu",
     "cumsum",
@@ -73,6 +76,18 @@ def fused_scan(shape, k, reverse):
     return b.build(b.tril(running + b.cumsum(x, axis=0, exclusive=True), k=-k))
 
 
+def fused_scatter(shape, rows, reduction):
+    """scatter_nd of computed updates into computed data at computed rows (repeats included:
+    rows apply in order), each index in [-n, n) whatever the random inputs."""
+    b = GraphBuilder()
+    k = len(shape) - 1
+    x, u = b.input("x", shape), b.input("u", (rows, shape[-1]))
+    i = b.input("i", (rows, k), "int64")
+    sizes = b.const(np.array(shape[:k], np.int64))
+    index = b.mod(i * 7, sizes) - b.const(np.array([n // 2 for n in shape[:k]], np.int64))
+    return b.build(b.scatter_nd(b.tanh(x), index, b.exp(u) - b.sigmoid(u), reduction=reduction))
+
+
 def fused_int_scan(n):
     b = GraphBuilder()
     i = b.input("i", (n, 7), "int32")
@@ -97,6 +112,9 @@ FUSED = {
     "scan-7x13": fused_scan((7, 13), 1, False),
     "scan-13x7-reverse": fused_scan((13, 7), -2, True),
     "scan-2x33x7": fused_scan((2, 33, 7), 0, True),
+    "scatter-7x13x5": fused_scatter((7, 13, 5), 33, "none"),
+    "scatter-13x7-add": fused_scatter((13, 7), 7, "add"),
+    "scatter-1x33-max": fused_scatter((1, 33), 13, "max"),
     "int-scan-13": fused_int_scan(13),
     "int-scan-1": fused_int_scan(1),
     "bool-7x13": fused_bool_out((7, 13)),
@@ -106,8 +124,12 @@ OP_CASES = {str(c): c for c in CASES if c.op in NEW_OPS}
 
 
 def _random(graph, seed):
+    """Random graph inputs, and the constants' own values, in the workload's input order
+    (graph inputs, then parameters by first use)."""
     rng = np.random.default_rng(seed)
-    return [random_array(t.shape, t.dtype, rng) for _, t in Workload.from_graph(graph).inputs]
+    params = [n for node in graph.nodes for n in node.inputs if n in graph.params]
+    arrays = [random_array(t.shape, t.dtype, rng) for t in graph.inputs.values()]
+    return arrays + [graph.params[n] for n in dict.fromkeys(params)]
 
 
 def _check_configs(device, graph, arrays_for, samples):

@@ -32,6 +32,7 @@ _UNARY = {
     "Erf": "erf",
     "Relu": "relu",
     "Not": "logical_not",
+    "IsNaN": "isnan",
 }
 _VARIADIC = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
 

@@ -177,6 +177,18 @@ def gather_elements(ctx: ConvertContext):
     return ctx.take_along_axis(ctx.input(0), ctx.input(1), axis=ctx.attr("axis", 0))
 
 
+@converts("GatherND")
+def gather_nd(ctx: ConvertContext):
+    return ctx.gather_nd(ctx.input(0), ctx.input(1), batch_dims=ctx.attr("batch_dims", 0))
+
+
+@converts("ScatterND", choices={"reduction": ("none", "add", "mul", "max", "min")})
+def scatter_nd(ctx: ConvertContext):
+    return ctx.scatter_nd(
+        ctx.input(0), ctx.input(1), ctx.input(2), reduction=ctx.attr("reduction", "none")
+    )
+
+
 def _scalar_input(ctx: ConvertContext, i: int, what: str) -> int:
     value = ctx.constant(i, what)
     if value.size != 1:

@@ -303,6 +303,14 @@ def emit_cumsum(w: OnnxWriter, node: Node) -> None:
     )
 
 
+def emit_scatter_nd(w: OnnxWriter, node: Node) -> None:
+    reduction = node.attrs["reduction"]
+    if reduction != "none":
+        w.require(node, 16 if reduction in ("add", "mul") else 18, f"reduction={reduction}")
+    reduction = None if reduction == "none" else reduction
+    w.emit("ScatterND", node.inputs, node.outputs, node.name, reduction=reduction)
+
+
 def emit_resize2d(w: OnnxWriter, node: Node) -> None:
     """Resize over every axis (the leading ones keep their size), by ``sizes``; by ``scales``
     only when the core's coordinate scale differs from size / in, which sizes would imply."""
@@ -373,6 +381,7 @@ _DIRECT = {
     "logical_or": "Or",
     "logical_xor": "Xor",
     "logical_not": "Not",
+    "isnan": "IsNaN",
     "negative": "Neg",
     "abs": "Abs",
     "exp": "Exp",
@@ -410,6 +419,8 @@ EMITTERS: dict[str, Emitter] = {
     "transpose": emit_transpose,
     "take": direct("Gather", axis="axis"),
     "take_along_axis": direct("GatherElements", axis="axis"),
+    "gather_nd": direct("GatherND", batch_dims="batch_dims"),
+    "scatter_nd": emit_scatter_nd,
     "tril": emit_triangle,
     "triu": emit_triangle,
     "cumsum": emit_cumsum,

@@ -9,13 +9,13 @@ from ..registry import Attr, OpDef, Pattern, register, shape_error
 from .common import broadcast, first_shape, same_dtypes
 
 
-def unary(name, fn, doc, attrs=(), level=1, float_only=False, bool_only=False):
+def unary(name, fn, doc, attrs=(), level=1, float_only=False, bool_only=False, out_dtype=None):
     def dtype_rule(dtypes, **_):
         if float_only and not is_float(dtypes[0]):
             raise shape_error(name, f"needs a floating-point operand, got {dtypes[0]}")
         if bool_only:
             _require_bool(name, dtypes)
-        return [dtypes[0]]
+        return [out_dtype or dtypes[0]]
 
     return register(
         OpDef(
@@ -124,6 +124,7 @@ unary("rsqrt", lambda x: 1 / np.sqrt(x), "1 / sqrt(x)", float_only=True)
 unary("tanh", np.tanh, "hyperbolic tangent", float_only=True)
 unary("sigmoid", scipy.special.expit, "1 / (1 + exp(-x))", float_only=True)
 unary("erf", scipy.special.erf, "Gauss error function", float_only=True)
+unary("isnan", np.isnan, "x is NaN", float_only=True, out_dtype="bool")
 unary("logical_not", np.logical_not, "not x (bool)", bool_only=True)
 unary("relu", lambda x: np.maximum(x, 0), "max(x, 0)")
 unary(
