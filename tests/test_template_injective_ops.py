@@ -1,19 +1,22 @@
-"""The injective template on the comparison, logic, mod, gather, triangle and scan ops.
+"""The injective template on the comparison, logic, mod, gather, scatter, triangle and scan
+ops.
 
 Every op case of tests/op_cases.py for these ops (odd sizes 1, 7, 13, 33; bool, int and float
 operands; valid indices, signed mod operands) runs as a one-node kernel, and fused chains mix
 them with other ops: each on the default and random configs, with NaN-poisoned outputs,
-against the numpy reference. ONNX Mod's edge cases are checked bit for bit.
+against the numpy reference. ONNX Mod's edge cases are checked bit for bit; reductions and an
+anchor's epilogue fuse the new ops too.
 """
 
 import numpy as np
 import pytest
 
-from coretune.graph import GraphBuilder
+from coretune.graph import GraphBuilder, run_reference
 from coretune.graph.random import random_array
 from coretune.kernels.device import APPLE_M1, CUDA_SM80
 from coretune.kernels.templates.injective import InjectiveTemplate
 from coretune.kernels.workload import Workload
+from coretune.module import compile as compile_module
 
 from .kernel_harness import (
     NVCC,
@@ -221,3 +224,37 @@ def test_metal_rendering_passes_a_syntax_check(name, tmp_path):
     metal_syntax_check(
         template.render(template.default_config(APPLE_M1), "metal", APPLE_M1), tmp_path
     )
+
+
+def _ones(*shape):
+    return np.ones(shape, np.float32)
+
+
+# The new ops as prologues of reductions and in an anchor's epilogue, compiled as a model.
+PROLOGUES = {
+    "sum-of-cumsum": lambda b, x: b.sum(b.cumsum(x, axis=1), axes=(1,)),
+    "softmax-of-tril": lambda b, x: b.softmax(b.tril(x, k=2), axis=-1),
+    "layer_norm-of-cumsum": lambda b, x: b.layer_norm(
+        b.cumsum(x * 2.0, axis=0, reverse=True), b.const(_ones(33)), b.const(0 * _ones(33))
+    ),
+    "max-of-scatter_nd": lambda b, x: b.max(
+        b.scatter_nd(x, b.const(np.array([[1], [-2]])), b.const(5 * _ones(2, 33))), axes=(0,)
+    ),
+    "dense-then-greater_equal": lambda b, x: b.greater_equal(
+        b.dense(x, b.const(_ones(5, 33))), b.const(np.float32(0))
+    ),
+}
+
+
+@pytest.mark.parametrize("name", PROLOGUES)
+def test_fused_into_reductions_and_epilogues(device, name):
+    b = GraphBuilder(name)
+    graph = b.build(PROLOGUES[name](b, b.input("x", (7, 33))))
+    module = compile_module(graph, device=device)
+    assert len(module.plan.kernels) == 1 and not module.plan.summary()["host_steps"]
+    x = np.random.default_rng(0).standard_normal((7, 33)).astype(np.float32)
+    (got,), (want,) = module.run(x=x), run_reference(graph, {"x": x})
+    if want.dtype == np.bool_:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
