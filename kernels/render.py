@@ -169,8 +169,9 @@ class Renderer:
         code = re.sub(
             r"\b(" + "|".join(_MATH) + r")\(", lambda m: self.math.get(m[1], m[1]) + "(", code
         )
-        for neutral, spelled in self.types.items():
-            code = re.sub(rf"\b{neutral}(\d?)\b(?!\()", lambda m, s=spelled: s + m[1], code)
+        if self.types:  # one pass: a spelling ("unsigned char") is never rewritten again
+            names = "|".join(map(re.escape, self.types))
+            code = re.sub(rf"\b({names})(\d?)\b(?!\()", lambda m: self.types[m[1]] + m[2], code)
         return code
 
 

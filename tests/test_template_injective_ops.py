@@ -201,17 +201,8 @@ def test_int_mod_by_zero_and_minus_one_is_zero_not_a_trap(device):
 RENDER_CHECKED = ["logic-7x13", "gather-7x33-axis1", "scan-13x7-reverse", "bool-7x13"]
 
 
-# The CUDA renderer spells uchar "unsigned char", then rewrites its "char" to "signed char"
-# (kernels/render.py, Renderer.translate): every bool or uint8 output fails to compile.
-CUDA_UCHAR_BUG = pytest.mark.xfail(
-    strict=True, reason="render.py turns uchar into 'unsigned signed char' for CUDA"
-)
-
-
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=[CUDA_UCHAR_BUG] if "bool" in n else []) for n in RENDER_CHECKED]
-)
+@pytest.mark.parametrize("name", RENDER_CHECKED)
 def test_cuda_rendering_compiles_with_nvcc(name, tmp_path):
     template = InjectiveTemplate(Workload.from_graph(FUSED[name]))
     nvcc_compile(template.render(template.default_config(CUDA_SM80), "cuda", CUDA_SM80), tmp_path)
