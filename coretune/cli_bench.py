@@ -1,4 +1,5 @@
-"""``coretune bench``: default build vs tuned build vs onnxruntime, interleaved, as ratios."""
+"""``coretune bench``: default build vs tuned build vs the peers (onnxruntime, OpenVINO),
+interleaved, as ratios."""
 
 import statistics
 import time
@@ -86,6 +87,38 @@ def onnxruntime_runner(path, inputs, graph_inputs) -> tuple[Runner, str] | None:
     return run, ort.__version__
 
 
+def openvino_runner(path, inputs) -> tuple[Runner, str] | None:
+    """A runner for OpenVINO's CPU runtime (2 inference threads, latency hint, float32), or
+    None if it is not installed. Each turn compiles its own model and ends it, as
+    onnxruntime's turns open and close a session, so that no peer's threads outlive its turn.
+    Precision is pinned to f32: on CPUs with bf16 or AMX, OpenVINO's default would compute in
+    bf16 and the comparison would not be of the same arithmetic."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    model = core.read_model(str(path))
+    config = {"INFERENCE_NUM_THREADS": 2, "PERFORMANCE_HINT": "LATENCY"}
+    config["INFERENCE_PRECISION_HINT"] = "f32"
+    names = {port.get_any_name() for port in model.inputs}
+    feeds = {n: a for n, a in inputs.items() if n in names} if names <= set(inputs) else inputs
+
+    def run(n):
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+        for _ in range(2):
+            request.infer(feeds)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            request.infer(feeds)
+            times.append(time.perf_counter() - start)
+        del request  # its compiled model and threads end with it
+        return statistics.median(times), None
+
+    return run, ov.__version__
+
+
 def versions(device) -> dict:
     import numpy
 
@@ -109,9 +142,17 @@ def versions(device) -> dict:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model, logs, device, repeat, seed, as_json):
-    """Benchmark a model: the default build, the tuned build (with --log) and onnxruntime
-    (when installed and MODEL is ONNX; 2 intra-op threads), in one interleaved run.
+@click.option(
+    "--openvino/--no-openvino",
+    "with_openvino",
+    default=True,
+    show_default=True,
+    help="Time OpenVINO's CPU runtime too, when it is installed (ONNX models only).",
+)
+def bench(model, logs, device, repeat, seed, as_json, with_openvino):
+    """Benchmark a model: the default build, the tuned build (with --log) and the peers
+    onnxruntime and OpenVINO (each when installed and MODEL is ONNX; 2 threads each), in one
+    interleaved run.
 
     Latencies are medians of wall time per run (inputs up, outputs down, host steps included);
     device time is the sum of the kernels' device events. Ratios are speedups over the first
@@ -147,6 +188,9 @@ def bench(model, logs, device, repeat, seed, as_json):
         found = onnxruntime_runner(model, inputs, base.input_names)
         if found:
             runners["onnxruntime"], info["onnxruntime"] = found
+        found = openvino_runner(model, inputs) if with_openvino else None
+        if found:
+            runners["openvino"], info["openvino"] = found
     results = interleaved(runners, repeat)
     first = next(iter(results.values()))["wall_median_s"]
     for name, result in results.items():

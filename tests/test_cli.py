@@ -226,6 +226,15 @@ def test_bench_json_compares_builds_in_one_run(chain):
     assert results["default"]["kernels"] == 2 and results["default"]["wall_median_s"] > 0
     if "onnxruntime" in report["versions"]:
         assert results["onnxruntime"]["wall_median_s"] > 0
+    if "openvino" in report["versions"]:
+        assert results["openvino"]["wall_median_s"] > 0
+
+
+def test_bench_without_openvino_times_no_openvino(chain):
+    result = coretune("bench", str(chain), "--repeat", "2", "--json", "--no-openvino")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert "openvino" not in report["results"] and "openvino" not in report["versions"]
 
 
 def test_devices_json_lists_the_default_device():
