@@ -71,6 +71,9 @@ class Record:
     # trials, and in verification records written before coretune logged rounds.
     round: int = 0
     finalists: int = 0
+    # The Dask worker that measured it (its address, tuner.cluster); "" for a one-process run
+    # and in records written before coretune tuned on clusters.
+    worker: str = ""
 
     @property
     def ok(self) -> bool:
@@ -120,9 +123,11 @@ def _check_fields(data: dict) -> None:
         raise ValueError("task must name its template")
     if not all(_is_scalar(v) for v in data.get("config", {}).values()):
         raise ValueError("config values must be strings, booleans or finite numbers")
-    for name in ("message", "dialect", "strategy", "coretune_version"):
+    for name in ("message", "dialect", "strategy", "coretune_version", "worker"):
         if not isinstance(data.get(name, ""), str):
             raise ValueError(f"{name} must be a string")
+    if len(data.get("worker", "")) > 1000:
+        raise ValueError("worker must be a worker's address, not 1000+ characters")
     for name in ("trial", "round", "finalists"):
         value = data.get(name, 0)
         if not _is_int(value) or value < 0:
