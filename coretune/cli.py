@@ -132,8 +132,9 @@ def _register() -> None:
     from .cli_log import log_group
     from .cli_model import compile_command, devices, run
     from .cli_tune import tune
+    from .cli_worker import worker
 
-    for command in (tune, compile_command, run, bench, devices, log_group):
+    for command in (tune, compile_command, run, bench, devices, log_group, worker):
         main.add_command(command)
 
 

@@ -29,14 +29,16 @@ class _Outcome:
 
 def _run_session(plan, states, display) -> _Outcome:
     """Start the tuning process, relay its messages to the display, turn Ctrl-C into stops."""
+    from .tune_cluster import ClusterPlan, run_cluster_session
     from .tune_session import run_session
     from .tuner.records import Record
 
     context = mp.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     stop = context.Event()
+    target = run_cluster_session if isinstance(plan, ClusterPlan) else run_session
     process = context.Process(
-        target=run_session, args=(plan, sender, stop, os.getpid()), name="coretune-tune"
+        target=target, args=(plan, sender, stop, os.getpid()), name="coretune-tune"
     )
     interrupts = [0]
     outcome, handled = _Outcome(), 0
@@ -68,6 +70,8 @@ def _run_session(plan, states, display) -> _Outcome:
                     display.trial(message[1])
                 elif kind == "done":
                     display.done(message[1])
+                elif kind == "note":
+                    display.note(message[1])
                 elif kind == "error":
                     outcome.error, outcome.bug = message[2], "" if message[1] else message[3]
                 if kind in ("end", "stopped", "error"):
@@ -169,6 +173,19 @@ def _end_to_end(graph, device, log_path, repeat, out) -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the search and the inputs.")
 @click.option(
+    "--scheduler",
+    default=None,
+    help="Tune on the Dask cluster at this address (tcp://HOST:PORT): `coretune worker` "
+    "processes measure, one per device; every task at once. --device then names the "
+    "cluster's devices to tune: a name part, a comma-separated list, or all [default: all].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tune on a local Dask cluster of N workers of --device (needs coretune[cluster]).",
+)
+@click.option(
     "--e2e/--no-e2e",
     default=True,
     show_default=True,
@@ -195,6 +212,8 @@ def tune(
     seed,
     e2e,
     repeat,
+    scheduler,
+    workers,
 ):
     """Tune MODEL's kernels on a device, most work first, and report the speedups.
 
@@ -214,6 +233,8 @@ def tune(
       coretune tune model.onnx --trials 400
       coretune tune model.onnx --time-budget 600 --strategy random --log my.jsonl
       coretune tune model.onnx --device opencl:1 --early-stop 32
+      coretune tune model.onnx --workers 2 --trials 400
+      coretune tune model.onnx --scheduler tcp://10.0.0.1:8786 --device all
     """
     from . import __version__
     from .tune_session import SessionPlan, split_trials, time_weights
@@ -223,6 +244,13 @@ def tune(
         raise click.UsageError("give --trials or --time-budget, not both")
     if time_budget is None and trials is None:
         trials = DEFAULT_TRIALS
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("give --scheduler or --workers, not both")
+    cluster_devices = ()
+    if scheduler is not None:
+        # The devices are the cluster's; this host opens its own only to show and file them.
+        cluster_devices = tuple(d.strip() for d in (device or "all").split(",") if d.strip())
+        device = None
     graph = load_graph(model)
     dev = open_device(device)
     tasks = extract_tasks(graph)
@@ -233,7 +261,8 @@ def tune(
             "(they run as host steps or views); nothing to tune"
         )
         return
-    log_path = Path(log_path) if log_path else default_log_path(model, dev.info.name)
+    filed_under = "cluster" if scheduler is not None else dev.info.name  # devices of a farm
+    log_path = Path(log_path) if log_path else default_log_path(model, filed_under)
     states, skipped = task_states(tasks, dev, log_path)
     if skipped:
         click.echo(f"warning: {skipped}", err=True)
@@ -260,6 +289,10 @@ def tune(
         verify=verify,
         seed=seed,
     )
+    if scheduler is not None or workers is not None:
+        from .tune_cluster import ClusterPlan
+
+        plan = ClusterPlan(plan, scheduler, workers or 0, cluster_devices)
     display_cls = LiveDisplay if err.is_terminal else PlainDisplay
     with display_cls(states, time_budget) as display:
         outcome = _run_session(plan, states, display)
