@@ -9,10 +9,10 @@ import click
 from .errors import CoretuneError
 
 
-async def _serve(scheduler: str, device: str | None, lock: str | None, name, timeout: float):
+async def _serve(scheduler: str, device, fingerprint: dict, lock, name, timeout: float):
     from distributed import Worker
 
-    from .tuner.cluster_worker import DevicePlugin
+    from .tuner.cluster_worker import DevicePlugin, resource_name
 
     # One thread: one trial at a time on the device (its resource has one unit anyway); the
     # device subprocesses are this worker's children, so no nanny process sits in between.
@@ -21,7 +21,9 @@ async def _serve(scheduler: str, device: str | None, lock: str | None, name, tim
         nthreads=1,
         name=name,
         plugins={DevicePlugin(device, lock)},
+        resources={resource_name(fingerprint): 1},  # set before it joins: no early trial lost
         death_timeout=timeout,
+        dashboard=False,
     )
     try:
         await asyncio.wait_for(worker.start(), timeout)
@@ -74,5 +76,6 @@ def worker(scheduler, device, lock, name, timeout):
         ) from None
     from .cli_common import open_device
 
-    open_device(device)  # a device that does not open is an error here, not in the worker
-    asyncio.run(_serve(scheduler, device, lock, name, timeout))
+    # a device that does not open is an error here, not in the worker
+    fingerprint = open_device(device).info.fingerprint()
+    asyncio.run(_serve(scheduler, device, fingerprint, lock, name, timeout))

@@ -190,7 +190,9 @@ class DevicePlugin(WorkerPlugin):
         if self.lock is None:
             where = physical_device(self.fingerprint, self.device_spec)
             self.lock = f"coretune-measure:{socket.gethostname()}:{where}"
-        await worker.set_resources(**{resource_name(self.fingerprint): 1})
+        resource = resource_name(self.fingerprint)
+        if resource not in worker.state.total_resources:  # a plugin added to a running worker
+            await worker.set_resources(**{resource: 1})
 
     def teardown(self, worker):
         for runner in self._runners.values():
