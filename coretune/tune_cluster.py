@@ -66,6 +66,9 @@ def local_cluster(workers: int, device: str | None, **kwargs):
     # A daemonic worker process may not start children, and each worker starts its device
     # subprocess (the isolation of tuner.measure).
     dask.config.set({"distributed.worker.daemon": False})
+    # The scheduler runs here: it looks for lapsed measurement-lock leases (a killed worker's)
+    # every second, not Dask's default 10 s (tuner.cluster_worker.LEASE_TIMEOUT).
+    dask.config.set({"distributed.scheduler.locks.lease-validation-interval": "1s"})
     return LocalCluster(
         n_workers=workers,
         threads_per_worker=1,

@@ -171,9 +171,11 @@ def test_real_processes_two_device_kinds_one_log_and_compile_uses_it(tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    fast = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__LOCKS__LEASE_VALIDATION_INTERVAL="1s")
     processes = [
         subprocess.Popen(
             [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            env=fast,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -34,6 +34,7 @@ from .records import ErrorKind, device_key, task_key
 from .task import Task
 
 PLUGIN_NAME = "coretune-device"
+LEASE_TIMEOUT = "3s"  # of the measurement lock (setup says why)
 RUNNERS_KEPT = 2  # tasks whose inputs stay uploaded on a worker (tasks are tuned concurrently)
 _CONTEXT = mp.get_context("spawn")  # never fork a process that holds an OpenCL context
 
@@ -181,7 +182,15 @@ class DevicePlugin(WorkerPlugin):
         self._runners: OrderedDict = OrderedDict()
 
     async def setup(self, worker):
+        import dask
+
         from coretune.kernels import open_device
+
+        # The lock's lease is refreshed every LEASE_TIMEOUT / 5 by this worker's event loop
+        # (while its thread times a kernel, too); a SIGKILLed holder's lease then lapses in
+        # seconds, not Dask's default 30 s, and the other workers of the device go on.
+        dask.config.set({"distributed.scheduler.locks.lease-timeout": LEASE_TIMEOUT})
+        self._lock = None
 
         device = open_device(self.device_spec)
         self.fingerprint = device.info.fingerprint()
@@ -216,7 +225,9 @@ class DevicePlugin(WorkerPlugin):
         error, message, _ = runner.ask(("check", config), options.build_timeout)
         if ErrorKind(error) is not ErrorKind.NONE:
             return MeasureResult((), ErrorKind(error), message, started, time.time())
-        with Lock(self.lock):
+        if self._lock is None:  # one Lock per worker: each new one registers anew
+            self._lock = Lock(self.lock)
+        with self._lock:
             run_started = time.time()
             error, message, costs = runner.ask(("time",), options.run_timeout)
         return MeasureResult(tuple(costs), ErrorKind(error), message, run_started, time.time())
