@@ -15,14 +15,35 @@ import numpy as np
 
 from coretune.kernels.space import Config, ConfigSpace
 
+PRIOR_FIRST = 4  # a prior's best configs measured before anything the strategy picks itself
+
 
 class Strategy:
+    """The ask/tell interface. ``prior`` is (config, cost) pairs from another device or a
+    similar task: its best valid configs are proposed first (and so re-measured here, never
+    taken as an answer); a model-based strategy may also warm-start its surrogate from it."""
+
     name = ""
 
-    def __init__(self, space: ConfigSpace, seed: int = 0):
+    def __init__(self, space: ConfigSpace, seed: int = 0, prior=()):
         self.space = space
         self.rng = np.random.default_rng(seed)
         self.seen: set[Config] = set()
+        self.prior = sorted(
+            ((c, cost) for c, cost in prior if math.isfinite(cost) and space.is_valid(c)),
+            key=lambda pair: pair[1],
+        )
+        self._prior_queue = [c for c, _ in self.prior[:PRIOR_FIRST]]
+
+    def _from_prior(self, n: int) -> list[Config]:
+        """Up to n of the prior's best configs not measured yet (each offered once)."""
+        picked = []
+        while self._prior_queue and len(picked) < n:
+            config = self._prior_queue.pop(0)
+            if config not in self.seen:
+                picked.append(config)
+        self.seen.update(picked)
+        return picked
 
     def propose(self, n: int) -> list[Config]:
         raise NotImplementedError
@@ -38,8 +59,8 @@ class RandomSearch(Strategy):
 
     name = "random"
 
-    def __init__(self, space, seed=0):
-        super().__init__(space, seed)
+    def __init__(self, space, seed=0, prior=()):
+        super().__init__(space, seed, prior)
         self._order = self._draws()
 
     def _draws(self):
@@ -51,7 +72,7 @@ class RandomSearch(Strategy):
         yield from self.space.all_valid()  # a nearly exhausted space: the rest, in order
 
     def propose(self, n):
-        picked = []
+        picked = self._from_prior(n)
         while len(picked) < n:  # take only what is used: the order must not skip a draw
             config = next(self._order, None)
             if config is None:
@@ -63,16 +84,22 @@ class RandomSearch(Strategy):
 
 
 class GridSearch(Strategy):
-    """Every valid config, in the space's order: exhaustive, for small spaces and baselines."""
+    """Every valid config once, in a seeded shuffle of the space: exhaustive, for small spaces
+    and baselines. Not in the space's own order: under a budget that walk only ever sees the
+    first knob's first values (on Kernel Tuner's convolution table its first 128 configs all
+    fail to compile)."""
 
     name = "grid"
 
-    def __init__(self, space, seed=0):
-        super().__init__(space, seed)
-        self._order = space.all_valid()
+    def __init__(self, space, seed=0, prior=()):
+        super().__init__(space, seed, prior)
+        configs = list(space.all_valid())
+        self._order = iter([configs[i] for i in self.rng.permutation(len(configs))])
 
     def propose(self, n):
-        picked = []
+        picked = self._from_prior(n)
+        if len(picked) == n:
+            return picked
         for config in self._order:
             if config not in self.seen:
                 picked.append(config)
@@ -112,12 +139,13 @@ class BayesianSearch(Strategy):
         self,
         space,
         seed=0,
-        initial_points: int = 8,
+        prior=(),
+        initial_points: int = 4,
         acquisition: str = "gp_hedge",
         initial_generator: str = "random",
         local_search: bool = True,
     ):
-        super().__init__(space, seed)
+        super().__init__(space, seed, prior)
         from skopt import Optimizer
         from skopt.space import Categorical, Integer
         from skopt.utils import cook_estimator, normalize_dimensions
@@ -189,8 +217,8 @@ class BayesianSearch(Strategy):
 
     def propose(self, n):
         self._calls += 1
-        picked: list[Config] = []
-        if n and self._local_search and (n > 1 or self._calls % 2 == 0):
+        picked: list[Config] = self._from_prior(n)
+        if n > len(picked) and self._local_search and (n > 1 or self._calls % 2 == 0):
             local = self._best_neighbour()
             if local is not None:
                 picked.append(local)
@@ -265,11 +293,25 @@ class BayesianSearch(Strategy):
         return [self._observed[i] for i in sorted(keep)]
 
 
-STRATEGIES = {s.name: s for s in (BayesianSearch, RandomSearch, GridSearch)}
+def _tpe(space, seed=0, prior=()):
+    from .tpe import TPESearch  # optuna's import is slow: only when asked for
+
+    return TPESearch(space, seed, prior)
 
 
-def make_strategy(name: str, space: ConfigSpace, seed: int = 0) -> Strategy:
+_tpe.name = "tpe"
+STRATEGIES = {s.name: s for s in (BayesianSearch, RandomSearch, GridSearch, _tpe)}
+
+
+def make_strategy(name: str, space: ConfigSpace, seed: int = 0, prior=()) -> Strategy:
+    """The named strategy; a model-based one whose optimiser does not import (a broken or
+    missing install) becomes random search with a warning, never a crash."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
     try:
-        return STRATEGIES[name](space, seed)
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}") from None
+        return STRATEGIES[name](space, seed, prior)
+    except ImportError as e:
+        warnings.warn(
+            f"strategy {name!r} unavailable ({e}); using random search", RuntimeWarning, 2
+        )
+        return RandomSearch(space, seed, prior)
