@@ -9,14 +9,20 @@ of exhaustive-best / best-found (1.0 = found the best), and plot convergence cur
 report also says how reproducible each table's best is: the best config of the even passes
 scored in the odd passes, and the other way round (1.0 = the same winner).
 
+Step 3 (always, unless --tables is given empty): the same for tables measured elsewhere,
+Kernel Tuner cache files (benchmarks/tables/, README there; outside_tables.py): budgets 16-128,
+the methodology score against random, and each table tuned with another GPU's table as prior.
+
     python benchmarks/tuner_efficiency.py --measure --no-replay   # once, the tables
     OPENBLAS_NUM_THREADS=1 python benchmarks/tuner_efficiency.py   # replay (~15 min)
+    python benchmarks/tuner_efficiency.py --tasks --outside-strategies tpe grid random  # outside
 """
 
 import argparse
 import csv
 import json
 import math
+import os
 import pathlib
 import sys
 
@@ -35,7 +41,9 @@ from coretune.tuner.task import Task  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 BUDGETS = (8, 16, 32, 64)
-STRATEGIES = ("bayesian", "random")
+STRATEGIES = ("bayesian", "tpe", "random")
+OUTSIDE_BUDGETS = (16, 32, 64, 128)
+OUTSIDE_STRATEGIES = ("tpe", "bayesian", "grid", "random")
 
 
 def _task(graph, template=None):
@@ -210,6 +218,15 @@ def main():
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--no-replay", action="store_true", help="only measure the tables")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS))
+    parser.add_argument(
+        "--tables",
+        nargs="*",
+        type=pathlib.Path,
+        help="Kernel Tuner cache files to replay (default: benchmarks/tables/*; none: skip)",
+    )
+    parser.add_argument("--outside-strategies", nargs="*", default=list(OUTSIDE_STRATEGIES))
+    parser.add_argument("--transfer-strategy", default="tpe")
+    parser.add_argument("--output", type=pathlib.Path, default=RESULTS / "tuner_efficiency.md")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     tasks = {name: TASKS[name]() for name in args.tasks}
@@ -218,6 +235,8 @@ def main():
             measure_table(name, task, args.sweeps)
     if args.no_replay:
         return
+    load_before = os.getloadavg()[0]
+    outside = _outside(args)
     lines = [
         "| task | valid configs | strategy | "
         + " | ".join(f"median@{b} | p10@{b}" for b in BUDGETS)
@@ -252,15 +271,44 @@ def main():
     report = (
         "# Tuner efficiency (replayed against measured tables)\n\n"
         + header(environment())
-        + f"\n- seeds: {args.seeds}\n\n"
+        + f"\n- seeds: {args.seeds}\n- load (1 min) before / after the replay: "
+        f"{load_before:.2f} / {os.getloadavg()[0]:.2f}\n\n"
+        + outside
+        + "## The project's own tables (PoCL, measured here)\n\n"
         "Ratio = exhaustive best cost / best cost found within the budget (1.0 is the "
         "best config of the table).\n\n" + "\n".join(lines) + "\n\n"
         "How reproducible each table's best is (a config's cost is the min over its passes; "
         "1.000 = both halves of the passes pick the same winner):\n\n" + "\n".join(agreement) + "\n"
     )
-    (RESULTS / "tuner_efficiency.md").write_text(report)
-    _plot(curves, RESULTS / "tuner_efficiency.png")
+    args.output.write_text(report)
+    if curves:
+        _plot(curves, RESULTS / "tuner_efficiency.png")
     print(report)
+
+
+def _outside(args) -> str:
+    """The report's section on Kernel Tuner's tables (see outside_tables.py)."""
+    import outside_tables
+
+    if args.tables is not None and not args.tables:
+        return ""
+    tables = outside_tables.load_all(args.tables)
+    lines, slowest = outside_tables.report(
+        tables, args.outside_strategies, OUTSIDE_BUDGETS, args.seeds, args.transfer_strategy
+    )
+    asks = ", ".join(f"{s} {t:.3f} s" for s, t in slowest.items())
+    return (
+        "## Tables measured elsewhere (Kernel Tuner caches, benchmarks/tables/README.md)\n\n"
+        "frac = median over seeds of optimum / best found within the budget; score = "
+        "(frac - random) / (1 - random), random being the exact mean of the best of as many "
+        "uniform draws from the table (0 = no better than random, 1 = the optimum). Batches of "
+        "4 proposals; failed and missing configs are failed trials. '+prior(T)' starts from "
+        "table T (the same kernel on another GPU) as the prior: its best configs are proposed "
+        "first and measured, never taken as the answer.\n\n"
+        f"Slowest propose call (4 configs) at 120-128 observations: {asks}.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+    )
 
 
 def _plot(curves, path):
