@@ -73,16 +73,21 @@ def tune(
     options: MeasureOptions | None = None,
     on_trial: Callable[[Record], None] | None = None,
     default: Config | None = None,
+    transfer: bool = True,
 ) -> TuneResult:
     """Tune one task. ``default`` (the template's default config, the baseline of every
     speedup) is measured before anything else, unless the log has it; configs that did best on
-    similar tasks come next; then the strategy's proposals. Each record says which it was."""
+    similar tasks come next; then the strategy's proposals, the first of them the best configs
+    of this task on other devices (``transfer``). Each record says which it was."""
     from coretune.kernels import open_device
 
     device = open_device(device_spec)
     fingerprint = device.info.fingerprint()
     space = task.template().space(device.limits)
-    search = make_strategy(strategy, space, seed)
+    # The same task tuned on another device: a prior whose best configs are measured first
+    # here (never taken as this device's answer) and that a model may warm-start from.
+    prior = _other_devices(log, task, fingerprint) if transfer else []
+    search = make_strategy(strategy, space, seed, prior=prior)
     mine, similar = _history(log, task, fingerprint)
     verified_before = [r for r in mine if r.strategy == VERIFY]
     mine = [r for r in mine if r.strategy != VERIFY]  # re-measurements, not trials
@@ -208,6 +213,17 @@ def _history(log: TuningLog, task: Task, fingerprint: dict):
         Config(r.config) for r in sorted(best_of_similar.values(), key=lambda r: r.best_cost)
     ]
     return mine, list(dict.fromkeys(similar))
+
+
+def _other_devices(log: TuningLog, task: Task, fingerprint: dict) -> list[tuple[Config, float]]:
+    """(config, best cost) of this task's successful trials on other devices: a prior."""
+    key, device = task_key(task.key()), device_key(fingerprint)
+    best: dict[Config, float] = {}
+    for record in log.read() if log.path.exists() else []:
+        if record.ok and device_key(record.device) != device and task_key(record.task) == key:
+            config = Config(record.config)
+            best[config] = min(best.get(config, math.inf), record.best_cost)
+    return list(best.items())
 
 
 def _record(task, config, result: MeasureResult, fingerprint, strategy, trial) -> Record:
