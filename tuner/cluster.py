@@ -108,13 +108,14 @@ class _WorkerNamingLog:
         self.report(record)
 
 
-def device_workers(client) -> dict[str, list[str]]:
-    """Resource name -> addresses of the workers that advertise it."""
-    found: dict[str, list[str]] = {}
+def device_workers(client) -> dict[str, dict[str, float]]:
+    """Resource name -> {address: units} of the workers that advertise it (a coretune worker
+    advertises one unit: one trial at a time)."""
+    found: dict[str, dict[str, float]] = {}
     for address, info in client.scheduler_info(n_workers=-1)["workers"].items():
-        for name in info.get("resources", {}):
+        for name, units in info.get("resources", {}).items():
             if name.startswith("coretune-device-"):
-                found.setdefault(name, []).append(address)
+                found.setdefault(name, {})[address] = units
     return found
 
 
@@ -168,14 +169,14 @@ def tune_on_cluster(
         while any(s.result is None for s in searches):
             workers = device_workers(client)
             _check_workers(searches, workers, missing_since, worker_timeout, progress)
-            for resource, addresses in workers.items():
+            for resource, units in workers.items():
                 active = [s for s in searches if s.resource == resource and s.wants()]
                 busy = sum(
                     s.in_flight + (s.verifying is not None)
                     for s in searches
                     if s.resource == resource
                 )
-                idle = len(addresses) - busy
+                idle = int(sum(units.values())) - busy
                 for index, search in enumerate(active):
                     share = idle // len(active) + (index < idle % len(active))
                     for config in _ask(search, min(share, search.wants())):
