@@ -314,3 +314,18 @@ def test_compile_launches_every_kernel_once_so_the_first_run_builds_nothing(devi
     (probabilities,) = module.run(x=np.random.default_rng(0).standard_normal((3, 7), np.float32))
     assert counting.launches == 2 * len(module.plan.kernels)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_split_read_by_several_consumers_runs_as_kernels_not_on_the_host(device):
+    """An attention's q, k, v split: its pieces are slices fused into their consumers."""
+    from coretune.graph import GraphBuilder
+
+    b = GraphBuilder()
+    x = b.input("x", (7, 39))
+    q, k, v = b.split(x, axis=1, sizes=(13, 13, 13))
+    graph = b.build(b.relu(q), b.sigmoid(k) * v, k + 1.0)
+    module = compile_module(graph, device=device)
+    assert module.summary()["host_steps"] == []
+    inputs = random_inputs(graph, seed=3)
+    for got, want in zip(module.run(**inputs), run_reference(graph, inputs), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

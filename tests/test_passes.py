@@ -11,6 +11,7 @@ from coretune.graph.passes import (
     optimize,
     plan_memory,
     remove_identities,
+    split_into_slices,
 )
 from coretune.graph.random import random_inputs
 
@@ -195,3 +196,14 @@ def test_pad_outputs_keep_their_buffers():
     for name in padded:
         sharing = [t for t, b in plan.buffer_of.items() if b == plan.buffer_of[name]]
         assert sharing == [name]
+
+
+def test_splits_become_slices_of_their_input():
+    b = GraphBuilder()
+    x = b.input("x", (2, 33, 5))
+    a, c = b.split(x, axis=1, sizes=(1, 32))
+    before = b.build(b.relu(a), c * 2.0)
+    after = split_into_slices(before)
+    assert [n.op for n in after.nodes].count("split") == 0
+    assert [n.op for n in after.nodes].count("strided_slice") == 2
+    _same_outputs(before, after)

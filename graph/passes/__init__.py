@@ -6,14 +6,14 @@ from .fold_batch_norm import fold_batch_norm
 from .fold_constants import fold_constants
 from .fuse import FusedGroup, fuse, is_copy_pad
 from .memory import MemoryPlan, plan_memory
-from .simplify import remove_dead_code, remove_identities
+from .simplify import remove_dead_code, remove_identities, split_into_slices
 
 
 def optimize(graph):
-    """The standard pipeline before fusion: fold constants, drop identities, fold batch norms,
-    pad dense convolutions' inputs explicitly."""
+    """The standard pipeline before fusion: fold constants, drop identities, splits as slices,
+    fold batch norms, pad dense convolutions' inputs explicitly."""
     graph = fold_constants(graph)
-    graph = remove_identities(graph)
+    graph = split_into_slices(remove_identities(graph))
     return explicit_padding(fold_batch_norm(graph))
 
 
@@ -29,4 +29,5 @@ __all__ = [
     "plan_memory",
     "remove_dead_code",
     "remove_identities",
+    "split_into_slices",
 ]

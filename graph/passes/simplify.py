@@ -70,3 +70,26 @@ def remove_dead_code(graph: Graph) -> Graph:
 
 def _can_take_name(tensor, producer, readers, outputs) -> bool:
     return tensor in producer and len(readers.get(tensor, [])) == 1 and tensor not in outputs
+
+
+def split_into_slices(graph: Graph) -> Graph:
+    """Each output of a split becomes a strided_slice of its input. A split whose pieces go to
+    different consumers (an attention's q, k, v) was a group of its own, with several outputs,
+    which no kernel template computes: it ran on the host. As slices, each piece is one
+    injective op that fuses into its consumer or runs as a one-output kernel."""
+    graph = graph.copy().validate()
+    nodes = []
+    for node in graph.nodes:
+        if node.op != "split" or node.inputs[0] in graph.params:
+            nodes.append(node)
+            continue
+        axis, start = node.attrs["axis"], 0
+        for index, (out, size) in enumerate(zip(node.outputs, node.attrs["sizes"], strict=True)):
+            attrs = {"begin": (start,), "end": (start + size,), "strides": (1,), "axes": (axis,)}
+            nodes.append(
+                Node(f"{node.name}/{index}", "strided_slice", [node.inputs[0]], [out], attrs)
+            )
+            start += size
+    graph.nodes = nodes
+    graph.types = {}
+    return graph.validate()
