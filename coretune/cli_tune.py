@@ -15,6 +15,7 @@ import click
 from .cli_common import console, default_log_path, device_line, fmt_seconds, load_graph, open_device
 from .errors import CoretuneError
 from .tune_display import LiveDisplay, PlainDisplay, summary_table, task_states
+from .tuner.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 DEFAULT_TRIALS = 200
 INTERRUPTED = 130  # the shell convention for "ended by SIGINT"
@@ -144,9 +145,11 @@ def _end_to_end(graph, device, log_path, repeat, out) -> None:
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["bayesian", "random", "grid"]),
-    default="bayesian",
+    type=click.Choice(list(STRATEGIES)),
+    default=DEFAULT_STRATEGY,
     show_default=True,
+    help="tpe: optuna's TPE sampler; bayesian: scikit-optimize's Gaussian process; random; "
+    "grid (a seeded shuffle of the space when a budget is set).",
 )
 @click.option(
     "--log",

@@ -26,7 +26,7 @@ from .cluster_worker import measure_on_worker, resource_name, worker_device
 from .driver import Budget, TuneResult, _checked, _finalists, _history, _record, _verify
 from .measure import MeasureOptions
 from .records import VERIFY, ErrorKind, TuningLog, verification_rounds, verified_costs
-from .strategies import make_strategy
+from .strategies import DEFAULT_STRATEGY, make_strategy
 from .task import Task
 
 POLL = 0.5  # seconds between looks at the cluster's workers while results are awaited
@@ -140,7 +140,7 @@ def tune_on_cluster(
     client,
     searches: list[Search],
     log: TuningLog,
-    strategy: str = "bayesian",
+    strategy: str = DEFAULT_STRATEGY,
     seed: int = 0,
     options: MeasureOptions | None = None,
     on_trial=None,

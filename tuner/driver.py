@@ -34,7 +34,7 @@ from .records import (
     verification_rounds,
     verified_costs,
 )
-from .strategies import make_strategy
+from .strategies import DEFAULT_STRATEGY, make_strategy
 from .task import Task
 
 
@@ -67,7 +67,7 @@ def tune(
     task: Task,
     log: TuningLog,
     device_spec: str | None = None,
-    strategy: str = "bayesian",
+    strategy: str = DEFAULT_STRATEGY,
     budget: Budget = Budget(),
     seed: int = 0,
     options: MeasureOptions | None = None,
