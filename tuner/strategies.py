@@ -302,8 +302,8 @@ def _tpe(space, seed=0, prior=()):
 _tpe.name = "tpe"
 STRATEGIES = {s.name: s for s in (BayesianSearch, RandomSearch, GridSearch, _tpe)}
 # Picked by the replay on Kernel Tuner's tables (benchmarks/results/tuner_efficiency.md): tpe
-# finds better configs than the Gaussian process at 32 trials on every table, in far less time
-# per ask; without optuna it becomes random search with a warning (make_strategy).
+# is ahead of the Gaussian process at 16 trials on all 8 and at 32 on 6, and asks in 0.12 s
+# against 2.2 s; without optuna it becomes random search with a warning (make_strategy).
 DEFAULT_STRATEGY = "tpe"
 
 
