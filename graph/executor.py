@@ -337,6 +337,7 @@ class Executor:
             buffers[source] = buffers[target]
         self._actions = []  # what a run does, in order: (kind, payload)
         started = time.perf_counter()
+        device.compile_all([self._rendered(s) for s in plan.steps if isinstance(s, KernelStep)])
         for step in plan.steps:
             if isinstance(step, ViewStep):
                 copy = self._view(buffers, step)
@@ -366,16 +367,18 @@ class Executor:
         with np.errstate(all="ignore"):  # the host steps' numpy, on zeros
             self.run(zeros)
 
-    def _bind(self, buffers, step: KernelStep):
+    def _rendered(self, step: KernelStep):
         from coretune.kernels.render import Launch, RenderedKernel
 
         launch = Launch(tuple(step.launch["groups"]), tuple(step.launch["local"]))
-        rendered = RenderedKernel(
+        return RenderedKernel(
             self.device.info.backend, step.source, step.entry, launch, tuple(step.args)
         )
+
+    def _bind(self, buffers, step: KernelStep):
         prepared = self._prepare(step)
         args = [prepared.get(i) or buffers[a] for i, a in enumerate(step.args)]
-        return self.device.bind(self.device.compile(rendered), args)
+        return self.device.bind(self.device.compile(self._rendered(step)), args)
 
     def _prepare(self, step: KernelStep) -> dict[int, object]:
         """Upload the weights a template transforms once (e.g. Winograd's U = G g G^T)."""

@@ -350,6 +350,11 @@ class CUDADevice:
             self._kernels[key.hexdigest()] = compiled
         return compiled
 
+    def compile_all(self, kernels: list[RenderedKernel], options: tuple[str, ...] = ()) -> None:
+        """Build the kernels not cached yet, one module each, as compile() does."""
+        for rendered in kernels:
+            self.compile(rendered, options)
+
     def empty(self, nbytes: int):
         return self.runtime.allocate(max(nbytes, 1))
 

@@ -5,7 +5,7 @@ import pytest
 
 from coretune.kernels import DeviceError, open_device
 from coretune.kernels.opencl import KernelBuildError, list_devices
-from coretune.kernels.render import Buffer, KernelSpec, Launch, renderer_for
+from coretune.kernels.render import Buffer, KernelSpec, Launch, Table, renderer_for
 
 
 def test_default_device_is_there_and_fingerprinted(device):
@@ -87,6 +87,44 @@ def test_programs_are_cached_and_build_errors_are_reported(device):
     broken = renderer_for("opencl").render(_copy_kernel("  b[0] = undefined_thing;"))
     with pytest.raises(KernelBuildError, match="undefined_thing"):
         device.compile(broken)
+
+
+def _scale_kernel(factor: float, local: int = 8):
+    """The same entry, macro and table names, different values: what kernels of one template
+    on different shapes look like."""
+    body = "  b[LOCAL_ID(0)] = SCALE * a[LOCAL_ID(0)] + factor[0];"
+    spec = KernelSpec(
+        "copy",
+        (Buffer("a", "float"), Buffer("b", "float", output=True)),
+        f"#define SCALE {factor:.1f}f\n{body}",
+        Launch((1, 1, 1), (local, 1, 1)),
+        tables=(Table("factor", "float", (factor,)),),
+    )
+    return renderer_for("opencl").render(spec)
+
+
+def test_kernels_built_together_share_a_program_and_keep_their_own_names(device):
+    kernels = [_scale_kernel(f) for f in (2.0, 3.0, 5.0)]
+    device.compile_all(kernels)
+    compiled = [device.compile(k) for k in kernels]
+    assert len({id(c.program) for c in compiled}) == 1  # one build for the three
+    a = np.arange(1, 9, dtype=np.float32)
+    for factor, kernel in zip((2.0, 3.0, 5.0), compiled, strict=True):
+        out = device.upload(np.full(8, np.nan, np.float32))
+        device.bind(kernel, [device.upload(a), out]).launch().wait()
+        np.testing.assert_array_equal(device.download(out, (8,), np.float32), factor * a + factor)
+
+
+def test_a_kernel_that_does_not_build_with_others_is_named_alone(device):
+    good = [_scale_kernel(f) for f in (7.0, 11.0)]
+    broken = renderer_for("opencl").render(_copy_kernel("  b[0] = undefined_thing;"))
+    device.compile_all([good[0], broken, good[1]])  # no error: compile() names the one that fails
+    with pytest.raises(KernelBuildError, match="undefined_thing"):
+        device.compile(broken)
+    a = np.arange(1, 9, dtype=np.float32)
+    out = device.upload(np.full(8, np.nan, np.float32))
+    device.launch(device.compile(good[1]), [device.upload(a), out]).wait()
+    np.testing.assert_array_equal(device.download(out, (8,), np.float32), 11 * a + 11)
 
 
 BASIC_DRIVER_RUN = """

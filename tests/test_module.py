@@ -316,6 +316,21 @@ def test_compile_launches_every_kernel_once_so_the_first_run_builds_nothing(devi
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_a_model_s_kernels_are_built_as_one_program():
+    """A driver's build costs mostly per program (PoCL): compile builds them together."""
+    from coretune.graph import GraphBuilder
+    from coretune.kernels import open_device
+
+    b = GraphBuilder()
+    x = b.input("x", (5, 13))
+    w = b.param("w", np.random.default_rng(1).standard_normal((7, 13), np.float32))
+    graph = b.build(b.softmax(b.sigmoid(b.dense(x, w))))
+    module = compile_module(graph, device=open_device(None))  # its own, empty program cache
+    bound = [p for kind, p in module._executor._actions if kind == "kernel"]
+    assert len(bound) >= 2
+    assert len({k.kernel.program.int_ptr for k in bound}) == 1
+
+
 def test_a_split_read_by_several_consumers_runs_as_kernels_not_on_the_host(device):
     """An attention's q, k, v split: its pieces are slices fused into their consumers."""
     from coretune.graph import GraphBuilder
