@@ -1,0 +1,323 @@
+"""Tuning on a Dask cluster (tuner.cluster): what a second worker buys, what the engine costs.
+
+1. The same gemm task, model and budget tuned by the one-process driver (the reference best)
+   and by LocalClusters of 1 and 2 workers, every worker on PoCL's ``basic`` driver (one core
+   each), runs interleaved (1, 2, 1, 2, ...): trials per minute, time until a run first
+   reaches the one-process best (within 5 %), and its own best. The two workers share this
+   host's CPU, so their timed runs take turns under the measurement lock; only building,
+   compiling and the numpy checks overlap.
+2. The engine's overhead per trial: on each worker, the gap between a result leaving it and
+   the next config arriving (record.finished -> next record.started), with the random
+   strategy (asks take microseconds) and with the default one.
+3. A stand-in device whose "measurement" sleeps: 64 simulated workers (8 processes x 8 slots),
+   the fraction of the time they are busy, and the overhead per trial under that load.
+4. The default strategy's ask time against the number of observations.
+
+    python benchmarks/cluster_tuning.py            # ~5 minutes here
+    python benchmarks/cluster_tuning.py --quick    # fewer trials and runs
+
+Writes benchmarks/results/cluster_tuning.md.
+"""
+
+import argparse
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ["POCL_DEVICES"] = "basic"  # before PoCL loads here or in any spawned worker
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import environment, header  # noqa: E402
+
+from coretune.graph import GraphBuilder  # noqa: E402
+from coretune.kernels.workload import Workload  # noqa: E402
+from coretune.tuner.cluster_worker import DevicePlugin  # noqa: E402
+from coretune.tuner.measure import MeasureResult  # noqa: E402
+from coretune.tuner.records import ErrorKind  # noqa: E402
+from coretune.tuner.strategies import DEFAULT_STRATEGY  # noqa: E402
+from coretune.tuner.task import Task  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "cluster_tuning.md"
+
+
+def gemm_task():
+    b = GraphBuilder()
+    x, w = b.input("x", (96, 128)), b.input("w", (80, 128))
+    return Task("gemm", Workload.from_graph(b.build(b.relu(b.dense(x, w)))))
+
+
+class SleepPlugin(DevicePlugin):
+    """A stand-in device: each "measurement" sleeps ``seconds`` and reports a made-up cost."""
+
+    def __init__(self, seconds: float, slots: int):
+        super().__init__(None, lock="unused")
+        self.seconds, self.slots = seconds, slots
+
+    async def setup(self, worker):
+        from coretune.tuner.cluster_worker import resource_name
+
+        self.fingerprint = {"backend": "opencl", "name": "stand-in (sleeps)"}
+        from coretune.kernels import open_device
+
+        self.limits = open_device(None).limits
+        self.address = worker.address
+        await worker.set_resources(**{resource_name(self.fingerprint): self.slots})
+
+    def measure(self, task, config, options, seed):
+        started = time.time()
+        time.sleep(self.seconds)
+        cost = 1e-4 * (1 + (hash(config) % 1000) / 1000)
+        return MeasureResult((cost,), ErrorKind.NONE, "", started, time.time())
+
+
+def gaps(records) -> list[float]:
+    """Per worker slot: a trial's start minus the end of the slot's previous trial (seconds).
+    A worker with several slots runs trials side by side; each trial is put on the slot that
+    freed last before it started (a new slot if none had), which is the slot it ran on."""
+    by_worker: dict = {}
+    for r in records:
+        by_worker.setdefault(r.worker, []).append(r)
+    out = []
+    for rs in by_worker.values():
+        slots: list[float] = []  # each slot's last finish
+        for r in sorted(rs, key=lambda r: r.started):
+            free = [i for i, f in enumerate(slots) if f <= r.started]
+            if free:
+                i = max(free, key=lambda i: slots[i])
+                out.append(r.started - slots[i])
+                slots[i] = r.finished
+            else:
+                slots.append(r.finished)
+    return out
+
+
+def cluster_run(client, task, limits, fingerprint, trials, strategy, log_path):
+    from coretune.tuner.cluster import Search, tune_on_cluster
+    from coretune.tuner.driver import Budget
+    from coretune.tuner.records import TuningLog
+
+    log = TuningLog(log_path)
+    default = task.template().default_config(limits)
+    search = Search(task, fingerprint, limits, Budget(trials=trials), default=default)
+    started = time.time()
+    tune_on_cluster(client, [search], log, strategy)
+    wall = time.time() - started
+    return started, wall, log.read()
+
+
+def reach(records, started, target) -> float | None:
+    hits = [r.finished - started for r in records if r.best_cost <= target * 1.05]
+    return min(hits) if hits else None
+
+
+def part_workers(args, tmp, lines):
+    from distributed import Client
+
+    from coretune.kernels import open_device
+    from coretune.tune_cluster import local_cluster
+    from coretune.tuner.cluster import cluster_devices
+    from coretune.tuner.driver import Budget, tune
+    from coretune.tuner.records import TuningLog
+
+    task, device = gemm_task(), open_device(None)
+    default = task.template().default_config(device.limits)
+    started = time.time()
+    alone = TuningLog(tmp / "alone.jsonl")
+    tune(task, alone, strategy=DEFAULT_STRATEGY, budget=Budget(trials=args.trials), default=default)
+    alone_wall = time.time() - started
+    best = min(r.best_cost for r in alone.read())
+    clusters = {n: local_cluster(n, None) for n in (1, 2)}
+    clients = {n: Client(c) for n, c in clusters.items()}
+    runs: dict = {1: [], 2: []}
+    for client in clients.values():
+        client.register_plugin(DevicePlugin(None))
+    fingerprint, limits = cluster_devices(clients[1])[0]
+    for rep in range(args.reps):
+        for n in (1, 2):
+            path = tmp / f"w{n}-{rep}.jsonl"
+            t0, wall, records = cluster_run(
+                clients[n], task, limits, fingerprint, args.trials, DEFAULT_STRATEGY, path
+            )
+            runs[n].append((wall, reach(records, t0, best), min(r.best_cost for r in records)))
+            runs[n][-1] += (gaps(records),)
+            print(f"  {n} worker(s), run {rep + 1}: {wall:.1f} s", flush=True)
+    random_gaps = {}
+    for n in (1, 2):
+        path = tmp / f"random{n}.jsonl"
+        _, _, records = cluster_run(clients[n], task, limits, fingerprint, 24, "random", path)
+        random_gaps[n] = gaps(records)
+    for client in clients.values():
+        client.close()
+    for cluster in clusters.values():
+        cluster.close()
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else float("nan")
+
+    per_min = {n: med([args.trials / r[0] * 60 for r in runs[n]]) for n in runs}
+    lines += [
+        f"## 1 vs 2 workers ({args.trials} trials of {task.template_name} "
+        f"96x80x128 + relu, {DEFAULT_STRATEGY}, {args.reps} runs each, interleaved; medians)",
+        "",
+        f"One-process driver (2 build processes + the device worker): {alone_wall:.1f} s, "
+        f"{args.trials / alone_wall * 60:.0f} trials/min, best {best * 1e6:.1f} us.",
+        "",
+        "| workers | trials/min | time to the one-process best (within 5 %) | own best "
+        "| runs that reached it | gap/trial (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in (1, 2):
+        reached = sum(r[1] is not None for r in runs[n])
+        lines.append(
+            f"| {n} | {per_min[n]:.0f} | {med([r[1] for r in runs[n]]):.1f} s | "
+            f"{med([r[2] for r in runs[n]]) * 1e6:.1f} us | {reached}/{len(runs[n])} | "
+            f"{med([g for r in runs[n] for g in r[3]]) * 1e3:.1f} ms |"
+        )
+    lines += [
+        "",
+        f"**2 workers / 1 worker: {per_min[2] / per_min[1]:.2f}x trials per minute** "
+        "(target >= 1.6x).",
+        "",
+        "Gap per trial on a worker (a timed run's end to the next timed run's start: the "
+        "engine's round trip, the client's ask and the next config's build and numpy check "
+        "on the worker) with the random strategy (asks take microseconds): "
+        + ", ".join(
+            f"{n} worker(s) median {med(random_gaps[n]) * 1e3:.1f} ms, "
+            f"p90 {sorted(random_gaps[n])[int(0.9 * (len(random_gaps[n]) - 1))] * 1e3:.1f} ms"
+            for n in (1, 2)
+        )
+        + " (target <= 10 ms).",
+        "",
+    ]
+
+
+def part_stand_in(args, lines):
+    import dask
+    from distributed import Client, LocalCluster
+
+    from coretune.kernels import open_device
+    from coretune.tuner.cluster import Search, tune_on_cluster
+    from coretune.tuner.cluster_worker import resource_name
+    from coretune.tuner.driver import Budget
+    from coretune.tuner.records import TuningLog
+
+    processes, slots, seconds = 8, 8, args.sleep
+    trials = args.stand_in_trials
+    dask.config.set({"distributed.worker.daemon": False})
+    with (
+        LocalCluster(
+            n_workers=processes, threads_per_worker=slots, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(SleepPlugin(seconds, slots))
+        fingerprint = {"backend": "opencl", "name": "stand-in (sleeps)"}
+        while sum(resource_name(fingerprint) in w["resources"]
+                  for w in client.scheduler_info()["workers"].values()) < processes:  # fmt: skip
+            time.sleep(0.1)
+        limits = open_device(None).limits
+        with tempfile.TemporaryDirectory() as tmp:
+            log = TuningLog(pathlib.Path(tmp) / "stand-in.jsonl")
+            search = Search(gemm_task(), fingerprint, limits, Budget(trials=trials))
+            search.fingerprint = fingerprint
+            started = time.time()
+            tune_on_cluster(client, [search], log, "random")
+            wall = time.time() - started
+            records = log.read()
+    workers = processes * slots
+    busy = sum(r.finished - r.started for r in records) / (workers * wall)
+    g = gaps(records)
+    lines += [
+        f"## A stand-in device: {workers} simulated workers ({processes} processes x {slots} "
+        f"slots), each trial sleeps {seconds * 1e3:.0f} ms, {trials} trials, random strategy",
+        "",
+        f"Wall {wall:.1f} s (ideal {trials * seconds / workers:.1f} s): workers busy "
+        f"**{busy * 100:.0f} %** of the time, {len(records) / wall:.0f} trials/s; gap between a "
+        f"result and the next config on the same slot: median {statistics.median(g) * 1e3:.1f} "
+        f"ms, p90 {sorted(g)[int(0.9 * (len(g) - 1))] * 1e3:.1f} ms.",
+        "",
+    ]
+
+
+def part_ask(lines):
+    import math
+    import random
+
+    from coretune.kernels import open_device
+    from coretune.tuner.strategies import make_strategy
+
+    space = gemm_task().template().space(open_device(None).limits)
+    search = make_strategy(DEFAULT_STRATEGY, space, 0)
+    rng = random.Random(0)
+    rows, observed = [], 0
+    for target in (8, 32, 64, 128, 256, 400):
+        configs = search.propose(target - observed)
+        search.observe(configs, [1e-4 * math.exp(rng.random()) for _ in configs])
+        observed = target
+        timing = {}
+        for n in (1, 8):
+            t0 = time.perf_counter()
+            asked = search.propose(n)
+            timing[n] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            search.observe(asked, [1e-4 * math.exp(rng.random()) for _ in asked])
+            timing[f"tell{n}"] = time.perf_counter() - t0
+            observed += len(asked)
+        rows.append(
+            f"| {target} | {timing[1] * 1e3:.0f} ms | {timing[8] * 1e3:.0f} ms | "
+            f"{timing['tell1'] * 1e3:.0f} ms |"
+        )
+    lines += [
+        f"## The default strategy's ({DEFAULT_STRATEGY}) ask (and tell) time vs observations "
+        f"(gemm space, {space.size} configs)",
+        "",
+        "| observations | ask 1 | ask 8 (one batched ask) | tell 1 |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--sleep", type=float, default=0.5)
+    parser.add_argument("--stand-in-trials", type=int, default=640)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["workers", "stand-in", "ask"], default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.trials, args.reps, args.stand_in_trials = 16, 1, 192
+    import distributed
+
+    from coretune.kernels import open_device
+
+    info = environment(open_device(None))
+    info["distributed"] = distributed.__version__
+    load = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    info["load before"] = load()
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "workers"):
+            part_workers(args, pathlib.Path(tmp), lines)
+        if args.only in (None, "stand-in"):
+            part_stand_in(args, lines)
+        if args.only in (None, "ask"):
+            part_ask(lines)
+    info["load after"] = load()
+    text = "# Tuning on a Dask cluster\n\n" + header(info) + "\n\n" + "\n".join(lines)
+    print(text)
+    if args.only is None:
+        OUT.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
