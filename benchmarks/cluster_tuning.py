@@ -36,14 +36,20 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import environment, header  # noqa: E402
 
 from coretune.graph import GraphBuilder  # noqa: E402
+from coretune.kernels import open_device  # noqa: E402
 from coretune.kernels.workload import Workload  # noqa: E402
-from coretune.tuner.cluster_worker import DevicePlugin  # noqa: E402
+from coretune.tuner.cluster_worker import DevicePlugin, resource_name  # noqa: E402
 from coretune.tuner.measure import MeasureResult  # noqa: E402
 from coretune.tuner.records import ErrorKind  # noqa: E402
 from coretune.tuner.strategies import DEFAULT_STRATEGY  # noqa: E402
 from coretune.tuner.task import Task  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "cluster_tuning.md"
+STAND_IN = {"backend": "opencl", "name": "stand-in (sleeps)"}
+
+
+def p90(values) -> float:
+    return sorted(values)[int(0.9 * (len(values) - 1))]
 
 
 def gemm_task():
@@ -60,11 +66,7 @@ class SleepPlugin(DevicePlugin):
         self.seconds, self.slots = seconds, slots
 
     async def setup(self, worker):
-        from coretune.tuner.cluster_worker import resource_name
-
-        self.fingerprint = {"backend": "opencl", "name": "stand-in (sleeps)"}
-        from coretune.kernels import open_device
-
+        self.fingerprint = STAND_IN
         self.limits = open_device(None).limits
         self.address = worker.address
         await worker.set_resources(**{resource_name(self.fingerprint): self.slots})
@@ -119,7 +121,6 @@ def reach(records, started, target) -> float | None:
 def part_workers(args, tmp, lines):
     from distributed import Client
 
-    from coretune.kernels import open_device
     from coretune.tune_cluster import local_cluster
     from coretune.tuner.cluster import cluster_devices
     from coretune.tuner.driver import Budget, tune
@@ -144,8 +145,8 @@ def part_workers(args, tmp, lines):
             t0, wall, records = cluster_run(
                 clients[n], task, limits, fingerprint, args.trials, DEFAULT_STRATEGY, path
             )
-            runs[n].append((wall, reach(records, t0, best), min(r.best_cost for r in records)))
-            runs[n][-1] += (gaps(records),)
+            own_best = min(r.best_cost for r in records)
+            runs[n].append((wall, reach(records, t0, best), own_best, gaps(records)))
             print(f"  {n} worker(s), run {rep + 1}: {wall:.1f} s", flush=True)
     random_gaps = {}
     for n in (1, 2):
@@ -190,7 +191,7 @@ def part_workers(args, tmp, lines):
         "on the worker) with the random strategy (asks take microseconds): "
         + ", ".join(
             f"{n} worker(s) median {med(random_gaps[n]) * 1e3:.1f} ms, "
-            f"p90 {sorted(random_gaps[n])[int(0.9 * (len(random_gaps[n]) - 1))] * 1e3:.1f} ms"
+            f"p90 {p90(random_gaps[n]) * 1e3:.1f} ms"
             for n in (1, 2)
         )
         + " (target <= 10 ms).",
@@ -202,9 +203,7 @@ def part_stand_in(args, lines):
     import dask
     from distributed import Client, LocalCluster
 
-    from coretune.kernels import open_device
-    from coretune.tuner.cluster import Search, tune_on_cluster
-    from coretune.tuner.cluster_worker import resource_name
+    from coretune.tuner.cluster import Search, device_workers, tune_on_cluster
     from coretune.tuner.driver import Budget
     from coretune.tuner.records import TuningLog
 
@@ -218,15 +217,12 @@ def part_stand_in(args, lines):
         Client(cluster) as client,
     ):
         client.register_plugin(SleepPlugin(seconds, slots))
-        fingerprint = {"backend": "opencl", "name": "stand-in (sleeps)"}
-        while sum(resource_name(fingerprint) in w["resources"]
-                  for w in client.scheduler_info()["workers"].values()) < processes:  # fmt: skip
+        while len(device_workers(client).get(resource_name(STAND_IN), {})) < processes:
             time.sleep(0.1)
         limits = open_device(None).limits
         with tempfile.TemporaryDirectory() as tmp:
             log = TuningLog(pathlib.Path(tmp) / "stand-in.jsonl")
-            search = Search(gemm_task(), fingerprint, limits, Budget(trials=trials))
-            search.fingerprint = fingerprint
+            search = Search(gemm_task(), STAND_IN, limits, Budget(trials=trials))
             started = time.time()
             tune_on_cluster(client, [search], log, "random")
             wall = time.time() - started
@@ -241,7 +237,7 @@ def part_stand_in(args, lines):
         f"Wall {wall:.1f} s (ideal {trials * seconds / workers:.1f} s): workers busy "
         f"**{busy * 100:.0f} %** of the time, {len(records) / wall:.0f} trials/s; gap between a "
         f"result and the next config on the same slot: median {statistics.median(g) * 1e3:.1f} "
-        f"ms, p90 {sorted(g)[int(0.9 * (len(g) - 1))] * 1e3:.1f} ms.",
+        f"ms, p90 {p90(g) * 1e3:.1f} ms.",
         "",
     ]
 
@@ -250,7 +246,6 @@ def part_ask(lines):
     import math
     import random
 
-    from coretune.kernels import open_device
     from coretune.tuner.strategies import make_strategy
 
     space = gemm_task().template().space(open_device(None).limits)
@@ -297,8 +292,6 @@ def main():
     if args.quick:
         args.trials, args.reps, args.stand_in_trials = 16, 1, 192
     import distributed
-
-    from coretune.kernels import open_device
 
     info = environment(open_device(None))
     info["distributed"] = distributed.__version__
