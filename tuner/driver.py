@@ -82,70 +82,114 @@ def tune(
     from coretune.kernels import open_device
 
     device = open_device(device_spec)
-    fingerprint = device.info.fingerprint()
-    space = task.template().space(device.limits)
-    # The same task tuned on another device: a prior whose best configs are measured first
-    # here (never taken as this device's answer) and that a model may warm-start from.
-    prior = _other_devices(log, task, fingerprint) if transfer else []
-    search = make_strategy(strategy, space, seed, prior=prior)
-    mine, similar = _history(log, task, fingerprint)
-    verified_before = [r for r in mine if r.strategy == VERIFY]
-    mine = [r for r in mine if r.strategy != VERIFY]  # re-measurements, not trials
-    best_config, best_cost = None, math.inf
-    if mine:
-        configs = [Config(r.config) for r in mine]
-        search.observe(configs, [r.best_cost for r in mine])
-        for record, config in zip(mine, configs, strict=True):
-            if record.best_cost < best_cost:
-                best_config, best_cost = config, record.best_cost
-    origin = {c: "transfer" for c in similar}
-    if default is not None:
-        origin[default] = "default"
-        similar = [default, *similar]
-    seeds = list(dict.fromkeys(c for c in similar if space.is_valid(c) and c not in search.seen))
-    searched = list(mine)  # this task's trials on this device, this run's included
-    trial, errors, since_best = len(mine), 0, 0
+    tuner = TaskTuner(task, log, device, strategy, seed, on_trial, default, transfer)
     started = time.monotonic()
     with Measurer(task, device_spec, options or MeasureOptions(), seed=seed) as measurer:
-        while trial < budget.trials and time.monotonic() - started < budget.seconds:
-            if budget.early_stop is not None and since_best >= budget.early_stop:
+        while tuner.trial < budget.trials and time.monotonic() - started < budget.seconds:
+            if budget.early_stop is not None and tuner.since_best >= budget.early_stop:
                 break
-            want = min(budget.batch, budget.trials - trial)
-            if seeds and origin.get(seeds[0]) == "default":
-                want = 1  # the baseline alone, so even a tiny budget has it
-            configs = seeds[:want]
-            seeds = seeds[want:]
-            search.seen.update(configs)
-            configs += search.propose(want - len(configs))
-            if not configs:
+            if not tuner.step(measurer, min(budget.batch, budget.trials - tuner.trial)):
                 break  # the space is exhausted
-            results = _checked(measurer.measure(configs))
-            costs = [min(r.costs) if r.ok else math.inf for r in results]
-            search.observe(configs, costs)
-            for config, result, cost in zip(configs, results, costs, strict=True):
-                trial += 1
-                proposer = origin.get(config, strategy)
-                record = _record(task, config, result, fingerprint, proposer, trial)
-                log.append(record)
-                searched.append(record)
-                errors += not result.ok
-                if cost < best_cost:
-                    best_config, best_cost, since_best = config, cost, 0
-                else:
-                    since_best += 1
-                if on_trial:
-                    on_trial(record)
-        finalists = _finalists(searched, budget.verify, default)
-        if len(finalists) > 1:
-            done = verification_rounds(verified_before).get((trial, len(finalists)), {})
-            checks = _verify(
-                task, log, measurer, finalists, fingerprint, trial, seed, on_trial, done
-            )
-            verified = verified_costs([*verified_before, *checks])
-            if verified:
-                best_config = min(verified, key=verified.get)
-                best_cost = verified[best_config]
-    return TuneResult(task, best_config, best_cost, trial - len(mine), len(mine), errors)
+        tuner.verify(measurer, budget.verify)
+    return tuner.result()
+
+
+class TaskTuner:
+    """One task's search on one device, advanced a batch at a time: ``tune`` runs it to a
+    budget, and a whole-model schedule (tuner.model_tune) interleaves several tasks' searches."""
+
+    def __init__(
+        self, task, log, device, strategy, seed, on_trial=None, default=None, transfer=True
+    ):
+        self.task, self.log, self.strategy, self.seed = task, log, strategy, seed
+        self.on_trial, self.default = on_trial, default
+        self.fingerprint = device.info.fingerprint()
+        space = task.template().space(device.limits)
+        # The same task tuned on another device: a prior whose best configs are measured first
+        # here (never taken as this device's answer) and that a model may warm-start from.
+        prior = _other_devices(log, task, self.fingerprint) if transfer else []
+        self.search = make_strategy(strategy, space, seed, prior=prior)
+        mine, similar = _history(log, task, self.fingerprint)
+        self.verified_before = [r for r in mine if r.strategy == VERIFY]
+        mine = [r for r in mine if r.strategy != VERIFY]  # re-measurements, not trials
+        self.best_config, self.best_cost = None, math.inf
+        if mine:
+            configs = [Config(r.config) for r in mine]
+            self.search.observe(configs, [r.best_cost for r in mine])
+            for record, config in zip(mine, configs, strict=True):
+                if record.best_cost < self.best_cost:
+                    self.best_config, self.best_cost = config, record.best_cost
+        self.origin = {c: "transfer" for c in similar}
+        if default is not None:
+            self.origin[default] = "default"
+            similar = [default, *similar]
+        seen = self.search.seen
+        self.seeds = list(dict.fromkeys(c for c in similar if space.is_valid(c) and c not in seen))
+        self.searched = list(mine)  # this task's trials on this device, this run's included
+        self.resumed = len(mine)
+        self.trial, self.errors, self.since_best = len(mine), 0, 0
+        self.exhausted = False
+
+    def step(self, measurer: Measurer, want: int) -> bool:
+        """Measure up to ``want`` configs (the default alone first, so even a tiny budget has
+        it), log and observe them; False, measuring nothing, once the space is exhausted."""
+        if self.seeds and self.origin.get(self.seeds[0]) == "default":
+            want = 1
+        configs, self.seeds = self.seeds[:want], self.seeds[want:]
+        self.search.seen.update(configs)
+        configs += self.search.propose(want - len(configs))
+        if not configs:
+            self.exhausted = True
+            return False
+        results = _checked(measurer.measure(configs))
+        costs = [min(r.costs) if r.ok else math.inf for r in results]
+        self.search.observe(configs, costs)
+        for config, result, cost in zip(configs, results, costs, strict=True):
+            self.trial += 1
+            proposer = self.origin.get(config, self.strategy)
+            record = _record(self.task, config, result, self.fingerprint, proposer, self.trial)
+            self.log.append(record)
+            self.searched.append(record)
+            self.errors += not result.ok
+            if cost < self.best_cost:
+                self.best_config, self.best_cost, self.since_best = config, cost, 0
+            else:
+                self.since_best += 1
+            if self.on_trial:
+                self.on_trial(record)
+        return True
+
+    def finalists(self, top: int) -> list[Config]:
+        return _finalists(self.searched, top, self.default)
+
+    def verify(self, measurer: Measurer, top: int) -> None:
+        """Re-measure the ``top`` best configs and the default (see _verify); the best is then
+        the lowest verified median."""
+        finalists = self.finalists(top)
+        if len(finalists) <= 1:
+            return
+        done = verification_rounds(self.verified_before).get((self.trial, len(finalists)), {})
+        checks = _verify(
+            self.task,
+            self.log,
+            measurer,
+            finalists,
+            self.fingerprint,
+            self.trial,
+            self.seed,
+            self.on_trial,
+            done,
+        )
+        verified = verified_costs([*self.verified_before, *checks])
+        if verified:
+            self.best_config = min(verified, key=verified.get)
+            self.best_cost = verified[self.best_config]
+
+    def result(self) -> TuneResult:
+        measured = self.trial - self.resumed
+        return TuneResult(
+            self.task, self.best_config, self.best_cost, measured, self.resumed, self.errors
+        )
 
 
 def _finalists(searched: list[Record], top: int, default: Config | None) -> list[Config]:
