@@ -15,6 +15,7 @@ import click
 from .cli_common import console, default_log_path, device_line, fmt_seconds, load_graph, open_device
 from .errors import CoretuneError
 from .tune_display import LiveDisplay, PlainDisplay, summary_table, task_states
+from .tune_session import BY_GAIN, SCHEDULES
 from .tuner.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 DEFAULT_TRIALS = 200
@@ -174,6 +175,15 @@ def _end_to_end(graph, device, log_path, repeat, out) -> None:
     "after its trial or time budget; builds then take the lowest median (0: the lowest "
     "single cost).",
 )
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default=BY_GAIN,
+    show_default=True,
+    help="gain: slices of trials go to the task expected to save the most model latency per "
+    "second, and the tune ends once no task is worth more; in-turn: one task after another, "
+    "each with its share of the budget.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the search and the inputs.")
 @click.option(
     "--scheduler",
@@ -212,6 +222,7 @@ def tune(
     log_path,
     early_stop,
     verify,
+    schedule,
     seed,
     e2e,
     repeat,
@@ -270,14 +281,16 @@ def tune(
     if skipped:
         click.echo(f"warning: {skipped}", err=True)
     shares = [s.share for s in states]
-    budgets = split_trials(shares, trials) if trials else None
+    by_gain = schedule == BY_GAIN and scheduler is None and workers is None
+    budgets = split_trials(shares, trials) if trials and not by_gain else None
     for state, budget in zip(states, budgets or [None] * len(states), strict=True):
         state.budget = budget
     err = console(stderr=True)
     err.print(
         f"tuning {model}: {len(tasks)} task(s) on {device_line(dev)}, coretune {__version__}\n"
         f"log {log_path} ({sum(s.trials for s in states)} matching trials), strategy "
-        f"{strategy}, budget {f'{trials} trials' if trials else f'{time_budget:g} s'}",
+        f"{strategy}, budget {f'{trials} trials' if trials else f'{time_budget:g} s'}"
+        + (", shared by expected gain" if by_gain else ""),
         soft_wrap=True,  # never break a path (or this line) at the console width
     )
     plan = SessionPlan(
@@ -291,13 +304,15 @@ def tune(
         early_stop=early_stop,
         verify=verify,
         seed=seed,
+        schedule=schedule if by_gain else "in-turn",
+        total_trials=trials if by_gain else None,
     )
     if scheduler is not None or workers is not None:
         from .tune_cluster import ClusterPlan
 
         plan = ClusterPlan(plan, scheduler, workers or 0, cluster_devices)
     display_cls = LiveDisplay if err.is_terminal else PlainDisplay
-    with display_cls(states, time_budget) as display:
+    with display_cls(states, time_budget, trials) as display:
         outcome = _run_session(plan, states, display)
     summary_table(task_states(tasks, dev, log_path)[0], out)
     if outcome.bug:

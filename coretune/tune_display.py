@@ -106,12 +106,13 @@ def task_states(tasks, device, log_path) -> tuple[list[TaskState], str]:
 class PlainDisplay:
     """Lines on stderr, when it is not a terminal: one per task, and one every 30 s."""
 
-    def __init__(self, states, seconds):
-        self.states, self.seconds = states, seconds
+    def __init__(self, states, seconds, trials=None):
+        self.states, self.seconds, self.trials_total = states, seconds, trials
         self.out = console(stderr=True)
         self.started = time.monotonic()
         self._last = self.started
         self.current = None
+        self._announced: set[int] = set()  # a schedule by gain comes back to a task often
 
     def __enter__(self):
         return self
@@ -125,8 +126,17 @@ class PlainDisplay:
     def task(self, index, seconds):
         self.current = index
         self.states[index].started = time.monotonic()
+        if index in self._announced:
+            return
+        self._announced.add(index)
         state = self.states[index]
-        budget = f"{state.budget} trials" if state.budget else f"{seconds or 0:.0f} s"
+        budget = (
+            f"{state.budget} trials"
+            if state.budget
+            else f"{seconds:.0f} s"
+            if seconds
+            else "by expected gain"
+        )
         self.out.print(
             f"task {index + 1}/{len(self.states)} {state.describe()}: {state.share:.0%} of the "
             f"work, budget {budget}, {state.trials} trials in the log"
@@ -151,8 +161,8 @@ class PlainDisplay:
 class LiveDisplay(PlainDisplay):
     """A rich progress display: the model's progress, and the task being tuned."""
 
-    def __init__(self, states, seconds):
-        super().__init__(states, seconds)
+    def __init__(self, states, seconds, trials=None):
+        super().__init__(states, seconds, trials)
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
         from rich.progress import TimeRemainingColumn as Remaining
 
@@ -166,7 +176,8 @@ class LiveDisplay(PlainDisplay):
             Remaining(),
             console=self.out,
         )
-        total = seconds if seconds else sum(s.budget for s in states)
+        budgets = [s.budget for s in states]
+        total = seconds or (sum(budgets) if None not in budgets else trials)
         self.overall = self.progress.add_task(
             f"model ({len(states)} tasks)", total=total, trials="", best=""
         )
@@ -205,6 +216,10 @@ class LiveDisplay(PlainDisplay):
             self.progress.update(self.row, completed=min(state.trials, state.budget))
             done = sum(min(s.trials, s.budget) for s in self.states)
             self.progress.update(self.overall, completed=done)
+        elif self.trials_total and not self.seconds:  # one budget for the model, by gain
+            trials = f"{state.trials} trials"
+            done = sum(s.trials for s in self.states)
+            self.progress.update(self.overall, completed=min(done, self.trials_total))
         else:
             trials = f"{state.trials} trials"
         self.progress.update(self.row, trials=trials, best=best)

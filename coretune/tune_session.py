@@ -12,6 +12,11 @@ the number of tasks). A task's budget counts the records already in the log, so 
 same command again resumes an interrupted run and measures nothing once it is complete.
 ``--time-budget S`` is split the same way, task by task, with what a task leaves unused
 passed on to the tasks after it.
+
+``schedule`` BY_GAIN (``--schedule gain``) instead interleaves the tasks in slices, given to
+the task expected to save the most model latency per second (tuner.allocation), ends once no
+slice is worth giving, and verifies the finalists of the tasks a build may pick; ``--trials``
+is then the model's total with no per-task split.
 """
 
 import math
@@ -28,6 +33,9 @@ from .tuner.records import LogWarning, TuningLog
 TRIALS_FLOOR = 4
 TIME_FLOOR = 0.25  # each task gets at least a quarter of an even split of a time budget
 _UNBOUNDED = 1 << 40
+IN_TURN = "in-turn"
+BY_GAIN = "gain"
+SCHEDULES = (BY_GAIN, IN_TURN)
 
 
 def split_trials(shares: list[float], total: int, floor: int = TRIALS_FLOOR) -> list[int]:
@@ -65,6 +73,8 @@ class SessionPlan:
     early_stop: int | None
     seed: int
     verify: int = 0  # finalists re-measured per task (tuner.driver.Budget.verify)
+    schedule: str = IN_TURN
+    total_trials: int | None = None  # the model's (BY_GAIN with a trial budget)
 
 
 class _Stopped(Exception):
@@ -105,7 +115,10 @@ def run_session(plan: SessionPlan, conn, stop, parent: int) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     warnings.simplefilter("ignore", LogWarning)  # the command names the skipped lines once
     try:
-        _tune_all(plan, conn, stop, parent)
+        if plan.schedule == BY_GAIN:
+            _tune_by_gain(plan, conn, stop, parent)
+        else:
+            _tune_all(plan, conn, stop, parent)
         conn.send(("end",))
     except _Stopped:
         conn.send(("stopped",))
@@ -163,3 +176,35 @@ def _tune_all(plan: SessionPlan, conn, stop, parent: int) -> None:
             default=default,
         )
         conn.send(("done", index, result.trials, result.resumed))
+
+
+def _tune_by_gain(plan: SessionPlan, conn, stop, parent: int) -> None:
+    from .tuner.model_tune import ModelBudget, tune_model
+
+    log = _GuardedLog(plan.log, parent)
+    touched: set[int] = set()
+
+    def on_slice(index):
+        if stop.is_set():
+            raise _Stopped
+        touched.add(index)
+        conn.send(("task", index, None))
+        _ignore_sigint()  # before the slice's measurement workers, if new, are spawned
+
+    def on_trial(index, record):
+        conn.send(("trial", index, record.to_json()))
+        if stop.is_set():
+            raise _Stopped
+        _ignore_sigint()  # workers are restarted after a crash or a timeout
+
+    budget = ModelBudget(
+        trials=plan.total_trials,
+        seconds=plan.seconds if plan.seconds is not None else math.inf,
+        verify=plan.verify,
+        early_stop=plan.early_stop,
+    )
+    results = tune_model(
+        plan.tasks, log, plan.device, plan.strategy, budget, plan.seed, None, on_trial, on_slice
+    )
+    for index in sorted(touched):
+        conn.send(("done", index, results[index].trials, results[index].resumed))

@@ -31,6 +31,7 @@ def test_the_trial_budget_is_split_by_work_with_a_floor():
 def test_tune_measures_the_default_first_reports_and_resumes(tmp_path):
     model = chain_model(tmp_path / "chain.onnx")
     args = ["tune", str(model), "--trials", "6", "--strategy", "random", "--repeat", "3"]
+    args += ["--schedule", "in-turn"]
     result = coretune(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
@@ -62,7 +63,7 @@ def test_tune_measures_the_default_first_reports_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "(6 matching trials)" in again.stderr
     assert logs[0].read_bytes() == before, "a finished run measures nothing again"
-    more = coretune(*args[:2], "--trials", "8", "--strategy", "random", "--no-e2e", cwd=tmp_path)
+    more = coretune(*args[:2], "--trials", "8", *args[4:], "--no-e2e", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert len([r for r in TuningLog(logs[0]).read() if r.strategy != "verify"]) == 8
 
@@ -72,6 +73,37 @@ def test_tune_measures_the_default_first_reports_and_resumes(tmp_path):
     assert len(rows) == 2 and all(r["trials"] == 4 and r["best_gflops"] > 0 for r in rows)
     assert {"default", "random", "verify"} <= {s for r in rows for s in r["strategies"]}
     assert all(r["best_verified"] and r["verifications"] >= 18 for r in rows)
+
+
+def test_the_gain_schedule_measures_every_default_then_shares_the_total(tmp_path):
+    model = chain_model(tmp_path / "chain.onnx")
+    log = tmp_path / "log.jsonl"
+    args = ["tune", str(model), "--trials", "20", "--strategy", "random", "--log", str(log)]
+    result = coretune(*args, "--no-e2e", "--verify", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "shared by expected gain" in result.stderr
+    assert result.stderr.count("task 1/2 ") == 2  # announced once, reported once at the end
+    records = TuningLog(log).read()
+    trials = [r for r in records if r.strategy != "verify"]
+    assert [r.strategy for r in trials[:2]] == ["default", "default"]  # most work first
+    assert len(trials) == 20
+    by_task: dict = {}
+    for record in trials:
+        by_task.setdefault(json.dumps(record.task, sort_keys=True), []).append(record)
+    assert sorted(len(v) for v in by_task.values())[0] >= 9  # the default and a probe each
+    for task_records in by_task.values():
+        assert [r.trial for r in task_records] == list(range(1, len(task_records) + 1))
+    verified = [r for r in records if r.strategy == "verify"]
+    assert verified and records[-1].strategy == "verify"
+    assert {r.finalists for r in verified} <= {
+        2,
+        3,
+    }  # the best 2, and the default if not among them
+
+    before = log.read_bytes()
+    again = coretune(*args, "--no-e2e", "--verify", "2")
+    assert again.returncode == 0, again.stderr
+    assert log.read_bytes() == before, "a finished run measures nothing again"
 
 
 def test_a_spent_time_budget_ends_the_run(tmp_path):

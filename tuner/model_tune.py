@@ -1,0 +1,148 @@
+"""Tuning a whole model's tasks under one budget, slice by slice, by expected gain.
+
+``tune_model`` interleaves the tasks' searches (tuner.driver.TaskTuner) in slices that
+tuner.allocation hands out, then verifies the finalists of every task a build may pick. A
+time budget keeps back what those verifications are expected to take (the tasks' own seconds
+per measurement), so that the tune ends within it. A resumed run rebuilds each task's curve
+from the log and goes on where the last one stopped.
+"""
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .allocation import GainAllocator, TaskProgress
+from .driver import TaskTuner, TuneResult
+from .measure import MeasureOptions, Measurer
+from .records import VERIFY_ROUNDS, Record, TuningLog
+from .task import Task
+
+MEASURERS_OPEN = 3  # measurement workers kept alive across slices (each: a runner and builders)
+
+
+@dataclass(frozen=True)
+class ModelBudget:
+    trials: int | None = None  # the model's total, None: unbounded
+    seconds: float = math.inf
+    verify: int = 0  # finalists re-measured per task after the search (Budget.verify)
+    batch: int = 4
+    early_stop: int | None = None  # a task is left after this many trials without improvement
+
+
+class MeasurerCache:
+    """The most recently used tasks' Measurers, open: a slice of a task tuned a moment ago
+    does not pay for new measurement workers; the least recently used one is closed."""
+
+    def __init__(self, device_spec, options: MeasureOptions, seed: int, capacity=MEASURERS_OPEN):
+        self.device_spec, self.options, self.seed = device_spec, options, seed
+        self.capacity = capacity
+        self._open: OrderedDict[int, Measurer] = OrderedDict()
+
+    def get(self, index: int, task: Task) -> Measurer:
+        if index in self._open:
+            self._open.move_to_end(index)
+            return self._open[index]
+        while len(self._open) >= self.capacity:
+            self._open.popitem(last=False)[1].close()
+        measurer = Measurer(task, self.device_spec, self.options, seed=self.seed)
+        self._open[index] = measurer
+        return measurer
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def progress_of(tuner: TaskTuner) -> TaskProgress:
+    """The allocator's view of a task, with the curve of the trials the log already holds."""
+    task = tuner.task
+    progress = TaskProgress(task.workload.key_string(), task.weight, task.flops, task.template_name)
+    best = math.inf
+    for record in sorted(tuner.searched, key=lambda r: r.trial):
+        best = min(best, record.best_cost)
+        progress.curve.append((record.trial, best))
+    if progress.curve:
+        progress.trials, progress.best = progress.curve[-1]
+    return progress
+
+
+def tune_model(
+    tasks: list[Task],
+    log: TuningLog,
+    device_spec: str | None = None,
+    strategy: str = "tpe",
+    budget: ModelBudget = ModelBudget(),
+    seed: int = 0,
+    options: MeasureOptions | None = None,
+    on_trial: Callable[[int, Record], None] | None = None,
+    on_slice: Callable[[int], None] | None = None,
+) -> list[TuneResult]:
+    """Tune ``tasks`` (one model's) by expected gain; one result per task, in order.
+    ``on_trial(index, record)`` follows every logged record, ``on_slice(index)`` announces a
+    slice; either may raise to stop (the log stays whole)."""
+    from coretune.kernels import open_device
+
+    device = open_device(device_spec)
+    started = time.monotonic()
+    tuners = [
+        TaskTuner(
+            task,
+            log,
+            device,
+            strategy,
+            seed,
+            on_trial=(lambda record, i=i: on_trial(i, record)) if on_trial else None,
+            default=task.template().default_config(device.limits),
+        )
+        for i, task in enumerate(tasks)
+    ]
+    allocator = GainAllocator([progress_of(t) for t in tuners])
+    trials_left = budget.trials - sum(t.trial for t in tuners) if budget.trials else math.inf
+    with MeasurerCache(device_spec, options or MeasureOptions(), seed) as measurers:
+        while trials_left > 0:
+            left = budget.seconds - (time.monotonic() - started)
+            baseline = any(t.trials for t in allocator.tasks)  # even a spent budget gets one
+            if baseline and left <= _verification_seconds(allocator, budget.verify):
+                break
+            index = allocator.next_task()
+            if index is None:
+                break  # every task is flat, dominated or exhausted: the rest would be waste
+            if on_slice:
+                on_slice(index)
+            tuner, before = tuners[index], tuners[index].trial
+            measurer = measurers.get(index, tuner.task)
+            slice_started = time.monotonic()
+            want = min(allocator.slice_for(index), trials_left)
+            while tuner.trial - before < want and not tuner.exhausted:
+                if budget.early_stop is not None and tuner.since_best >= budget.early_stop:
+                    tuner.exhausted = True  # left, as the in-turn schedule leaves it
+                    break
+                tuner.step(measurer, min(budget.batch, want - (tuner.trial - before)))
+            measured = tuner.trial - before
+            trials_left -= measured
+            allocator.tasks[index].exhausted = tuner.exhausted
+            allocator.update(
+                index, tuner.trial, tuner.best_cost, time.monotonic() - slice_started, measured
+            )
+        if budget.verify:
+            for index in allocator.contenders():
+                tuners[index].verify(measurers.get(index, tuners[index].task), budget.verify)
+    return [t.result() for t in tuners]
+
+
+def _verification_seconds(allocator: GainAllocator, top: int) -> float:
+    """What verifying every contender is expected to take: VERIFY_ROUNDS rounds of its
+    finalists and default, at its own seconds per measurement."""
+    if not top:
+        return 0.0
+    return sum(
+        VERIFY_ROUNDS * (top + 1) * allocator.seconds_per_trial(i) for i in allocator.contenders()
+    )
