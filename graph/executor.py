@@ -290,20 +290,29 @@ def _reads_placed(graph, group, tensor, templates) -> bool:
 def _choose(candidates, workload, limits, fingerprint, database, version, ignored=None):
     """The tuned config with the lowest cost across candidate templates, else the default of
     the most specialised template that is an untuned choice on this device. Records of the
-    task for another device or coretune version are counted into ``ignored`` when none fits."""
-    best, others = None, Counter()
+    task for another device or coretune version are counted into ``ignored`` when none fits.
+
+    Alternatives are compared like for like: by their verified medians when every measured
+    one was verified, else by their lowest searched costs (a verified median is higher than a
+    lowest cost of the same config). And a partial log (a tune stopped early, or one that
+    gave an alternative no trials) never swaps the untuned choice for an alternative that
+    was measured while it was not: with nothing to compare it against, the measured one may
+    well be the slower (a Winograd convolution three times slower than the direct one)."""
+    untuned = next((c for c in candidates if c(workload).untuned_choice(limits)), candidates[0])
+    found, others = {}, Counter()
     if database is not None:
         for cls in candidates:
-            found = database.best(cls(workload).key(), fingerprint, version, limits)
-            others.update(other_device=found.other_devices, other_version=found.other_versions)
-            if found.record and (best is None or found.cost < best[1].cost):
-                best = (cls, found, found.config)
-    if best:
-        return best[0], best[2], True
-    if ignored is not None:
+            lookup = database.best(cls(workload).key(), fingerprint, version, limits)
+            others.update(other_device=lookup.other_devices, other_version=lookup.other_versions)
+            if lookup.record:
+                found[cls] = lookup
+    if found and (untuned in found or len(candidates) == 1):
+        by_median = all(lookup.verified for lookup in found.values())
+        cls = min(found, key=lambda c: found[c].cost if by_median else found[c].searched_cost)
+        return cls, found[cls].config, True
+    if ignored is not None and not found:
         ignored.update(others)
-    cls = next((c for c in candidates if c(workload).untuned_choice(limits)), candidates[0])
-    return cls, cls(workload).default_config(limits), False
+    return untuned, untuned(workload).default_config(limits), False
 
 
 class Executor:

@@ -27,6 +27,7 @@ class Lookup:
     record: Record | None
     cost: float = float("inf")  # what the choice rests on: the verified median, or best_cost
     verified: bool = False
+    searched_cost: float = float("inf")  # the lowest cost of the search (not re-measurements)
     other_devices: int = 0  # records of this task that were skipped, by reason
     other_versions: int = 0
 
@@ -83,7 +84,7 @@ def choose(records: list[Record]) -> Lookup:
     for record in records:
         if record.ok and record.strategy != VERIFY and record.best_cost < lookup.cost:
             lookup.config, lookup.record = Config(record.config), record
-            lookup.cost = record.best_cost
+            lookup.cost = lookup.searched_cost = record.best_cost
     verified = verified_costs(records)
     if verified:
         lookup.config = min(verified, key=verified.get)
