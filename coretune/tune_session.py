@@ -132,11 +132,19 @@ def run_session(plan: SessionPlan, conn, stop, parent: int) -> None:
 
 def _tune_all(plan: SessionPlan, conn, stop, parent: int) -> None:
     from .kernels import open_device
+    from .tuner.measure import Measurer
+
+    device = open_device(plan.device)
+    _ignore_sigint()
+    # One set of measurement workers, moved from task to task (new ones cost ~2 s a task).
+    with Measurer(plan.tasks[0], plan.device, seed=plan.seed) as measurer:
+        _tune_in_turn(plan, conn, stop, parent, device, measurer)
+
+
+def _tune_in_turn(plan: SessionPlan, conn, stop, parent: int, device, measurer) -> None:
     from .tuner.driver import Budget, tune
 
     log = _GuardedLog(plan.log, parent)
-    device = open_device(plan.device)
-    _ignore_sigint()
     started = time.monotonic()
     for index, task in enumerate(plan.tasks):
         if stop.is_set():
@@ -174,14 +182,18 @@ def _tune_all(plan: SessionPlan, conn, stop, parent: int) -> None:
             plan.seed,
             on_trial=on_trial,
             default=default,
+            measurer=measurer,
         )
         conn.send(("done", index, result.trials, result.resumed))
 
 
 def _tune_by_gain(plan: SessionPlan, conn, stop, parent: int) -> None:
+    from .kernels import open_device
     from .tuner.model_tune import ModelBudget, tune_model
 
     log = _GuardedLog(plan.log, parent)
+    open_device(plan.device)  # PoCL sets its SIGINT handler when a device first opens
+    _ignore_sigint()  # so, after that: the measurement workers spawned next inherit this
     touched: set[int] = set()
 
     def on_slice(index):
@@ -189,7 +201,7 @@ def _tune_by_gain(plan: SessionPlan, conn, stop, parent: int) -> None:
             raise _Stopped
         touched.add(index)
         conn.send(("task", index, None))
-        _ignore_sigint()  # before the slice's measurement workers, if new, are spawned
+        _ignore_sigint()  # workers are restarted after a crash or a timeout
 
     def on_trial(index, record):
         conn.send(("trial", index, record.to_json()))

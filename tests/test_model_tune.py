@@ -4,8 +4,8 @@ import json
 import math
 
 import coretune as ct
-from coretune.tuner.measure import MeasureOptions
-from coretune.tuner.model_tune import MeasurerCache, ModelBudget, tune_model
+from coretune.tuner.measure import Measurer
+from coretune.tuner.model_tune import ModelBudget, tune_model
 from coretune.tuner.records import VERIFY, TuningLog
 from coretune.tuner.task import extract_tasks
 
@@ -45,15 +45,14 @@ def test_early_stop_leaves_a_task_and_the_rest_of_the_budget_is_not_forced_on_it
     assert all(2 <= r.trials <= 16 for r in results)
 
 
-def test_the_measurer_cache_keeps_a_few_open_and_closes_the_least_recent(tmp_path):
+def test_one_measurer_moves_between_tasks_without_new_workers(tmp_path):
     from coretune.kernels import open_device
 
     tasks, limits = _tasks(tmp_path), open_device(None).limits
-    with MeasurerCache(None, MeasureOptions(), 0, capacity=1) as cache:
-        first = cache.get(0, tasks[0])
-        assert first.measure([tasks[0].template().default_config(limits)])[0].ok
-        runner = first._runner
-        assert cache.get(0, tasks[0]) is first and runner.is_alive()
-        second = cache.get(1, tasks[1])
-        assert second is not first and first._runner is None and first._pool is None
-        assert not runner.is_alive()
+    with Measurer(tasks[0]).start() as measurer:
+        runner = measurer._runner.pid
+        for task in (tasks[0], tasks[1], tasks[0]):
+            measurer.use(task)
+            result = measurer.measure([task.template().default_config(limits)])[0]
+            assert result.ok, result.message  # checked against this task's reference
+        assert measurer._runner.pid == runner

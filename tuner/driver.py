@@ -74,17 +74,27 @@ def tune(
     on_trial: Callable[[Record], None] | None = None,
     default: Config | None = None,
     transfer: bool = True,
+    measurer: Measurer | None = None,
 ) -> TuneResult:
     """Tune one task. ``default`` (the template's default config, the baseline of every
     speedup) is measured before anything else, unless the log has it; configs that did best on
     similar tasks come next; then the strategy's proposals, the first of them the best configs
-    of this task on other devices (``transfer``). Each record says which it was."""
+    of this task on other devices (``transfer``). Each record says which it was.
+    ``measurer``: the caller's, moved to this task and left open (a model's tasks share one:
+    new measurement workers per task cost seconds); else one of this call's own."""
+    from contextlib import nullcontext
+
     from coretune.kernels import open_device
 
     device = open_device(device_spec)
     tuner = TaskTuner(task, log, device, strategy, seed, on_trial, default, transfer)
     started = time.monotonic()
-    with Measurer(task, device_spec, options or MeasureOptions(), seed=seed) as measurer:
+    if measurer is not None:
+        measurer.use(task)
+        owned = nullcontext(measurer)
+    else:
+        owned = Measurer(task, device_spec, options or MeasureOptions(), seed=seed)
+    with owned as measurer:
         while tuner.trial < budget.trials and time.monotonic() - started < budget.seconds:
             if budget.early_stop is not None and tuner.since_best >= budget.early_stop:
                 break

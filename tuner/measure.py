@@ -119,8 +119,28 @@ def _worker_device(spec):
 
 
 # ---- the device worker ----------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """One task's state in the device worker: its inputs on the device, their reference."""
+
+    template: object
+    inputs: list
+    expected: list | None
+    out_types: list
+
+
+def _prepare(device, task: Task, options: MeasureOptions, seed: int) -> _Prepared:
+    template = task.template()
+    arrays = task.inputs(seed)
+    expected = task.workload.reference(arrays) if options.check_correctness else None
+    inputs = [device.upload(a) for a in template.prepare_weights(list(arrays))]
+    out_types = [task.workload.types[n] for n in task.workload.outputs]
+    return _Prepared(template, inputs, expected, out_types)
+
+
 def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: int, parent: int):
-    """Owns the device: uploads the task's inputs once, then runs configs as they arrive."""
+    """Owns the device: uploads the task's inputs once, then runs configs as they arrive; a
+    ("task", task) message moves it to another task (Measurer.use)."""
     die_with_parent(parent)
     from threadpoolctl import threadpool_limits
 
@@ -131,11 +151,7 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
     # slow (median 500-730 us vs 374-400 us for the same gemm config). One BLAS thread here.
     threadpool_limits(1)
     device = open_device(device_spec)
-    template = task.template()
-    arrays = task.inputs(seed)
-    expected = task.workload.reference(arrays) if options.check_correctness else None
-    inputs = [device.upload(a) for a in template.prepare_weights(list(arrays))]
-    out_types = [task.workload.types[n] for n in task.workload.outputs]
+    prepared = _prepare(device, task, options, seed)
     if options.device_memory_limit is not None:
         _cap_address_space(options.device_memory_limit)
     conn.send("ready")
@@ -143,6 +159,13 @@ def _runner_main(conn, task: Task, device_spec, options: MeasureOptions, seed: i
         job = conn.recv()
         if job is None:
             return
+        if job[0] == "task":
+            prepared = None  # the old task's buffers go before the new one's are made
+            prepared = _prepare(device, job[1], options, seed)
+            conn.send("ready")
+            continue
+        template, inputs = prepared.template, prepared.inputs
+        expected, out_types = prepared.expected, prepared.out_types
         config, source = job
         try:
             rendered = template.render(config, device.info.backend, device.limits)
@@ -242,6 +265,37 @@ class Measurer:
     def close(self):
         self._stop_runner()
         self._kill_pool()
+
+    def use(self, task: Task) -> None:
+        """Measure ``task``'s configs from now on, with the same workers: the device worker
+        uploads the new task's inputs (no new process, no new device context). Under a
+        device memory cap (an address-space limit set after the first task's uploads) the
+        device worker is restarted instead."""
+        if task == self.task:
+            return
+        self.task = task
+        if self._runner is None or not self._runner.is_alive():
+            return  # the next run starts one for this task
+        if self.options.device_memory_limit is not None:
+            self._stop_runner()
+            return
+        try:
+            self._conn.send(("task", task))
+            ready = self._conn.poll(120) and self._conn.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self._stop_runner()  # the next run starts a fresh one
+
+    def start(self) -> "Measurer":
+        """Start the device worker and the build workers now (else the first measurement
+        does), so that a caller timing measurements does not count their start."""
+        pool = self._pool_()  # its processes start on demand: one job each starts them
+        for job in [pool.submit(os.getpid) for _ in range(self.build_workers)]:
+            job.result()
+        if self._runner is None or not self._runner.is_alive():
+            self._start_runner()
+        return self
 
     def _pool_(self):
         if self._pool is None:

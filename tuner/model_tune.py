@@ -9,7 +9,6 @@ from the log and goes on where the last one stopped.
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,8 +18,6 @@ from .measure import MeasureOptions, Measurer
 from .records import VERIFY_ROUNDS, Record, TuningLog
 from .task import Task
 
-MEASURERS_OPEN = 3  # measurement workers kept alive across slices (each: a runner and builders)
-
 
 @dataclass(frozen=True)
 class ModelBudget:
@@ -29,36 +26,6 @@ class ModelBudget:
     verify: int = 0  # finalists re-measured per task after the search (Budget.verify)
     batch: int = 4
     early_stop: int | None = None  # a task is left after this many trials without improvement
-
-
-class MeasurerCache:
-    """The most recently used tasks' Measurers, open: a slice of a task tuned a moment ago
-    does not pay for new measurement workers; the least recently used one is closed."""
-
-    def __init__(self, device_spec, options: MeasureOptions, seed: int, capacity=MEASURERS_OPEN):
-        self.device_spec, self.options, self.seed = device_spec, options, seed
-        self.capacity = capacity
-        self._open: OrderedDict[int, Measurer] = OrderedDict()
-
-    def get(self, index: int, task: Task) -> Measurer:
-        if index in self._open:
-            self._open.move_to_end(index)
-            return self._open[index]
-        while len(self._open) >= self.capacity:
-            self._open.popitem(last=False)[1].close()
-        measurer = Measurer(task, self.device_spec, self.options, seed=self.seed)
-        self._open[index] = measurer
-        return measurer
-
-    def close(self) -> None:
-        while self._open:
-            self._open.popitem()[1].close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def progress_of(tuner: TaskTuner) -> TaskProgress:
@@ -90,6 +57,8 @@ def tune_model(
     slice; either may raise to stop (the log stays whole)."""
     from coretune.kernels import open_device
 
+    if not tasks:
+        return []
     device = open_device(device_spec)
     started = time.monotonic()
     tuners = [
@@ -106,7 +75,10 @@ def tune_model(
     ]
     allocator = GainAllocator([progress_of(t) for t in tuners])
     trials_left = budget.trials - sum(t.trial for t in tuners) if budget.trials else math.inf
-    with MeasurerCache(device_spec, options or MeasureOptions(), seed) as measurers:
+    # One set of measurement workers for every task: a slice moves them to its task (a switch
+    # of inputs, where new workers per task cost ~2 s each, as much as a slice of trials).
+    measurer = Measurer(tasks[0], device_spec, options or MeasureOptions(), seed=seed)
+    with measurer.start():
         while trials_left > 0:
             left = budget.seconds - (time.monotonic() - started)
             baseline = any(t.trials for t in allocator.tasks)  # even a spent budget gets one
@@ -118,7 +90,7 @@ def tune_model(
             if on_slice:
                 on_slice(index)
             tuner, before = tuners[index], tuners[index].trial
-            measurer = measurers.get(index, tuner.task)
+            measurer.use(tuner.task)
             slice_started = time.monotonic()
             want = min(allocator.slice_for(index), trials_left)
             while tuner.trial - before < want and not tuner.exhausted:
@@ -134,15 +106,23 @@ def tune_model(
             )
         if budget.verify:
             for index in allocator.contenders():
-                tuners[index].verify(measurers.get(index, tuners[index].task), budget.verify)
+                measurer.use(tuners[index].task)
+                tuners[index].verify(measurer, budget.verify)
     return [t.result() for t in tuners]
+
+
+# A finalist's measurement costs less than a search trial (its kernel is built again from the
+# driver's binary cache): on PoCL 15 tasks' verifications took 14 s where their search seconds
+# per trial predicted 30 s.
+VERIFY_COST = 0.5
 
 
 def _verification_seconds(allocator: GainAllocator, top: int) -> float:
     """What verifying every contender is expected to take: VERIFY_ROUNDS rounds of its
-    finalists and default, at its own seconds per measurement."""
+    finalists and default, at VERIFY_COST of its own seconds per search trial."""
     if not top:
         return 0.0
     return sum(
-        VERIFY_ROUNDS * (top + 1) * allocator.seconds_per_trial(i) for i in allocator.contenders()
+        VERIFY_COST * VERIFY_ROUNDS * (top + 1) * allocator.seconds_per_trial(i)
+        for i in allocator.contenders()
     )
