@@ -76,11 +76,17 @@ def test_cluster_records_are_those_of_a_one_process_tune(tmp_path, cluster):
     # here (that it is submitted first is test_the_default_is_asked_first)
     [first] = [r for r in got if r.strategy == "default"]
     assert first.config == default.to_json()
-    assert sorted(r.strategy for r in got) == sorted(r.strategy for r in expected)
+
+    def searched(records):
+        return sorted(r.strategy for r in records if r.strategy != "verify")
+
+    assert searched(got) == searched(expected)
+    # the best 2 and the default, or 2 when the default is among the best: that depends on
+    # the timings (it differed between the two runs about 1 in 4), the shape of the rounds not
     verify = [r for r in got if r.strategy == "verify"]
-    assert sorted((r.round, r.finalists) for r in verify) == sorted(
-        (r.round, r.finalists) for r in expected if r.strategy == "verify"
-    )
+    [finalists] = {r.finalists for r in verify}
+    assert finalists in (2, 3)
+    assert sorted(r.round for r in verify) == sorted([1, 2, 3] * finalists)
     assert len({r.worker for r in verify}) == 1  # finalists are verified on one device
     assert all(r.ok and r.device == expected[0].device for r in got)
     workers = set(client.scheduler_info()["workers"])
