@@ -7,8 +7,8 @@
    host's CPU, so their timed runs take turns under the measurement lock; only building,
    compiling and the numpy checks overlap.
 2. The engine's overhead per trial: on each worker, the gap between a result leaving it and
-   the next config arriving (record.finished -> next record.started), with the random
-   strategy (asks take microseconds) and with the default one.
+   the next config arriving (Search.deliveries), with the random strategy (asks take
+   microseconds); and the gap between timed runs, which adds the next config's build.
 3. A stand-in device whose "measurement" sleeps: 64 simulated workers (8 processes x 8 slots),
    the fraction of the time they are busy, and the overhead per trial under that load.
 4. The default strategy's ask time against the number of observations.
@@ -78,25 +78,38 @@ class SleepPlugin(DevicePlugin):
         return MeasureResult((cost,), ErrorKind.NONE, "", started, time.time())
 
 
-def gaps(records) -> list[float]:
-    """Per worker slot: a trial's start minus the end of the slot's previous trial (seconds).
-    A worker with several slots runs trials side by side; each trial is put on the slot that
-    freed last before it started (a new slot if none had), which is the slot it ran on."""
+def gaps(spans) -> list[float]:
+    """Per worker slot: a span's start minus the end of the slot's previous span (seconds), for
+    spans (worker, start, end). A worker with several slots runs spans side by side; each is
+    put on the slot that freed last before it started (a new slot if none had), which is the
+    slot it ran on."""
     by_worker: dict = {}
-    for r in records:
-        by_worker.setdefault(r.worker, []).append(r)
+    for worker, start, end in spans:
+        by_worker.setdefault(worker, []).append((start, end))
     out = []
-    for rs in by_worker.values():
-        slots: list[float] = []  # each slot's last finish
-        for r in sorted(rs, key=lambda r: r.started):
-            free = [i for i, f in enumerate(slots) if f <= r.started]
+    for worker_spans in by_worker.values():
+        slots: list[float] = []  # each slot's last end
+        for start, end in sorted(worker_spans):
+            free = [i for i, f in enumerate(slots) if f <= start]
             if free:
                 i = max(free, key=lambda i: slots[i])
-                out.append(r.started - slots[i])
-                slots[i] = r.finished
+                out.append(start - slots[i])
+                slots[i] = end
             else:
-                slots.append(r.finished)
+                slots.append(end)
     return out
+
+
+def timed_gaps(records) -> list[float]:
+    """A timed run's end to the next timed run's start on the same slot: the engine, the
+    client's ask and the next config's build and numpy check on the worker."""
+    return gaps((r.worker, r.started, r.finished) for r in records)
+
+
+def engine_gaps(search) -> list[float]:
+    """A result leaving a worker slot to the next config arriving there: the engine's own
+    overhead per trial (the issue's definition), whatever the worker does with the config."""
+    return gaps(search.deliveries)
 
 
 def cluster_run(client, task, limits, fingerprint, trials, strategy, log_path):
@@ -110,7 +123,7 @@ def cluster_run(client, task, limits, fingerprint, trials, strategy, log_path):
     started = time.time()
     tune_on_cluster(client, [search], log, strategy)
     wall = time.time() - started
-    return started, wall, log.read()
+    return started, wall, log.read(), search
 
 
 def reach(records, started, target) -> float | None:
@@ -122,6 +135,7 @@ def part_workers(args, tmp, lines):
     from distributed import Client
 
     from coretune.tune_cluster import local_cluster
+    from coretune.tuner import cluster
     from coretune.tuner.cluster import cluster_devices
     from coretune.tuner.driver import Budget, tune
     from coretune.tuner.records import TuningLog
@@ -133,68 +147,101 @@ def part_workers(args, tmp, lines):
     tune(task, alone, strategy=DEFAULT_STRATEGY, budget=Budget(trials=args.trials), default=default)
     alone_wall = time.time() - started
     best = min(r.best_cost for r in alone.read())
+    # The workers compile every config afresh (PoCL's and pyopencl's binary caches off for
+    # them only): with the caches on, a run's speed depended on which configs earlier runs had
+    # compiled (a cold build takes ~0.45 s here, a cached one ~0.05 s), and a real tune meets
+    # new configs.
+    no_cache = {"POCL_KERNEL_CACHE": "0", "PYOPENCL_NO_CACHE": "1"}
+    os.environ.update(no_cache)
     clusters = {n: local_cluster(n, None) for n in (1, 2)}
+    for name in no_cache:
+        del os.environ[name]
     clients = {n: Client(c) for n, c in clusters.items()}
-    runs: dict = {1: [], 2: []}
+    shipped = cluster.LOOKAHEAD
+    lookaheads = (0, shipped)
+    runs: dict = {(a, n): [] for a in lookaheads for n in (1, 2)}
     for client in clients.values():
         client.register_plugin(DevicePlugin(None))
     fingerprint, limits = cluster_devices(clients[1])[0]
     for rep in range(args.reps):
-        for n in (1, 2):
-            path = tmp / f"w{n}-{rep}.jsonl"
-            t0, wall, records = cluster_run(
+        for lookahead, n in runs:  # interleaved
+            cluster.LOOKAHEAD = lookahead
+            path = tmp / f"w{n}-{lookahead}-{rep}.jsonl"
+            t0, wall, records, _ = cluster_run(
                 clients[n], task, limits, fingerprint, args.trials, DEFAULT_STRATEGY, path
             )
             own_best = min(r.best_cost for r in records)
-            runs[n].append((wall, reach(records, t0, best), own_best, gaps(records)))
-            print(f"  {n} worker(s), run {rep + 1}: {wall:.1f} s", flush=True)
-    random_gaps = {}
-    for n in (1, 2):
-        path = tmp / f"random{n}.jsonl"
-        _, _, records = cluster_run(clients[n], task, limits, fingerprint, 24, "random", path)
-        random_gaps[n] = gaps(records)
+            runs[lookahead, n].append(
+                (wall, reach(records, t0, best), own_best, timed_gaps(records))
+            )
+            print(f"  {n} worker(s), lookahead {lookahead}, run {rep + 1}: {wall:.1f} s")
+    random_gaps, random_engine = {}, {}
+    for lookahead, n in runs:
+        cluster.LOOKAHEAD = lookahead
+        path = tmp / f"random{n}-{lookahead}.jsonl"
+        _, _, records, search = cluster_run(
+            clients[n], task, limits, fingerprint, 24, "random", path
+        )
+        random_gaps[lookahead, n] = timed_gaps(records)
+        random_engine[lookahead, n] = engine_gaps(search)
+    cluster.LOOKAHEAD = shipped
     for client in clients.values():
         client.close()
-    for cluster in clusters.values():
-        cluster.close()
+    for local in clusters.values():
+        local.close()
 
     def med(values):
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else float("nan")
 
-    per_min = {n: med([args.trials / r[0] * 60 for r in runs[n]]) for n in runs}
+    per_min = {key: med([args.trials / r[0] * 60 for r in rs]) for key, rs in runs.items()}
     lines += [
         f"## 1 vs 2 workers ({args.trials} trials of {task.template_name} "
         f"96x80x128 + relu, {DEFAULT_STRATEGY}, {args.reps} runs each, interleaved; medians)",
         "",
-        f"One-process driver (2 build processes + the device worker): {alone_wall:.1f} s, "
-        f"{args.trials / alone_wall * 60:.0f} trials/min, best {best * 1e6:.1f} us.",
+        f"One-process driver (2 build processes + the device worker, PoCL's kernel cache on): "
+        f"{alone_wall:.1f} s, {args.trials / alone_wall * 60:.0f} trials/min, best "
+        f"{best * 1e6:.1f} us. The cluster's workers build every config afresh (binary caches "
+        "off), as a real tune meets new configs; configs queued per worker beyond the one it "
+        f"measures: 0, and {shipped} (shipped, tuner.cluster.LOOKAHEAD).",
         "",
-        "| workers | trials/min | time to the one-process best (within 5 %) | own best "
-        "| runs that reached it | gap/trial (median) |",
-        "|---|---|---|---|---|---|",
+        "| queued | workers | trials/min | time to the one-process best (within 5 %) "
+        "| own best | runs that reached it | timed-run gap/trial (median) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n in (1, 2):
-        reached = sum(r[1] is not None for r in runs[n])
+    for (lookahead, n), rs in runs.items():
+        reached = sum(r[1] is not None for r in rs)
         lines.append(
-            f"| {n} | {per_min[n]:.0f} | {med([r[1] for r in runs[n]]):.1f} s | "
-            f"{med([r[2] for r in runs[n]]) * 1e6:.1f} us | {reached}/{len(runs[n])} | "
-            f"{med([g for r in runs[n] for g in r[3]]) * 1e3:.1f} ms |"
+            f"| {lookahead} | {n} | {per_min[lookahead, n]:.0f} | {med([r[1] for r in rs]):.1f} s "
+            f"| {med([r[2] for r in rs]) * 1e6:.1f} us | {reached}/{len(rs)} "
+            f"| {med([g for r in rs for g in r[3]]) * 1e3:.1f} ms |"
         )
     lines += [
         "",
-        f"**2 workers / 1 worker: {per_min[2] / per_min[1]:.2f}x trials per minute** "
-        "(target >= 1.6x).",
-        "",
-        "Gap per trial on a worker (a timed run's end to the next timed run's start: the "
-        "engine's round trip, the client's ask and the next config's build and numpy check "
-        "on the worker) with the random strategy (asks take microseconds): "
+        "**2 workers / 1 worker: "
         + ", ".join(
-            f"{n} worker(s) median {med(random_gaps[n]) * 1e3:.1f} ms, "
-            f"p90 {p90(random_gaps[n]) * 1e3:.1f} ms"
-            for n in (1, 2)
+            f"{per_min[a, 2] / per_min[a, 1]:.2f}x trials per minute with {a} queued"
+            for a in lookaheads
         )
-        + " (target <= 10 ms).",
+        + f"** (target >= 1.6x); {shipped} queued / none: "
+        + ", ".join(f"{per_min[shipped, n] / per_min[0, n]:.2f}x with {n}" for n in (1, 2))
+        + ".",
+        "",
+        "The engine's overhead per trial (a result leaving a worker to the next config "
+        "arriving there) with the random strategy (asks take microseconds): "
+        + ", ".join(
+            f"{n} worker(s), {a} queued: median {med(random_engine[a, n]) * 1e3:.1f} ms, "
+            f"p90 {p90(random_engine[a, n]) * 1e3:.1f} ms"
+            for a, n in runs
+        )
+        + " (target <= 10 ms). From a timed run's end to the next timed run's start (that "
+        "adds the next config's build and numpy check on the worker, and the measurement "
+        "lock): "
+        + ", ".join(
+            f"{n} worker(s), {a} queued: median {med(random_gaps[a, n]) * 1e3:.1f} ms"
+            for a, n in runs
+        )
+        + ".",
         "",
     ]
 
@@ -203,43 +250,61 @@ def part_stand_in(args, lines):
     import dask
     from distributed import Client, LocalCluster
 
+    from coretune.tuner import cluster
     from coretune.tuner.cluster import Search, device_workers, tune_on_cluster
     from coretune.tuner.driver import Budget
     from coretune.tuner.records import TuningLog
 
     processes, slots, seconds = 8, 8, args.sleep
-    trials = args.stand_in_trials
+    workers, trials = processes * slots, args.stand_in_trials
+    shipped = cluster.LOOKAHEAD
+    runs: dict = {0: [], shipped: []}
     dask.config.set({"distributed.worker.daemon": False})
     with (
         LocalCluster(
             n_workers=processes, threads_per_worker=slots, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
+        ) as local,
+        Client(local) as client,
+        tempfile.TemporaryDirectory() as tmp,
     ):
         client.register_plugin(SleepPlugin(seconds, slots))
         while len(device_workers(client).get(resource_name(STAND_IN), {})) < processes:
             time.sleep(0.1)
         limits = open_device(None).limits
-        with tempfile.TemporaryDirectory() as tmp:
-            log = TuningLog(pathlib.Path(tmp) / "stand-in.jsonl")
-            search = Search(gemm_task(), STAND_IN, limits, Budget(trials=trials))
-            started = time.time()
-            tune_on_cluster(client, [search], log, "random")
-            wall = time.time() - started
-            records = log.read()
-    workers = processes * slots
-    busy = sum(r.finished - r.started for r in records) / (workers * wall)
-    g = gaps(records)
+        for rep in range(args.reps):
+            for lookahead in runs:  # interleaved: none queued, then the shipped lookahead
+                cluster.LOOKAHEAD = lookahead
+                log = TuningLog(pathlib.Path(tmp) / f"stand-in-{lookahead}-{rep}.jsonl")
+                search = Search(gemm_task(), STAND_IN, limits, Budget(trials=trials))
+                started = time.time()
+                tune_on_cluster(client, [search], log, "random")
+                wall = time.time() - started
+                records = log.read()
+                busy = sum(r.finished - r.started for r in records) / (workers * wall)
+                runs[lookahead].append((wall, busy, len(records) / wall, engine_gaps(search)))
+        cluster.LOOKAHEAD = shipped
     lines += [
         f"## A stand-in device: {workers} simulated workers ({processes} processes x {slots} "
-        f"slots), each trial sleeps {seconds * 1e3:.0f} ms, {trials} trials, random strategy",
+        f"slots), each trial sleeps {seconds * 1e3:.0f} ms, {trials} trials, random strategy, "
+        f"{args.reps} runs each, interleaved; medians",
         "",
-        f"Wall {wall:.1f} s (ideal {trials * seconds / workers:.1f} s): workers busy "
-        f"**{busy * 100:.0f} %** of the time, {len(records) / wall:.0f} trials/s; gap between a "
-        f"result and the next config on the same slot: median {statistics.median(g) * 1e3:.1f} "
-        f"ms, p90 {p90(g) * 1e3:.1f} ms.",
+        f"Ideal wall {trials * seconds / workers:.1f} s. The engine's overhead per trial is a "
+        "result leaving a slot to the next config arriving there.",
         "",
+        "| configs queued per slot | wall | workers busy | trials/s | overhead/trial median "
+        "| p90 |",
+        "|---|---|---|---|---|---|",
     ]
+    for lookahead, rs in runs.items():
+        g = [x for r in rs for x in r[3]]
+        lines.append(
+            f"| {lookahead}{' (shipped)' if lookahead == shipped else ''} "
+            f"| {statistics.median(r[0] for r in rs):.1f} s "
+            f"| **{statistics.median(r[1] for r in rs) * 100:.0f} %** "
+            f"| {statistics.median(r[2] for r in rs):.0f} "
+            f"| **{statistics.median(g) * 1e3:.1f} ms** | {p90(g) * 1e3:.1f} ms |"
+        )
+    lines.append("")
 
 
 def part_ask(lines):

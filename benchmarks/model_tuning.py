@@ -11,6 +11,7 @@ by then), all timed interleaved run by run (medians).
 
     python benchmarks/model_tuning.py                # 2 x 600 s of tuning, then the builds
     python benchmarks/model_tuning.py --seconds 120 --cuts 30,60 --repeat 50   # a quick look
+    POCL_DEVICES=basic python benchmarks/model_tuning.py --out benchmarks/results/basic
 
 Needs the zoo extra (torch, torchvision) to export the model; writes
 benchmarks/results/model_tuning.md and .json, and the logs beside them.
@@ -19,6 +20,7 @@ benchmarks/results/model_tuning.md and .json, and the logs beside them.
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -152,6 +154,7 @@ def main() -> None:
     model = export_resnet18_cifar(Path(tempfile.mkdtemp()) / "resnet18_cifar.onnx")  # 45 MB
     tasks = extract_tasks(ct.import_onnx(str(model)))
     info = environment(open_device(None))
+    info["POCL_DEVICES"] = os.environ.get("POCL_DEVICES", "(unset)")  # which driver was tuned
     runs, logs = [], {}
     for schedule in SCHEDULES:
         log = args.out / f"model_tuning.{schedule}.jsonl"
@@ -174,8 +177,9 @@ def main() -> None:
 
 
 def _env_prefix(info) -> str:
-    affinity = info.get("POCL_AFFINITY", "(unset)")
-    return "" if affinity == "(unset)" else f"POCL_AFFINITY={affinity} "
+    """The environment the command ran under, as a prefix to repeat it."""
+    names = ("POCL_DEVICES", "POCL_AFFINITY")
+    return "".join(f"{n}={info[n]} " for n in names if info.get(n, "(unset)") != "(unset)")
 
 
 def report(info, runs, timed, best_saving, args) -> None:

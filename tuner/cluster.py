@@ -8,6 +8,10 @@ that measured each. A worker that dies mid-measurement has its trial re-run by t
 another worker; a config that keeps killing workers (KilledWorker) is recorded once, as a
 runtime error. A record is written only when its Dask task completes, so no trial is lost or
 recorded twice. Workers that join mid-run are counted within POLL seconds.
+Each worker holds LOOKAHEAD configs beyond the one it measures (Dask keeps them on the worker
+until its device's resource is free), so it starts its next trial as soon as it sends a result,
+without waiting for the client's round trip; each search records when its configs reached a
+worker and when the results left (Search.deliveries), the engine's overhead per trial.
 A search whose trials are done verifies its finalists on one worker, in a thread, interleaved
 as in a one-process run (tuner.driver._verify), while the other searches go on.
 """
@@ -30,6 +34,10 @@ from .strategies import DEFAULT_STRATEGY, make_strategy
 from .task import Task
 
 POLL = 0.5  # seconds between looks at the cluster's workers while results are awaited
+# Configs queued on each worker slot beyond the one it measures. Without one queued, a slot
+# waited a whole client round trip for its next config (a median of 32 ms at 64 stand-in
+# workers, benchmarks/cluster_tuning.py); the price is that each ask knows one batch less.
+LOOKAHEAD = 1
 
 
 @dataclass
@@ -55,6 +63,8 @@ class Search:
     started: float = 0.0
     verifying: object = None  # the verification's concurrent future
     result: TuneResult | None = None
+    # (worker, when its configs arrived there, when the results left), one per Dask task
+    deliveries: list = field(default_factory=list)
 
     @property
     def resource(self) -> str:
@@ -150,7 +160,7 @@ def tune_on_cluster(
     """Tune every search concurrently; their results, in order. ``on_trial(search, record)``
     is called (from one thread at a time) after each record is in the log; ``progress(text)``
     when the client waits for a device's workers."""
-    from distributed import KilledWorker, wait
+    from distributed import wait
 
     options = options or MeasureOptions()
     report_lock = threading.Lock()
@@ -182,9 +192,9 @@ def tune_on_cluster(
                     for s in searches
                     if s.resource == resource
                 )
-                idle = int(sum(units.values())) - busy
+                room = int(sum(units.values())) * (1 + LOOKAHEAD) - busy
                 for index, search in enumerate(active):
-                    share = idle // len(active) + (index < idle % len(active))
+                    share = room // len(active) + (index < room % len(active))
                     for config in _ask(search, min(share, search.wants())):
                         future = client.submit(
                             measure_on_worker,
@@ -207,14 +217,11 @@ def tune_on_cluster(
             else:
                 time.sleep(0.05)
             by_search: dict = {}
-            for future in done:
+            for future, (worker, result, arrived, left) in _results(client, done):
                 search, config = pending.pop(future)
                 search.in_flight -= 1
-                try:
-                    worker, results, _, _ = future.result()
-                    result = _checked(results)[0]
-                except KilledWorker as exc:
-                    worker, result = "", _died(exc)
+                if worker:
+                    search.deliveries.append((worker, arrived, left))
                 by_search.setdefault(id(search), (search, []))[1].append((config, result, worker))
             for search, measured in by_search.values():
                 _observe(search, measured, log, strategy, report)
@@ -256,6 +263,27 @@ def _ask(search: Search, n: int) -> list[Config]:
     configs, search.seeds = search.seeds[:n], search.seeds[n:]
     search.strategy.seen.update(configs)
     return configs + (search.strategy.propose(n - len(configs)) if n > len(configs) else [])
+
+
+def _results(client, done):
+    """(future, (worker, result, arrived, left)) of each finished Dask task, fetched in one
+    gather (one round trip per pass, not one per result); a task whose workers kept dying
+    (KilledWorker) is a runtime error; any other failure is raised."""
+    from distributed import KilledWorker
+
+    finished = [f for f in done if f.status == "finished"]
+    out = []
+    for future, (worker, results, arrived, left) in zip(
+        finished, client.gather(finished), strict=True
+    ):
+        out.append((future, (worker, _checked(results)[0], arrived, left)))
+    for future in done:
+        if future.status != "finished":
+            exc = future.exception()
+            if not isinstance(exc, KilledWorker):
+                raise exc
+            out.append((future, ("", _died(exc), None, None)))
+    return out
 
 
 def _died(exc) -> "object":
