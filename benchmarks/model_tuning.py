@@ -11,7 +11,7 @@ by then), all timed interleaved run by run (medians).
 
     python benchmarks/model_tuning.py                # 2 x 600 s of tuning, then the builds
     python benchmarks/model_tuning.py --seconds 120 --cuts 30,60 --repeat 50   # a quick look
-    POCL_DEVICES=basic python benchmarks/model_tuning.py --out benchmarks/results/basic
+    POCL_DEVICES=basic python benchmarks/model_tuning.py --out benchmarks/results/pocl_basic
 
 Needs the zoo extra (torch, torchvision) to export the model; writes
 benchmarks/results/model_tuning.md and .json, and the logs beside them.
@@ -193,7 +193,8 @@ def report(info, runs, timed, best_saving, args) -> None:
         header(info),
         "",
         f"Command: `{_env_prefix(info)}python benchmarks/model_tuning.py --seconds "
-        f"{args.seconds:g} --cuts {args.cuts} --repeat {args.repeat}`. Each schedule tuned a "
+        f"{args.seconds:g} --cuts {args.cuts} --repeat {args.repeat}"
+        f"{'' if args.out == RESULTS else f' --out {args.out}'}`. Each schedule tuned a "
         f"fresh log under `coretune tune --time-budget {args.seconds:g}` (tpe, 3 finalists "
         "verified). Model kernel time = per node, the best searched cost of its alternatives "
         "x its weight, as the tune saw it; time to 95 % = the first moment its saving over "

@@ -35,8 +35,9 @@ from .task import Task
 
 POLL = 0.5  # seconds between looks at the cluster's workers while results are awaited
 # Configs queued on each worker slot beyond the one it measures. Without one queued, a slot
-# waited a whole client round trip for its next config (a median of 32 ms at 64 stand-in
-# workers, benchmarks/cluster_tuning.py); the price is that each ask knows one batch less.
+# waited a whole client round trip for its next config: a median of 17-22 ms per trial with
+# one or two real workers, 79 ms with 64 stand-in workers; 1.4-2.3 and 4.0 ms with one queued
+# (benchmarks/cluster_tuning.py). The price is that each ask knows one batch less.
 LOOKAHEAD = 1
 
 
