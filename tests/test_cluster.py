@@ -2,6 +2,7 @@
 `coretune worker` processes on 127.0.0.1; faults (a worker SIGKILLed mid-measurement, one
 joining mid-run, no scheduler, no worker of the device); two device kinds in one cluster."""
 
+import itertools
 import json
 import os
 import signal
@@ -135,6 +136,41 @@ def test_a_worker_killed_mid_measurement_loses_no_trial_and_doubles_none(tmp_pat
     assert len({json.dumps(r.config, sort_keys=True) for r in records}) == 10
     assert all(r.ok for r in records)  # the killed trial was re-run elsewhere
     client.wait_for_workers(2)  # the nanny restarts it for the next tests
+
+
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_a_queued_config_starts_before_the_client_has_handled_the_last_result(
+    tmp_path, cluster, monkeypatch, lookahead
+):
+    """With a config queued per worker (tuner.cluster.LOOKAHEAD), a worker starts its next
+    trial when it sends a result, before the client has logged that result; with none queued
+    it always waits for the client. An order of events, not a duration."""
+    from coretune.tuner import cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "LOOKAHEAD", lookahead)
+    _, client = cluster
+    handled = []  # when the client had logged each result (after its record was appended)
+
+    def on_trial(search, record):
+        handled.append(time.time())
+
+    search = _search(client, small_task(n=8192), Budget(trials=12))
+    log = TuningLog(tmp_path / "log.jsonl")
+    tune_on_cluster(client, [search], log, "random", options=SLOW, on_trial=on_trial)
+    assert len(search.deliveries) == len(handled) == 12
+    by_worker: dict = {}
+    for (worker, arrived, _), logged in zip(search.deliveries, handled, strict=True):
+        by_worker.setdefault(worker, []).append((arrived, logged))
+    pairs = [
+        (later[0], earlier[1])  # (when the next config arrived, when the last was logged)
+        for trials in by_worker.values()
+        for earlier, later in itertools.pairwise(sorted(trials))
+    ]
+    early = sum(arrived < logged for arrived, logged in pairs)
+    if lookahead:
+        assert early > len(pairs) / 2, pairs
+    else:
+        assert early == 0, pairs
 
 
 def test_a_worker_that_joins_mid_run_gets_work(tmp_path):
