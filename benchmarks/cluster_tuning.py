@@ -2,7 +2,8 @@
 
 1. The same gemm task, model and budget tuned by the one-process driver (the reference best)
    and by LocalClusters of 1 and 2 workers, every worker on PoCL's ``basic`` driver (one core
-   each), runs interleaved (1, 2, 1, 2, ...): trials per minute, time until a run first
+   each) with its binary caches off, with no config queued per worker and with
+   tuner.cluster.LOOKAHEAD, runs interleaved: trials per minute, time until a run first
    reaches the one-process best (within 5 %), and its own best. The two workers share this
    host's CPU, so their timed runs take turns under the measurement lock; only building,
    compiling and the numpy checks overlap.
@@ -10,10 +11,11 @@
    the next config arriving (Search.deliveries), with the random strategy (asks take
    microseconds); and the gap between timed runs, which adds the next config's build.
 3. A stand-in device whose "measurement" sleeps: 64 simulated workers (8 processes x 8 slots),
-   the fraction of the time they are busy, and the overhead per trial under that load.
+   the fraction of the time they are busy, and the overhead per trial under that load, with
+   and without a config queued per slot.
 4. The default strategy's ask time against the number of observations.
 
-    python benchmarks/cluster_tuning.py            # ~5 minutes here
+    python benchmarks/cluster_tuning.py            # ~7 minutes here
     python benchmarks/cluster_tuning.py --quick    # fewer trials and runs
 
 Writes benchmarks/results/cluster_tuning.md.
