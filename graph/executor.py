@@ -345,8 +345,7 @@ class Executor:
             # write does; its other readers read it there (Workload.input_layouts).
             buffers[source] = buffers[target]
         self._actions = []  # what a run does, in order: (kind, payload)
-        started = time.perf_counter()
-        device.compile_all([self._rendered(s) for s in plan.steps if isinstance(s, KernelStep)])
+        kernels = []  # (action index, step, arguments): bound once all are built
         for step in plan.steps:
             if isinstance(step, ViewStep):
                 copy = self._view(buffers, step)
@@ -359,12 +358,21 @@ class Executor:
                 if copy:
                     self._actions.append(("pad", copy))
             else:
-                self._actions.append(("kernel", self._bind(buffers, step)))
+                kernels.append((len(self._actions), step, self._arguments(buffers, step)))
+                self._actions.append(("kernel", None))
         self._buffers = buffers
-        self.build_seconds = time.perf_counter() - started  # kernel builds (driver caches hit)
         started = time.perf_counter()
-        self._warm_up()
-        self.warm_up_seconds = time.perf_counter() - started
+        rendered = [self._rendered(step) for _, step, _ in kernels]
+        device.compile_all(rendered, arguments=[arguments for *_, arguments in kernels])
+        try:
+            for (index, _, arguments), kernel in zip(kernels, rendered, strict=True):
+                self._actions[index] = ("kernel", device.bind(device.compile(kernel), arguments))
+            self.build_seconds = time.perf_counter() - started  # driver caches hit
+            started = time.perf_counter()
+            self._warm_up()
+            self.warm_up_seconds = time.perf_counter() - started
+        finally:
+            device.finish_builds()
 
     def _warm_up(self) -> None:
         """One run on zero inputs, so that nothing is compiled at a user's first run: PoCL
@@ -384,10 +392,9 @@ class Executor:
             self.device.info.backend, step.source, step.entry, launch, tuple(step.args)
         )
 
-    def _bind(self, buffers, step: KernelStep):
+    def _arguments(self, buffers, step: KernelStep) -> list:
         prepared = self._prepare(step)
-        args = [prepared.get(i) or buffers[a] for i, a in enumerate(step.args)]
-        return self.device.bind(self.device.compile(self._rendered(step)), args)
+        return [prepared.get(i) or buffers[a] for i, a in enumerate(step.args)]
 
     def _prepare(self, step: KernelStep) -> dict[int, object]:
         """Upload the weights a template transforms once (e.g. Winograd's U = G g G^T)."""

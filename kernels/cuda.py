@@ -350,10 +350,19 @@ class CUDADevice:
             self._kernels[key.hexdigest()] = compiled
         return compiled
 
-    def compile_all(self, kernels: list[RenderedKernel], options: tuple[str, ...] = ()) -> None:
-        """Build the kernels not cached yet, one module each, as compile() does."""
+    def compile_all(
+        self,
+        kernels: list[RenderedKernel],
+        options: tuple[str, ...] = (),
+        arguments: list[list] | None = None,
+    ) -> None:
+        """Build the kernels not cached yet, one module each, as compile() does (NVRTC builds
+        the whole kernel: nothing is left for a first launch, so ``arguments`` is not needed)."""
         for rendered in kernels:
             self.compile(rendered, options)
+
+    def finish_builds(self) -> None:
+        """Nothing runs on after compile_all here."""
 
     def empty(self, nbytes: int):
         return self.runtime.allocate(max(nbytes, 1))
