@@ -90,6 +90,7 @@ def plan_json(plan) -> dict:
     source and launch, and the memory plan. Loading derives all of it again from graph.json
     and the kernels' configs, and refuses a file whose plan differs."""
     from .graph.executor import HostStep, KernelStep, PadStep, ViewStep
+    from .graph.placement import ConcatStep
 
     steps = []
     for step in plan.steps:
@@ -113,6 +114,8 @@ def plan_json(plan) -> dict:
         elif isinstance(step, PadStep):
             nodes = [n.name for n in step.group.nodes]
             steps.append({"kind": "pad", "nodes": nodes, "in_place": step.in_place})
+        elif isinstance(step, ConcatStep):
+            steps.append({"kind": "concat", "nodes": [n.name for n in step.group.nodes]})
         elif isinstance(step, HostStep):
             steps.append(
                 {

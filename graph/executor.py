@@ -4,7 +4,8 @@
 rendered source, argument tensors), a view (an alias of a buffer: no kernel), a pad (a buffer
 pre-filled with the pad value, its interior written by a device rectangle copy each run, or
 in place: by the producer's own stores, or by the rectangle write of a graph input, the
-tensor's other readers, e.g. a residual add, then reading it there), or a host
+tensor's other readers, e.g. a residual add, then reading it there), a concatenation in
+place (its parts stored into it by their producers: nothing runs, see placement.py), or a host
 step (the numpy reference, for a group no template computes, e.g. float16 arithmetic).
 ``Executor`` owns the device buffers and runs the plan.
 """
@@ -21,6 +22,7 @@ from coretune.errors import CoretuneError
 from .dtypes import to_numpy
 from .ir import Graph
 from .passes import FusedGroup, fuse, optimize, plan_memory
+from .placement import ConcatStep, concats_in_place, places, template_of
 from .reference import check_inputs
 from .registry import get_op
 
@@ -113,6 +115,7 @@ class Plan:
             "kernels": len(kernels),
             "pad_copies": sum(not p.in_place for p in pads),
             "pads_in_place": sum(p.in_place for p in pads),
+            "concats_in_place": sum(isinstance(s, ConcatStep) for s in self.steps),
             "tuned": sum(k.tuned for k in kernels),
             "untuned": [k.group.name for k in kernels if not k.tuned],
             "host_steps": [s.group.name for s in self.steps if isinstance(s, HostStep)],
@@ -173,14 +176,21 @@ def build_plan(
                 steps.append(group)  # its kernel is rendered below, once pads in place are known
     templates = {name: cls for name, (cls, _, _) in chosen.items()}
     in_place = pads_in_place(graph, groups, templates) if dialect == "opencl" else {}
+    in_concats = concats_in_place(graph, groups, templates, set(in_place))
+    concats = {part.concat.name for part in in_concats.values()}
     renderer = renderer_for(dialect)
     for i, step in enumerate(steps):
         if isinstance(step, PadStep):
             step.in_place = step.group.inputs[0] in in_place
+        elif isinstance(step, FusedGroup) and step.name in concats:
+            steps[i] = ConcatStep(step)
         elif isinstance(step, FusedGroup):
             cls, config, tuned = chosen[step.name]
-            steps[i] = render_kernel(graph, step, cls, config, tuned, in_place, renderer, limits)
-    memory = plan_memory(graph, groups, set(in_place))
+            placement = Placement(in_place, in_concats)
+            steps[i] = render_kernel(graph, step, cls, config, tuned, placement, renderer, limits)
+    hosts = {t: pad.outputs[0] for t, pad in in_place.items()}
+    hosts.update((t, part.concat.outputs[0]) for t, part in in_concats.items())
+    memory = plan_memory(graph, groups, hosts)
     plan = Plan(graph, steps, memory.buffer_bytes, memory.buffer_of, memory.unshared_bytes(graph))
     plan.ignored_records = dict(ignored)
     return plan
@@ -206,10 +216,19 @@ def _kernel_choice(graph, group, limits, fingerprint, database, version, ignored
     return _choose(candidates, workload, limits, fingerprint, database, version, ignored)
 
 
-def render_kernel(graph, group, template_cls, config, tuned, in_place, renderer, limits):
-    """The group's kernel with ``config``, its stores and reads placed in the interiors of
-    the ``in_place`` pads (see pads_in_place)."""
-    workload = placed_in_pads(graph, group, group_workload(graph, group), in_place)
+@dataclass(frozen=True)
+class Placement:
+    """Tensors that live inside a bigger buffer: in a pad's interior (tensor -> pad group,
+    see pads_in_place) or in a concatenation's output (tensor -> ConcatPart)."""
+
+    pads: dict = field(default_factory=dict)
+    concats: dict = field(default_factory=dict)
+
+
+def render_kernel(graph, group, template_cls, config, tuned, placement, renderer, limits):
+    """The group's kernel with ``config``, its stores and reads placed where ``placement``
+    puts its output and inputs."""
+    workload = placed_workload(graph, group, group_workload(graph, group), placement)
     template = template_cls(workload)
     config = template.space(limits).check(config)
     rendered = renderer.render(template.checked_spec(config, limits))
@@ -227,11 +246,15 @@ def render_kernel(graph, group, template_cls, config, tuned, in_place, renderer,
     )
 
 
-def placed_in_pads(graph: Graph, group: FusedGroup, workload, in_place: dict):
-    """The group's workload storing its output into, and reading its inputs from, the
-    interiors of the pads in ``in_place`` that hold them (tensor -> pad group)."""
-    if group.outputs[0] in in_place:
-        workload = workload.placed(*PadStep(in_place[group.outputs[0]]).interior(graph))
+def placed_workload(graph: Graph, group: FusedGroup, workload, placement: Placement):
+    """The group's workload storing its output into its pad's interior or its
+    concatenation's output, and reading its inputs from the interiors of their pads."""
+    in_place, output = placement.pads, group.outputs[0]
+    if output in in_place:
+        workload = workload.placed(*PadStep(in_place[output]).interior(graph))
+    elif output in placement.concats:
+        part = placement.concats[output]
+        workload = workload.placed(part.strides, part.offset)
     for (name, _), tensor in zip(workload.inputs, group.inputs, strict=True):
         if tensor in in_place:
             workload = workload.reading(name, *PadStep(in_place[tensor]).interior(graph))
@@ -261,25 +284,15 @@ def pads_in_place(graph: Graph, groups: list[FusedGroup], templates: dict) -> di
         ):
             continue
         others = [r for r in readers[tensor] if r is not pad]
-        if tensor in graph.inputs or _places(producers[tensor], templates):
+        if tensor in graph.inputs or places(producers[tensor], templates):
             if all(_reads_placed(graph, r, tensor, templates) for r in others):
                 found[tensor] = pad
     return found
 
 
-def _template(group: FusedGroup, templates: dict):
-    """The template class of a kernel group, else None (views, pads, host steps)."""
-    return None if group.kind in ("view", "pad") else templates.get(group.name)
-
-
-def _places(group, templates) -> bool:
-    cls = _template(group, templates)
-    return cls is not None and cls.places_output and len(group.outputs) == 1
-
-
 def _reads_placed(graph, group, tensor, templates) -> bool:
     """Whether the kernel of ``group`` can read ``tensor`` from a bigger buffer."""
-    cls = _template(group, templates)
+    cls = template_of(group, templates)
     if cls is None:
         return False
     workload = group_workload(graph, group)
@@ -344,6 +357,10 @@ class Executor:
             # Its producer's kernel stores into the interior (Workload.placed), or the input's
             # write does; its other readers read it there (Workload.input_layouts).
             buffers[source] = buffers[target]
+        for step in plan.steps:  # each part's producer stores it into the output
+            if isinstance(step, ConcatStep):
+                for part in step.group.inputs:
+                    buffers[part] = buffers[step.group.outputs[0]]
         self._actions = []  # what a run does, in order: (kind, payload)
         kernels = []  # (action index, step, arguments): bound once all are built
         for step in plan.steps:
@@ -357,7 +374,7 @@ class Executor:
                 copy = self._pad(buffers, step)
                 if copy:
                     self._actions.append(("pad", copy))
-            else:
+            elif isinstance(step, KernelStep):
                 kernels.append((len(self._actions), step, self._arguments(buffers, step)))
                 self._actions.append(("kernel", None))
         self._buffers = buffers

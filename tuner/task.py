@@ -62,18 +62,28 @@ def extract_tasks(graph) -> list[Task]:
     from coretune.errors import CoretuneError
     from coretune.graph.executor import group_workload
     from coretune.graph.passes import fuse, optimize
+    from coretune.graph.placement import concats_in_place
     from coretune.kernels.templates import templates_for
 
     graph = optimize(graph)
-    found: dict[str, Task] = {}
-    for group in fuse(graph):
+    groups = fuse(graph)
+    candidates_of: dict[str, tuple] = {}
+    for group in groups:
         if group.kind in ("view", "pad"):  # no kernel on the device that tunes (OpenCL)
             continue
         try:
             workload = group_workload(graph, group)
-            candidates = templates_for(workload)
+            candidates_of[group.name] = (workload, templates_for(workload))
         except CoretuneError:
             continue  # runs on the host: nothing to tune
+    # Concatenations stored in place by their producers run no kernel (every template that
+    # places its output places it for each of its configs).
+    first = {name: found[0] for name, (_, found) in candidates_of.items() if found}
+    in_place = {part.concat.name for part in concats_in_place(graph, groups, first, set()).values()}
+    found: dict[str, Task] = {}
+    for name, (workload, candidates) in candidates_of.items():
+        if name in in_place:
+            continue
         for template in candidates:
             key = template.name + workload.key_string()
             if key in found:
