@@ -380,8 +380,8 @@ class Executor:
         self._buffers = buffers
         started = time.perf_counter()
         rendered = [self._rendered(step) for _, step, _ in kernels]
-        device.compile_all(rendered, arguments=[arguments for *_, arguments in kernels])
         try:
+            device.compile_all(rendered, arguments=[arguments for *_, arguments in kernels])
             for (index, _, arguments), kernel in zip(kernels, rendered, strict=True):
                 self._actions[index] = ("kernel", device.bind(device.compile(kernel), arguments))
             self.build_seconds = time.perf_counter() - started  # driver caches hit

@@ -32,7 +32,12 @@ def part_count(kernels: int) -> int:
     """How many parts to build ``kernels`` kernels in: one per core (CORETUNE_BUILD_JOBS
     overrides), at least MIN_KERNELS_PER_PART kernels each."""
     jobs = os.environ.get("CORETUNE_BUILD_JOBS", "").strip()
-    cores = int(jobs) if jobs.isdigit() else len(os.sched_getaffinity(0))
+    if jobs.isdigit():
+        cores = int(jobs)
+    elif hasattr(os, "sched_getaffinity"):  # the cores this process may run on (Linux)
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
     return max(1, min(cores, kernels // MIN_KERNELS_PER_PART))
 
 
@@ -75,17 +80,22 @@ class BuildHelper:
         handle, self._job_path = tempfile.mkstemp(prefix="coretune-build-", suffix=".json")
         with os.fdopen(handle, "w") as file:
             json.dump(job, file)
-        self._process = subprocess.Popen(
-            [self.python, "-m", "coretune.kernels.build_helper", self._job_path],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        try:
+            self._process = subprocess.Popen(
+                [self.python, "-m", "coretune.kernels.build_helper", self._job_path],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        except OSError:  # no such interpreter, no processes left: this process builds it all
+            self._process = None
 
     def wait_built(self, timeout: float) -> bool:
         """Wait until the helper's program is in the cache; False if it failed or took over
         ``timeout`` seconds (the caller then builds the program itself)."""
+        if self._process is None:
+            return False
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             readable, _, _ = select.select([self._process.stdout], [], [], left)
@@ -100,10 +110,11 @@ class BuildHelper:
 
     def close(self) -> None:
         """Stop the helper (what it has not built by now, the warm-up has built itself)."""
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
-        self._process.stdout.close()
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            self._process.stdout.close()
         try:
             os.unlink(self._job_path)
         except FileNotFoundError:

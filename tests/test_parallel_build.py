@@ -105,3 +105,13 @@ def test_a_helper_that_dies_costs_time_never_a_result(pocl, monkeypatch):
     (got,) = module.run(**inputs)
     assert_close(got, run_onnxruntime(model, inputs)[0])
     assert np.isfinite(got).all()
+
+
+def test_a_helper_that_cannot_start_costs_nothing(pocl, monkeypatch):
+    started = _helpers_started(monkeypatch)
+    monkeypatch.setattr(BuildHelper, "python", "/nonexistent/python")
+    model, inputs = cnn(batch=1, width=5, size=7)
+    module = compile_module(model, device=open_device(pocl.info.name))
+    assert started and all(helper.built is False for helper in started)
+    (got,) = module.run(**inputs)
+    assert_close(got, run_onnxruntime(model, inputs)[0])
