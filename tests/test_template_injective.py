@@ -65,6 +65,24 @@ def resampling(shape, size, **attrs):
     return b.build(b.resize2d(b.relu(first), size=size, **attrs))
 
 
+def channel_shuffle(shape, groups):
+    """ShuffleNet's: concatenate, split the channels in groups, swap, merge back."""
+    b = GraphBuilder()
+    n, c, h, w = shape
+    joined = b.concatenate(b.input("x", shape), b.input("y", shape), axis=1)
+    grouped = b.reshape(joined, newshape=(n, groups, 2 * c // groups, h, w))
+    swapped = b.transpose(grouped, axes=(0, 2, 1, 3, 4))
+    return b.build(b.reshape(swapped, newshape=(n, 2 * c, h, w)))
+
+
+def regrouped(shape, middle, last):
+    """Reshapes that split, merge and keep axes, with size-1 axes in and out."""
+    b = GraphBuilder()
+    x = b.relu(b.reshape(b.input("x", shape), newshape=middle))
+    x = b.transpose(x, axes=tuple(reversed(range(len(middle)))))
+    return b.build(b.reshape(x, newshape=last) * 2.0)
+
+
 WORKLOADS = [
     chain((1,), (1,)),
     chain((7, 13), (13,)),
@@ -92,6 +110,11 @@ WORKLOADS = [
         coordinate_transformation_mode="tf_crop_and_resize",
         roi=(0.1, -0.2, 1.2, 0.9),
     ),
+    channel_shuffle((1, 7, 13, 1), 7),
+    channel_shuffle((2, 6, 7, 5), 2),
+    regrouped((2, 1, 6, 5), (2, 3, 1, 2, 5), (5, 1, 12)),
+    regrouped((33,), (3, 11), (1, 11, 3)),
+    regrouped((4, 6), (2, 12), (6, 4)),
 ]
 IDS = [
     "chain-1",
@@ -107,6 +130,11 @@ IDS = [
     "resize-nearest",
     "resize-cubic",
     "resize-crop",
+    "shuffle-1x7x13x1",
+    "shuffle-2x6x7x5",
+    "reshape-2x1x6x5",
+    "reshape-33",
+    "reshape-4x6",
 ]
 
 
@@ -132,7 +160,7 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
         template.render({"work_group": 128, "items": 1, "lanes": 1}, "opencl", tiny)
 
 
-RENDER_CHECKED = [1, 2, 3, 7, 11, 12]
+RENDER_CHECKED = [1, 2, 3, 7, 11, 12, 14]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
