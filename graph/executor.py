@@ -22,7 +22,13 @@ from coretune.errors import CoretuneError
 from .dtypes import to_numpy
 from .ir import Graph
 from .passes import FusedGroup, fuse, optimize, plan_memory
-from .placement import ConcatStep, concats_in_place, places, template_of
+from .placement import (
+    ConcatStep,
+    concats_in_place,
+    places,
+    readers_and_producers,
+    template_of,
+)
 from .reference import check_inputs
 from .registry import get_op
 
@@ -268,11 +274,7 @@ def pads_in_place(graph: Graph, groups: list[FusedGroup], templates: dict) -> di
     group name -> template class), whose every other reader is a kernel that can read it
     from there (an epilogue input: a residual add). Not parameters or graph outputs (their
     memory is theirs), nor tensors whose padded element offsets could outgrow 32 bits."""
-    readers: dict[str, list[FusedGroup]] = {}
-    for group in groups:
-        for name in dict.fromkeys(group.inputs):
-            readers.setdefault(name, []).append(group)
-    producers = {name: group for group in groups for name in group.outputs}
+    readers, producers = readers_and_producers(groups)
     found = {}
     for pad in groups:
         tensor = pad.inputs[0] if pad.kind == "pad" else None

@@ -32,6 +32,15 @@ class ConcatPart:
     offset: int
 
 
+def readers_and_producers(groups: list[FusedGroup]) -> tuple[dict, dict]:
+    """tensor -> the groups that read it (each once, in order); tensor -> the group writing it."""
+    readers: dict[str, list[FusedGroup]] = {}
+    for group in groups:
+        for name in dict.fromkeys(group.inputs):
+            readers.setdefault(name, []).append(group)
+    return readers, {name: group for group in groups for name in group.outputs}
+
+
 def template_of(group: FusedGroup, templates: dict):
     """The template class of a kernel group, else None (views, pads, host steps)."""
     return None if group.kind in ("view", "pad") else templates.get(group.name)
@@ -49,11 +58,7 @@ def concats_in_place(graph: Graph, groups: list[FusedGroup], templates: dict, ta
     output (``templates``: kernel group name -> template class) that can be placed, read by
     the concatenation only, and not already placed elsewhere (``taken``: in a pad). Graph
     inputs, parameters and outputs own their memory; offsets must fit in 32 bits."""
-    readers: dict[str, list[FusedGroup]] = {}
-    for group in groups:
-        for name in dict.fromkeys(group.inputs):
-            readers.setdefault(name, []).append(group)
-    producers = {name: group for group in groups for name in group.outputs}
+    readers, producers = readers_and_producers(groups)
     found = {}
     for group in groups:
         if len(group.nodes) != 1 or group.nodes[0].op != "concatenate" or group.kind != "injective":
