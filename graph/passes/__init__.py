@@ -7,14 +7,16 @@ from .fold_constants import fold_constants
 from .fuse import FusedGroup, fuse, is_copy_pad
 from .memory import MemoryPlan, plan_memory
 from .simplify import remove_dead_code, remove_identities, split_into_slices
+from .subsample import subsample_pointwise_convs
 
 
 def optimize(graph):
     """The standard pipeline before fusion: fold constants, drop identities, splits as slices,
-    fold batch norms, pad dense convolutions' inputs explicitly."""
+    fold batch norms, pad dense convolutions' inputs explicitly, subsample strided 1 x 1
+    convolutions' inputs explicitly."""
     graph = fold_constants(graph)
     graph = split_into_slices(remove_identities(graph))
-    return explicit_padding(fold_batch_norm(graph))
+    return subsample_pointwise_convs(explicit_padding(fold_batch_norm(graph)))
 
 
 __all__ = [
@@ -30,4 +32,5 @@ __all__ = [
     "remove_dead_code",
     "remove_identities",
     "split_into_slices",
+    "subsample_pointwise_convs",
 ]
