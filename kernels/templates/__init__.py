@@ -3,6 +3,7 @@
 from .base import Template, TemplateMismatch
 from .conv2d_depthwise import DepthwiseConv2dTemplate
 from .conv2d_direct import Conv2dDirectTemplate
+from .conv2d_gemm import Conv2dGemmTemplate
 from .conv2d_transpose import Conv2dTransposeTemplate
 from .conv2d_winograd import Conv2dWinogradTemplate
 from .gemm import GemmTemplate
@@ -22,6 +23,7 @@ TEMPLATES: dict[str, type[Template]] = {
         Pool2dTemplate,
         Conv2dTransposeTemplate,
         Conv2dDirectTemplate,
+        Conv2dGemmTemplate,
         Conv2dWinogradTemplate,
         DepthwiseConv2dTemplate,
     )

@@ -37,7 +37,7 @@ class GemmGeometry:
     a: str
     b: str
     bias: str | None
-    bias_per_column: bool  # bias of shape (N,), else one value
+    bias_per_column: bool  # bias of shape (N,), else one value (or per row, below)
     b_is_nk: bool  # B stored (N, K) (dense weight) instead of (K, N)
     batch_shape: tuple[int, ...]  # the output's batch axes (matmul broadcasting)
     a_batch_strides: tuple[int, ...]  # per output batch axis; 0 where A broadcasts
@@ -47,6 +47,8 @@ class GemmGeometry:
     k: int
     row_shape: tuple[int, ...]  # output axes that the row index m unflattens to
     has_col_axis: bool  # False for matmul with a 1-D B: the output has no n axis
+    col_shape: tuple[int, ...] = ()  # output axes that n unflattens to, if several (conv H, W)
+    bias_per_row: bool = False  # bias of shape (M,): a convolution's, per output channel
 
     @property
     def batch(self) -> int:
@@ -56,11 +58,19 @@ class GemmGeometry:
         return size
 
     def output_index(self, batch_index: tuple[str, ...], m: str, n: str) -> tuple[str, ...]:
-        rows = tuple(
-            "0" if d == 1 else f"({m} / {s}) % {d}" if s > 1 else f"({m}) % {d}"
-            for d, s in zip(self.row_shape, row_major_strides(self.row_shape), strict=True)
-        )
-        return batch_index + rows + ((n,) if self.has_col_axis else ())
+        cols = unflatten(n, self.col_shape) if self.col_shape else (n,) if self.has_col_axis else ()
+        return batch_index + unflatten(m, self.row_shape) + cols
+
+    def bias_index(self, m: str, n: str) -> str:
+        return n if self.bias_per_column else m if self.bias_per_row else "0"
+
+
+def unflatten(flat: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The row-major index over ``shape`` of element ``flat``."""
+    return tuple(
+        "0" if d == 1 else f"({flat} / {s}) % {d}" if s > 1 else f"({flat}) % {d}"
+        for d, s in zip(shape, row_major_strides(shape), strict=True)
+    )
 
 
 def clamp(expr: str, last: int, needed: bool) -> str:
@@ -328,7 +338,7 @@ for (int i = 0; i < {self.tm}; ++i) {{
         g = self.g
         lines = [f"float anchor_value = {value};"]
         if g.bias:
-            lines.append(f"anchor_value += {g.bias}[{'n' if g.bias_per_column else '0'}];")
+            lines.append(f"anchor_value += {g.bias}[{g.bias_index('m', 'n')}];")
         lines += self.epilogue.store("anchor_value", g.output_index(self.batch_index, "m", "n"))
         return f"if (m < {g.m} && n < {g.n}) {{\n" + indent("\n".join(lines), 1) + "\n}"
 
@@ -360,7 +370,7 @@ for (int i = 0; i < {self.tm}; ++i) {{
                         value = f"acc[{i * self.accs_per_row + j}]" + (f".{lane}" if w > 1 else "")
                     m, n = f"m{i}", f"n{j}_{v}"
                     if g.bias:
-                        value += f" + {g.bias}[{f'{n}_in' if g.bias_per_column else '0'}]"
+                        value += f" + {g.bias}[{g.bias_index(f'{m}_in', f'{n}_in')}]"
                     outputs.append(
                         (
                             value,

@@ -1,0 +1,168 @@
+"""The conv2d_gemm template: 1 x 1 convolutions as the gemm's matrix product, on PoCL, nvcc,
+Metal, and as a tuned choice in a model."""
+
+import numpy as np
+import pytest
+
+import coretune as ct
+from coretune.graph import GraphBuilder, run_reference
+from coretune.kernels.device import APPLE_M1, CUDA_SM80
+from coretune.kernels.templates import templates_for
+from coretune.kernels.templates.conv2d_gemm import Conv2dGemmTemplate
+from coretune.kernels.workload import Workload
+from coretune.module import compile as compile_module
+from coretune.tuner.records import Record, TuningLog
+from coretune.tuner.task import extract_tasks
+
+from .kernel_harness import (
+    NVCC,
+    assert_matches_reference,
+    metal_syntax_check,
+    nvcc_compile,
+    random_inputs,
+    run_on_device,
+)
+from .onnx_models import assert_close
+from .test_template_gemm import covering_configs
+
+
+def pointwise(batch, channels, height, width, out, bias=False, epilogue=None):
+    """A 1 x 1 conv (+ per-channel bias) (+ relu and a residual add | SiLU, whose sigmoid the
+    epilogue evaluates 8 outputs at a time | a bias broadcast over rows)."""
+    b = GraphBuilder()
+    x = b.input("x", (batch, channels, height, width))
+    operands = [x, b.input("w", (out, channels, 1, 1))] + ([b.input("b", (out,))] if bias else [])
+    y = b.conv2d(*operands)
+    if epilogue == "residual":
+        y = b.relu(y) + b.input("residual", y.shape)
+    elif epilogue == "silu":
+        y = y * b.sigmoid(y)
+    elif epilogue == "row-bias":
+        y = y + b.input("row_bias", (1, 1, height, 1))
+    return b.build(y)
+
+
+# Pixels, channels and batch cover 1, 7, 13, 33 and sizes that no tile divides.
+WORKLOADS = {
+    "7x7-13to33-bias": pointwise(1, 13, 7, 7, 33, bias=True),
+    "batch2-1x33-7to13-residual": pointwise(2, 7, 1, 33, 13, bias=True, epilogue="residual"),
+    "13x7-33to7-silu": pointwise(1, 33, 13, 7, 7, epilogue="silu"),
+    "batch3-1x1-1to1": pointwise(3, 1, 1, 1, 1, bias=True),
+    "33x13-7to13-row-bias": pointwise(1, 7, 33, 13, 13, epilogue="row-bias"),
+}
+RENDER_CHECKED = ["7x7-13to33-bias", "batch2-1x33-7to13-residual", "13x7-33to7-silu"]
+
+
+@pytest.mark.parametrize("graph", WORKLOADS.values(), ids=WORKLOADS.keys())
+def test_default_and_random_configs_match_numpy(device, graph):
+    template = Conv2dGemmTemplate(Workload.from_graph(graph))
+    configs = [template.default_config(device.limits)]
+    configs += template.space(device.limits).sample(12, np.random.default_rng(5))
+    configs += covering_configs(template, device.limits)
+    for seed, config in enumerate(configs):
+        arrays = random_inputs(template.workload, seed)
+        got = run_on_device(device, template, config, arrays)
+        assert_matches_reference(template, got, arrays, rtol=1e-5)
+
+
+def test_only_pointwise_unstrided_unpadded_ungrouped_convs_match():
+    def conv(**attrs):
+        b = GraphBuilder()
+        x = b.input("x", (1, 4, 9, 9))
+        kernel = attrs.pop("kernel", 1)
+        w = b.input("w", (4, 4 // attrs.get("groups", 1), kernel, kernel))
+        return Workload.from_graph(b.build(b.relu(b.conv2d(x, w, **attrs))))
+
+    assert Conv2dGemmTemplate.matches(conv())
+    for attrs in (
+        {"strides": (2, 2)},
+        {"padding": (1, 1, 1, 1)},
+        {"groups": 2},
+        {"kernel": 3},
+    ):
+        assert not Conv2dGemmTemplate.matches(conv(**attrs)), attrs
+    workload = conv()
+    names = [t.name for t in templates_for(workload)]
+    assert names.index("conv2d_gemm") < names.index("conv2d_direct")
+    assert not Conv2dGemmTemplate(workload).untuned_choice(CUDA_SM80)  # the log decides
+
+
+def test_untuned_cpu_builds_take_the_gemm_for_images_of_at_most_64_pixels(device):
+    """On PoCL: 7 x 7 (a ResNet's last stage) and 1 x 1 (a squeeze-and-excitation block) take
+    the gemm, 9 x 8 the direct conv; both run correctly."""
+    rng = np.random.default_rng(4)
+    for (height, width), expected in (
+        ((7, 7), "conv2d_gemm"),
+        ((1, 1), "conv2d_gemm"),
+        ((9, 8), "conv2d_direct"),
+    ):
+        b = GraphBuilder()
+        x = b.input("x", (1, 33, height, width))
+        w = b.param("w", rng.standard_normal((13, 33, 1, 1)).astype(np.float32))
+        graph = b.build(b.sigmoid(b.conv2d(x, w)))
+        module = compile_module(graph, device=device)
+        assert [k.template for k in module.plan.kernels] == [expected]
+        data = rng.standard_normal((1, 33, height, width)).astype(np.float32)
+        assert_close(module.run(x=data)[0], run_reference(graph, {"x": data})[0])
+
+
+def test_defaults_fit_every_target():
+    for graph in WORKLOADS.values():
+        template = Conv2dGemmTemplate(Workload.from_graph(graph))
+        for limits in (CUDA_SM80, APPLE_M1):
+            assert template.space(limits).is_valid(template.default_config(limits))
+
+
+def test_a_model_takes_the_gemm_where_the_log_says_it_is_faster(device, tmp_path):
+    """On an image bigger than 64 pixels a build picks conv2d_gemm for a 1 x 1 conv only from
+    a log that measured it and the direct conv (and found it faster), and then runs the model
+    correctly with it."""
+    rng = np.random.default_rng(2)
+    b = GraphBuilder()
+    x = b.input("x", (2, 13, 9, 13))
+    w = b.param("w", rng.standard_normal((33, 13, 1, 1)).astype(np.float32))
+    bias = b.param("b", rng.standard_normal(33).astype(np.float32))
+    graph = b.build(b.relu(b.conv2d(x, w, bias)))
+    tasks = {t.template_name: t for t in extract_tasks(graph)}
+    assert set(tasks) == {"conv2d_direct", "conv2d_gemm"}
+    assert [k.template for k in compile_module(graph, device=device).plan.kernels] == [
+        "conv2d_direct"
+    ]
+    log = TuningLog(tmp_path / "log.jsonl")
+    for name, cost in (("conv2d_gemm", 1e-6), ("conv2d_direct", 2e-6)):
+        task = tasks[name]
+        log.append(
+            Record(
+                task=task.key(),
+                config=task.template().default_config(device.limits).to_json(),
+                costs=(cost,),
+                device=device.info.fingerprint(),
+                strategy="random",
+                trial=1,
+                started=1000.0,
+                finished=1000.5,
+                coretune_version=ct.__version__,
+            )
+        )
+    module = compile_module(graph, device=device, logs=[log.path])
+    assert [k.template for k in module.plan.kernels] == ["conv2d_gemm"]
+    data = rng.standard_normal((2, 13, 9, 13)).astype(np.float32)
+    assert_close(module.run(x=data)[0], run_reference(graph, {"x": data})[0])
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("name", RENDER_CHECKED)
+def test_cuda_rendering_compiles_with_nvcc(name, tmp_path):
+    template = Conv2dGemmTemplate(Workload.from_graph(WORKLOADS[name]))
+    space = template.space(CUDA_SM80)
+    for config in [template.default_config(CUDA_SM80), *space.sample(2, np.random.default_rng(1))]:
+        nvcc_compile(template.render(config, "cuda", CUDA_SM80), tmp_path)
+
+
+@pytest.mark.parametrize("name", RENDER_CHECKED)
+def test_metal_rendering_passes_a_syntax_check(name, tmp_path):
+    """Syntax check with a shim header and g++ -- not a Metal compile (no Metal here)."""
+    template = Conv2dGemmTemplate(Workload.from_graph(WORKLOADS[name]))
+    space = template.space(APPLE_M1)
+    for config in [template.default_config(APPLE_M1), *space.sample(2, np.random.default_rng(2))]:
+        metal_syntax_check(template.render(config, "metal", APPLE_M1), tmp_path)
