@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 def lane_names(lanes: int) -> tuple[str, ...]:
     """Member names of a vector's lanes (float8 has no x/y/z/w)."""
-    return ("x", "y", "z", "w")[:lanes] if lanes <= 4 else tuple(f"s{i}" for i in range(lanes))
+    return ("x", "y", "z", "w")[:lanes] if lanes <= 4 else tuple(f"s{i:x}" for i in range(lanes))
 
 
 def lanewise(qualifier: str, functions: list[str], widths: list[int]) -> str:
@@ -183,6 +183,9 @@ class OpenCLRenderer(Renderer):
             "#define VEC4(a, b, c, d) ((float4)((a), (b), (c), (d)))\n"
             "#define VEC8(a, b, c, d, e, f, g, h) "
             "((float8)((a), (b), (c), (d), (e), (f), (g), (h)))\n"
+            "#define VEC16(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p) "
+            "((float16)((a), (b), (c), (d), (e), (f), (g), (h), "
+            "(i), (j), (k), (l), (m), (n), (o), (p)))\n"
             "#define VLOAD2(p, i) vload2(0, (p) + (i))\n"
             "#define VLOAD4(p, i) vload4(0, (p) + (i))\n"
             "#define VSTORE2(v, p, i) vstore2((v), 0, (p) + (i))\n"

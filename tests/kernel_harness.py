@@ -1,5 +1,6 @@
 """Checks shared by every template test: device correctness, nvcc compile, Metal syntax."""
 
+import dataclasses
 import pathlib
 import re
 import shutil
@@ -21,9 +22,11 @@ def random_inputs(workload, seed):
     return [random_array(t.shape, t.dtype, rng) for _, t in workload.inputs]
 
 
-def run_on_device(device, template, config, arrays):
-    """Run one config on the device with NaN-poisoned outputs; returns the outputs."""
-    rendered = template.render(config, device.info.backend, device.limits)
+def run_on_device(device, template, config, arrays, limits=None):
+    """Run one config on the device with NaN-poisoned outputs; returns the outputs.
+    ``limits`` (default the device's) may open configs the device would not pick, e.g.
+    float16 vectors on a device whose native ones are 8 wide (OpenCL C has float16 on all)."""
+    rendered = template.render(config, device.info.backend, limits or device.limits)
     compiled = device.compile(rendered)
     w = template.workload
     out_types = [w.types[name] for name in w.outputs]
@@ -48,6 +51,11 @@ def assert_matches_reference(template, got, arrays, rtol=1e-4):
             assert error <= rtol * scale, f"relative error {error / scale:.3g} > {rtol}"
         else:
             np.testing.assert_array_equal(g, w)
+
+
+def wide_vector_limits(device):
+    """The device's limits with 16-float native vectors (AVX-512), whatever the host has."""
+    return dataclasses.replace(device.limits, preferred_vector_width=16)
 
 
 def nvcc_compile(rendered: RenderedKernel, tmp_path) -> dict:

@@ -28,6 +28,7 @@ from .kernel_harness import (
     nvcc_compile,
     random_inputs,
     run_on_device,
+    wide_vector_limits,
 )
 
 RANDOM_CONFIGS = 20
@@ -173,6 +174,24 @@ def test_direct_float8_columns_match_numpy(device, name):
     eights = [c for c in sampled if c["vector"] == 8]
     configs = [next(c for c in eights if c["stage_input"] == staged) for staged in (False, True)]
     check_on_device(device, template, configs, seed=40)
+
+
+@pytest.mark.parametrize("name", ["33c-g3-dil2", "13c-3x2-bias", "7c-13-silu-residual"])
+def test_direct_float16_columns_match_numpy(device, name):
+    """float16 accumulators (lanes .s0-.sf), staged or not, on limits with 16-float native
+    vectors; none where the device's are narrower (GPUs)."""
+    template = Conv2dDirectTemplate(Workload.from_graph(DIRECT[name]))
+    wide = wide_vector_limits(device)
+    rng = np.random.default_rng(list(DIRECT).index(name))
+    sixteens = [
+        c for c in template.space(wide).sample(400, rng, max_tries=40_000) if c["vector"] == 16
+    ]
+    configs = [next(c for c in sixteens if c["stage_input"] == staged) for staged in (False, True)]
+    for offset, config in enumerate(configs):
+        inputs = random_inputs(template.workload, 70 + offset)
+        got = run_on_device(device, template, config, inputs, wide)
+        assert_matches_reference(template, got, inputs)
+    assert not template.space(CUDA_SM80).is_valid(configs[0])
 
 
 UNPADDED = {

@@ -1,6 +1,8 @@
 """The conv2d_gemm template: 1 x 1 convolutions as the gemm's matrix product, on PoCL, nvcc,
 Metal, and as a tuned choice in a model."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -21,19 +23,22 @@ from .kernel_harness import (
     nvcc_compile,
     random_inputs,
     run_on_device,
+    wide_vector_limits,
 )
 from .onnx_models import assert_close
 from .test_template_gemm import covering_configs
 
 
 def pointwise(batch, channels, height, width, out, bias=False, epilogue=None):
-    """A 1 x 1 conv (+ per-channel bias) (+ relu and a residual add | SiLU, whose sigmoid the
+    """A 1 x 1 conv (+ per-channel bias) (+ relu | relu and a residual add | SiLU, whose sigmoid the
     epilogue evaluates 8 outputs at a time | a bias broadcast over rows)."""
     b = GraphBuilder()
     x = b.input("x", (batch, channels, height, width))
     operands = [x, b.input("w", (out, channels, 1, 1))] + ([b.input("b", (out,))] if bias else [])
     y = b.conv2d(*operands)
-    if epilogue == "residual":
+    if epilogue == "relu":
+        y = b.relu(y)
+    elif epilogue == "residual":
         y = b.relu(y) + b.input("residual", y.shape)
     elif epilogue == "silu":
         y = y * b.sigmoid(y)
@@ -50,6 +55,7 @@ WORKLOADS = {
     "batch3-1x1-1to1": pointwise(3, 1, 1, 1, 1, bias=True),
     "33x13-7to13-row-bias": pointwise(1, 7, 33, 13, 13, epilogue="row-bias"),
 }
+WIDE = {**WORKLOADS, "8x10-relu": pointwise(2, 13, 8, 10, 7, bias=True, epilogue="relu")}
 RENDER_CHECKED = ["7x7-13to33-bias", "batch2-1x33-7to13-residual", "13x7-33to7-silu"]
 
 
@@ -63,6 +69,41 @@ def test_default_and_random_configs_match_numpy(device, graph):
         arrays = random_inputs(template.workload, seed)
         got = run_on_device(device, template, config, arrays)
         assert_matches_reference(template, got, arrays, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["batch2-1x33-7to13-residual", "13x7-33to7-silu", "8x10-relu"])
+def test_float16_pixels_match_numpy(device, name):
+    """float16 vectors of pixels (lanes .s0-.sf) on limits with 16-float native vectors, in
+    the default where they tile the pixels (80 of them) and in sampled configs elsewhere."""
+    graph = WIDE[name]
+    template = Conv2dGemmTemplate(Workload.from_graph(graph))
+    wide = wide_vector_limits(device)
+    rng = np.random.default_rng(9)
+    configs = [
+        c for c in template.space(wide).sample(300, rng, max_tries=30_000) if c["vector"] == 16
+    ]
+    assert configs
+    default = template.default_config(wide)
+    if template.geometry.n % 16 == 0:
+        assert default["vector"] == 16
+    for seed, config in enumerate([default, *configs[:4]]):
+        arrays = random_inputs(template.workload, 20 + seed)
+        got = run_on_device(device, template, config, arrays, wide)
+        assert_matches_reference(template, got, arrays, rtol=1e-5)
+    assert not template.space(CUDA_SM80).is_valid(configs[0])  # no float16 on GPUs
+
+
+def test_the_float16_default_is_the_untuned_choice_without_vector_math(device):
+    wide, narrow = (
+        wide_vector_limits(device),
+        dataclasses.replace(device.limits, preferred_vector_width=8),
+    )
+    relu = Conv2dGemmTemplate(Workload.from_graph(WIDE["8x10-relu"]))
+    silu = Conv2dGemmTemplate(Workload.from_graph(pointwise(1, 7, 8, 10, 13, epilogue="silu")))
+    small = Conv2dGemmTemplate(Workload.from_graph(WORKLOADS["7x7-13to33-bias"]))
+    assert relu.untuned_choice(wide) and not relu.untuned_choice(narrow)
+    assert not silu.untuned_choice(wide)  # exp in the epilogue: the direct conv was faster
+    assert small.untuned_choice(wide) and small.untuned_choice(narrow)  # <= 64 pixels
 
 
 def test_only_pointwise_unstrided_unpadded_ungrouped_convs_match():

@@ -17,6 +17,7 @@ from .kernel_harness import (
     nvcc_compile,
     random_inputs,
     run_on_device,
+    wide_vector_limits,
 )
 
 
@@ -85,6 +86,22 @@ def test_default_and_random_configs_match_numpy(device, graph):
         arrays = random_inputs(template.workload, seed)
         got = run_on_device(device, template, config, arrays)
         assert_matches_reference(template, got, arrays, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["batched-broadcast", "dense-2x7x33-gelu", "dense-7x13x33-bias"])
+def test_float16_vectors_match_numpy(device, name):
+    """float16 vectors (lanes .s0-.sf) along n of B (matmul; the last one over the edge) or
+    along k (dense), direct and staged, on limits with 16-float native vectors; none on GPUs."""
+    template = GemmTemplate(Workload.from_graph(WORKLOADS[name]))
+    wide = wide_vector_limits(device)
+    sampled = template.space(wide).sample(400, np.random.default_rng(4), max_tries=40_000)
+    configs = [c for c in sampled if c["vector"] == 16][:6]
+    assert configs
+    for seed, config in enumerate(configs):
+        arrays = random_inputs(template.workload, 30 + seed)
+        got = run_on_device(device, template, config, arrays, wide)
+        assert_matches_reference(template, got, arrays, rtol=1e-5)
+    assert not template.space(CUDA_SM80).is_valid(configs[0])
 
 
 def test_larger_problem_with_every_tile_ragged(device):

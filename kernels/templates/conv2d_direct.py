@@ -56,7 +56,7 @@ class Conv2dDirectTemplate(WindowTemplate):
             Knob("oc_block", (1, 2, 4, 8), "output channels per work-item"),
             Knob("oh_block", (1, 2, 4), "output rows per work-item"),
             Knob("ow_block", (1, 2, 4), "vector column groups per work-item"),
-            Knob("vector", (1, 2, 4, 8), "adjacent output columns per vector accumulator"),
+            Knob("vector", (1, 2, 4, 8, 16), "adjacent output columns per vector accumulator"),
             Knob("ic_chunk", (1, 2, 4, 8), "input channels unrolled under each tap"),
             Knob("unroll_window", (False, True), "fully unroll the KH x KW window loops"),
             Knob("stage_input", (False, True), "copy input patches to local memory, zero-padded"),
@@ -70,6 +70,10 @@ class Conv2dDirectTemplate(WindowTemplate):
             Restriction(
                 "ic_chunk must divide the input channels per group",
                 lambda c, _: g.in_per_group % c["ic_chunk"] == 0,
+            ),
+            Restriction(
+                "float16 only where the device's native vectors are 16 floats wide (AVX-512)",
+                lambda c, limits: c["vector"] < 16 or limits.preferred_vector_width >= 16,
             ),
             Restriction(
                 f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",

@@ -5,14 +5,17 @@ In NCHW such a conv is, per image, out[n] (C_out x H*W) = weight (C_out x C_in) 
 (C_in x H*W): A is the weight, B the image with its pixels as columns (rows contiguous), the
 batch the third grid axis, the bias one value per row, and a column n the output pixel
 (n / W, n % W). The gemm's register tiles, vectors along the pixels and k loops then apply
-unchanged, with its device defaults; they suit other shapes than the direct conv's tiles do
-(on PoCL, 2 AVX-512 cores, isolated layers: 1.2-1.4x the direct conv's default at 28 x 28
-and 56 x 56 with 128-512 input channels, 0.65x at 14 x 14), so conv2d_direct stays the
-untuned default and the tuning log decides.
+unchanged. Which of the two is faster depends on the layer (default configs on PoCL, 2
+AVX-512 cores, ResNet-50's and EfficientNet-B0's layers): the gemm wins on images of at most
+64 pixels (1.2-2.0x: the direct conv's row tiles there are mostly overhang) and, with float16
+vectors of pixels, on 28 x 28 and 56 x 56 images (1.2-1.8x) unless the epilogue calls exp
+(SiLU: 0.5-0.65x); it loses on 14 x 14 (196 pixels: no whole float16 vectors, 0.7x). So an
+untuned build takes it there only (untuned_choice), and the tuning log decides elsewhere.
 """
 
 from functools import cached_property
 
+from ..epilogue import Epilogue
 from .conv_common import anchor_is_float
 from .gemm import GemmTemplate
 from .gemm_source import GemmGeometry
@@ -58,8 +61,30 @@ class Conv2dGemmTemplate(GemmTemplate):
             col_shape=(height, width),
         )
 
+    def _cpu_start(self, limits) -> dict:
+        """On AVX-512 (16-float native vectors), where float16 vectors tile the pixels
+        exactly: 4 channels x 16 pixels per work-item, 4 channels per group (one column of
+        work-items: PoCL runs them in turn over the same image rows). 155-189 GFLOP/s on
+        ResNet-50's 1 x 1 layers at 56 x 56 and 28 x 28, against 95-120 for the direct conv's
+        default and 77-137 for float8 (PoCL, 2 AVX-512 cores)."""
+        start = super()._cpu_start(limits)
+        if self._float16_pixels(limits):
+            start.update(vector=16, tile_n=16, tile_m=4, wg_n=1)
+        return start
+
+    def _float16_pixels(self, limits) -> bool:
+        return limits.preferred_vector_width >= 16 and self.geometry.n % 16 == 0
+
+    def _float16_default(self, limits) -> bool:
+        """Float16 pixels, and an epilogue without exp/tanh/erf math: with SiLU the default
+        ran 0.49-0.65x the direct conv's (EfficientNet-B0's expansions at 28-112 pixels wide)."""
+        return self._float16_pixels(limits) and not Epilogue(self.workload).vector_math
+
     def untuned_choice(self, limits) -> bool:
-        """On CPUs, for images of at most 64 pixels (7 x 7 and smaller, the 1 x 1 images of
-        squeeze-and-excitation blocks), where the direct conv's row tiles are mostly overhang;
-        elsewhere the tuning log decides (see the module docstring)."""
-        return limits.warp_size == 1 and self.geometry.n <= SMALL_IMAGE
+        """On CPUs: for images of at most 64 pixels (7 x 7 and smaller, the 1 x 1 images of
+        squeeze-and-excitation blocks), where the direct conv's row tiles are mostly
+        overhang, and where float16 vectors tile the pixels (see _cpu_start); elsewhere the
+        tuning log decides (see the module docstring)."""
+        if limits.warp_size != 1:
+            return False
+        return self.geometry.n <= SMALL_IMAGE or self._float16_default(limits)

@@ -115,7 +115,9 @@ class GemmTemplate(Template):
                 upto((1, 8, 32), g.k),
                 "work-items per group splitting k (direct loops; summed in local memory)",
             ),
-            Knob("vector", (1, 4, 8), "float lanes per load: along n of B (k for dense B rows)"),
+            Knob(
+                "vector", (1, 4, 8, 16), "float lanes per load: along n of B (k for dense B rows)"
+            ),
             Knob(
                 "interleave_n",
                 (True, False),
@@ -132,6 +134,10 @@ class GemmTemplate(Template):
             Restriction(
                 f"register tile must hold at most {MAX_ACCUMULATORS} accumulators",
                 lambda c, _: self.accumulators(c) <= MAX_ACCUMULATORS,
+            ),
+            Restriction(
+                "float16 only where the device's native vectors are 16 floats wide (AVX-512)",
+                lambda c, limits: c["vector"] < 16 or limits.preferred_vector_width >= 16,
             ),
             Restriction(
                 "vector must divide tile_n (accumulators are vectors of columns)",
@@ -199,7 +205,7 @@ class GemmTemplate(Template):
         space = self.space(limits)
         config["interleave_n"] = config["interleave_n"] or self.interleave_is_moot(config)
         while config["vector"] > 1 and not space.is_valid(config):
-            config["vector"] //= 2 if config["vector"] == 8 else 4
+            config["vector"] = {16: 8, 8: 4, 4: 1}[config["vector"]]
             config["interleave_n"] = config["interleave_n"] or self.interleave_is_moot(config)
         return space.check(config)
 
