@@ -9,8 +9,10 @@ import pytest
 import coretune as ct
 from coretune.graph import GraphBuilder, run_reference
 from coretune.kernels.device import APPLE_M1, CUDA_SM80
+from coretune.kernels.epilogue import Epilogue
 from coretune.kernels.templates import templates_for
 from coretune.kernels.templates.conv2d_gemm import Conv2dGemmTemplate
+from coretune.kernels.templates.gemm_source import GemmSource
 from coretune.kernels.workload import Workload
 from coretune.module import compile as compile_module
 from coretune.tuner.records import Record, TuningLog
@@ -91,6 +93,26 @@ def test_float16_pixels_match_numpy(device, name):
         got = run_on_device(device, template, config, arrays, wide)
         assert_matches_reference(template, got, arrays, rtol=1e-5)
     assert not template.space(CUDA_SM80).is_valid(configs[0])  # no float16 on GPUs
+
+
+@pytest.mark.parametrize("name", ["7x7-13to33-bias", "13x7-33to7-silu", "33x13-7to13-row-bias"])
+def test_vectors_over_the_last_pixel_start_at_the_last_whole_vector(device, name):
+    """49, 91 and 429 pixels: no whole number of float8 or float16 vectors. The last vector
+    of a row of C is moved back to end at the edge (its loads stay whole vectors) and the
+    lanes it recomputes are stored twice; every output is still written (NaN poison), right."""
+    template = Conv2dGemmTemplate(Workload.from_graph(WORKLOADS[name]))
+    wide = wide_vector_limits(device)
+    space = template.space(wide)
+    base = template.default_config(wide).to_json()
+    for vector, tile_n, wg_n, interleave in ((8, 8, 1, True), (16, 16, 4, True), (8, 16, 2, False)):
+        config = {**base, "vector": vector, "tile_n": tile_n, "wg_n": wg_n, "tile_m": 2}
+        config.update(stage_local=False, wg_k=1, interleave_n=interleave)
+        config = space.check(config)
+        source = GemmSource(template.geometry, config, "int", Epilogue(template.workload))
+        assert source.shifted
+        arrays = random_inputs(template.workload, vector + tile_n)
+        got = run_on_device(device, template, config, arrays, wide)
+        assert_matches_reference(template, got, arrays, rtol=1e-5)
 
 
 def test_the_float16_default_is_the_untuned_choice_without_vector_math(device):

@@ -12,6 +12,10 @@ Three inner loops share one prologue and one epilogue:
 
 Loads never go out of bounds: rows and columns past the edge are clamped to the last one (their
 results are computed and dropped), k past the end reads zeros (staged) or runs a scalar tail.
+In ``direct_kn`` a vector of columns that would hang over the last column starts at the last
+whole vector instead, so its loads stay whole vectors (1 x 1 convs: 7 x 7 and 14 x 14 images
+have no whole number of float8/float16 vectors); the lanes it recomputes are stored again,
+with the same values.
 """
 
 from dataclasses import dataclass
@@ -91,6 +95,10 @@ class GemmSource:
         self.cols_per_acc = 1 if self.mode == "direct_nk" else self.vec
         self.accs_per_row = self.tn // self.cols_per_acc
         self.batch_index = tuple(f"batch{axis}" for axis in range(len(g.batch_shape)))
+        # Vectors of B rows that would hang over the last column start at the last whole
+        # vector instead: loads stay whole vectors, and the lanes they recompute are stored
+        # again with the same values (see output_column).
+        self.shifted = self.mode == "direct_kn" and self.vec < g.n and g.n % self.vec != 0
 
     # ---- pieces -------------------------------------------------------------------------
     def column(self, j: str, lane: str = "0") -> str:
@@ -103,6 +111,14 @@ class GemmSource:
         else:
             col = f"tx * {self.tn} + ({j}) * {w}" if w > 1 else f"tx * {self.tn} + ({j})"
         return col if lane == "0" else f"{col} + {lane}"
+
+    def output_column(self, j: str, lane: str) -> str:
+        """Column of C that accumulator j's lane ``lane`` holds (a vector that would hang
+        over the edge was moved back to end at it: ``shifted``)."""
+        if not self.shifted:
+            return f"n_group + {self.column(j, lane)}"
+        start = clamp(f"n_group + {self.column(j)}", self.g.n - self.vec, True)
+        return f"{start} + {lane}"
 
     def prologue(self) -> str:
         g, idx = self.g, self.idx
@@ -165,8 +181,8 @@ for (int j = 0; j < {rows}; ++j) {{
     def direct_kn(self) -> str:
         g, idx, vec, rows = self.g, self.idx, self.vec, self.accs_per_row
         ragged = g.n % self.bn != 0
-        if g.n % vec == 0:  # whole vectors: clamp a vector's first column
-            col = clamp(f"n_group + {self.column('j')}", g.n - vec, ragged)
+        if g.n % vec == 0 or self.shifted:  # whole vectors: clamp a vector's first column
+            col = clamp(f"n_group + {self.column('j')}", g.n - vec, ragged or self.shifted)
             offsets = f"""\
 {idx} b_col[{rows}];
 {UNROLL}
@@ -174,7 +190,7 @@ for (int j = 0; j < {rows}; ++j) b_col[j] = b_base + {col};"""
 
             def b_load(k):
                 return vector_load(g.b, f"b_col[j] + ({idx})({k}) * {g.n}", vec)
-        else:  # the last vector hangs over the edge: clamp lane by lane (no vector load)
+        else:  # fewer columns than lanes: clamp lane by lane (no vector load)
             col = clamp(f"n_group + {self.column('j', 'v')}", g.n - 1, True)
             offsets = f"""\
 {idx} b_col[{rows * vec}];
@@ -318,7 +334,7 @@ for (int k0 = 0; k0 < {g.k}; k0 += {tk}) {{
         if position:
             names += [
                 "const int m = m_first + i;",
-                f"const int n = n_group + {self.column('j', 'v')};",
+                f"const int n = {self.output_column('j', 'v')};",
             ]
         return f"""\
 {UNROLL}
@@ -358,7 +374,7 @@ for (int i = 0; i < {self.tm}; ++i) {{
             for v in range(w):
                 n = f"n{j}_{v}"
                 lines += [
-                    f"const int {n} = n_group + {self.column(str(j), str(v))};",
+                    f"const int {n} = {self.output_column(str(j), str(v))};",
                     f"const int {n}_in = {n} < {g.n} ? {n} : {g.n - 1};",
                 ]
         for i in range(self.tm):
