@@ -8,9 +8,10 @@ batch the third grid axis, the bias one value per row, and a column n the output
 unchanged. Which of the two is faster depends on the layer (default configs on PoCL, 2
 AVX-512 cores, ResNet-50's and EfficientNet-B0's layers): the gemm wins on images of at most
 64 pixels (1.2-2.0x: the direct conv's row tiles there are mostly overhang) and, with float16
-vectors of pixels, on 28 x 28 and 56 x 56 images (1.2-1.8x) unless the epilogue calls exp
-(SiLU: 0.5-0.65x); it loses on 14 x 14 (196 pixels: no whole float16 vectors, 0.7x). So an
-untuned build takes it there only (untuned_choice), and the tuning log decides elsewhere.
+vectors of pixels on AVX-512, on 14 x 14 to 56 x 56 images (1.2-1.8x per layer; whole models
+1.04-1.09x over float16 only where 16 divides the pixels) unless the epilogue calls exp (SiLU:
+0.5-0.65x). So an untuned build takes it there (untuned_choice); the tuning log decides
+everywhere else, and on GPUs.
 """
 
 from functools import cached_property
@@ -62,9 +63,10 @@ class Conv2dGemmTemplate(GemmTemplate):
         )
 
     def _cpu_start(self, limits) -> dict:
-        """On AVX-512 (16-float native vectors), where float16 vectors tile the pixels
-        exactly: 4 channels x 16 pixels per work-item, 4 channels per group (one column of
-        work-items: PoCL runs them in turn over the same image rows). 155-189 GFLOP/s on
+        """On AVX-512 (16-float native vectors), for images of 16 pixels or more: 4 channels x
+        16 pixels per work-item, 4 channels per group (one column of work-items: PoCL runs
+        them in turn over the same image rows; the last vector of a row that does not divide
+        into 16 starts at the last whole one, see GemmSource.shifted). 155-189 GFLOP/s on
         ResNet-50's 1 x 1 layers at 56 x 56 and 28 x 28, against 95-120 for the direct conv's
         default and 77-137 for float8 (PoCL, 2 AVX-512 cores)."""
         start = super()._cpu_start(limits)
@@ -73,7 +75,7 @@ class Conv2dGemmTemplate(GemmTemplate):
         return start
 
     def _float16_pixels(self, limits) -> bool:
-        return limits.preferred_vector_width >= 16 and self.geometry.n % 16 == 0
+        return limits.preferred_vector_width >= 16 and self.geometry.n >= 16
 
     def _float16_default(self, limits) -> bool:
         """Float16 pixels, and an epilogue without exp/tanh/erf math: with SiLU the default
@@ -83,7 +85,7 @@ class Conv2dGemmTemplate(GemmTemplate):
     def untuned_choice(self, limits) -> bool:
         """On CPUs: for images of at most 64 pixels (7 x 7 and smaller, the 1 x 1 images of
         squeeze-and-excitation blocks), where the direct conv's row tiles are mostly
-        overhang, and where float16 vectors tile the pixels (see _cpu_start); elsewhere the
+        overhang, and where float16 vectors of pixels apply (see _cpu_start); elsewhere the
         tuning log decides (see the module docstring)."""
         if limits.warp_size != 1:
             return False
