@@ -199,6 +199,7 @@ UNPADDED = {
     "33c-7x13-s2-dil2": conv((1, 33, 17, 29), 7, (3, 3), strides=(2, 2), dilation=(2, 2)),
     "12c-g4-2x3": conv((1, 12, 9, 14), 8, (2, 3), groups=4),
     "1x1-7x7": conv((1, 13, 7, 7), 33, (1, 1)),
+    "7c-13x13-s23": conv((1, 7, 27, 41), 13, (3, 3), strides=(2, 3)),  # lanes 3 apart
     "7c-13x33-silu-residual": conv_silu_residual((1, 7, 15, 35), 13, (3, 3)),
 }
 

@@ -26,6 +26,7 @@ from .conv_common import (
     anchor_is_float,
     ceil_div,
     covers,
+    define_vector,
     indent,
     index_type,
     kernel_buffers,
@@ -36,7 +37,6 @@ from .conv_common import (
     store_output,
     store_outputs_batched,
     tile_origin,
-    vector_load,
     vector_type,
     work_group_knobs,
 )
@@ -295,7 +295,7 @@ BARRIER();"""
                 f"+ tx * {vec * sw} + kx * {dw};"
             )
             at = f"(cc * {rows} + i * {sh}) * {width} + j * {wgx * vec * sw} + tap"
-            return offsets, f"const {vector_type(vec)} xv = {vector_load('patch', at, vec, sw)};"
+            return offsets, define_vector("xv", "patch", at, vec, sw)
         if self.reads_in_bounds(config):
             return self._unmasked_reads(config)
         data = self.workload.nodes[0].inputs[0]
@@ -352,4 +352,4 @@ for (int v = 0; v < {vec}; ++v) {{
 const {idx} x_tap = (n * {g.channels} + g * {g.in_per_group} + c0) * {plane} \
 + (oh_base * {sh} + ky * {dh}) * {g.width} + ow_base * {sw} + kx * {dw};"""
         at = f"x_tap + cc * {plane} + i * {sh * g.width} + j * {wgx * vec * sw}"
-        return offsets, f"const {vector_type(vec)} xv = {vector_load(data, at, vec, sw)};"
+        return offsets, define_vector("xv", data, at, vec, sw)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..ctypes_ import buffer_type
 from ..epilogue import Epilogue, epilogue_fusable
-from ..render import Buffer
+from ..render import Buffer, lane_names
 from ..space import Knob, Restriction
 from ..workload import Workload
 from .base import Template
@@ -170,6 +170,31 @@ def vector_load(pointer: str, offset: str, width: int, stride: int = 1) -> str:
     pointer (not ``p[offset + v]``, whose 32-bit sums LLVM cannot prove adjacent) are merged
     into one vector load: 256 x 256 x 256 gemm 97 -> 143 GFLOP/s on PoCL."""
     return vector_lanes(lambda v: f"({pointer} + ({offset}))[{v * stride}]", width)
+
+
+def define_vector(name: str, pointer: str, offset: str, width: int, stride: int = 1) -> str:
+    """``const floatN name`` = ``width`` floats ``stride`` apart from ``pointer + offset``.
+    Strided lanes are gathered from whole vectors: contiguous ``width``-float loads cover the
+    span, the last one moved back to end at the last lane needed (so no load reaches past
+    it), and the lanes are picked out of them. One scalar load per lane instead made PoCL's
+    stride-2 3 x 3 convs run at 61 GFLOP/s against 157 for stride 1 (ResNet-50, 28 x 28)."""
+    if stride == 1 or width == 1:
+        return f"const {vector_type(width)} {name} = {vector_load(pointer, offset, width, stride)};"
+    span = stride * (width - 1) + 1
+    starts = [min(start, span - width) for start in range(0, span, width)]
+    names, chunks, picked = lane_names(width), [], []
+    for lane in range(width):
+        at = lane * stride
+        chunk = max(i for i, start in enumerate(starts) if start <= at)
+        chunks += [chunk] if chunk not in chunks else []
+        picked.append(f"{name}_{chunk}.{names[at - starts[chunk]]}")
+    vt = vector_type(width)
+    lines = [
+        f"const {vt} {name}_{i} = {vector_load(pointer, f'{offset} + {starts[i]}', width)};"
+        for i in chunks
+    ]
+    lines.append(f"const {vt} {name} = VEC{width}({', '.join(picked)});")
+    return "\n".join(lines)
 
 
 def reads_in_bounds(g: "WindowGeometry", config: dict, height: int, width: int) -> bool:
