@@ -16,6 +16,7 @@ import numpy as np
 
 from coretune.graph import GraphBuilder
 from coretune.kernels.opencl import OpenCLDevice
+from coretune.kernels.space import Config
 from coretune.kernels.templates.gemm import GemmTemplate
 from coretune.kernels.workload import Workload
 
@@ -51,7 +52,7 @@ def survey(device, m, n, k, count, seed, configs=()):
     ] + [device.empty(4 * m * n)]
     default = template.default_config(device.limits)
     results = [("default", default, kernel_seconds(device, template, default, buffers))]
-    picks = list(configs) or template.space(device.limits).sample(count, rng)
+    picks = [Config(c) for c in configs] or template.space(device.limits).sample(count, rng)
     for config in picks:
         results.append(("random", config, kernel_seconds(device, template, config, buffers)))
     return results
