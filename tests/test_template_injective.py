@@ -83,6 +83,23 @@ def regrouped(shape, middle, last):
     return b.build(b.reshape(x, newshape=last) * 2.0)
 
 
+def dense_block(batch, sizes, axis=1, computed_piece=False):
+    """DenseNet's: many pieces concatenated, then batch norm's scale and shift and a relu.
+    All pieces buffers: one read from the selected piece's buffer; one piece computed in the
+    kernel (a relu): every piece read, the value selected."""
+    b = GraphBuilder()
+    pieces = []
+    for i, size in enumerate(sizes):
+        shape = [batch, 5, 3]
+        shape[axis] = size
+        piece = b.input(f"x{i}", tuple(shape))
+        pieces.append(b.relu(piece) if computed_piece and i == 1 else piece)
+    joined = b.concatenate(*pieces, axis=axis)
+    scale = [1, 1, 1]
+    scale[axis] = sum(sizes)
+    return b.build(b.relu(joined * b.input("scale", tuple(scale)) + 0.5))
+
+
 WORKLOADS = [
     chain((1,), (1,)),
     chain((7, 13), (13,)),
@@ -115,6 +132,10 @@ WORKLOADS = [
     regrouped((2, 1, 6, 5), (2, 3, 1, 2, 5), (5, 1, 12)),
     regrouped((33,), (3, 11), (1, 11, 3)),
     regrouped((4, 6), (2, 12), (6, 4)),
+    dense_block(2, (1, 7, 13, 33)),
+    dense_block(1, (7, 1, 13, 1, 33), axis=2),
+    dense_block(3, (13, 7, 1), axis=0),
+    dense_block(2, (7, 13, 1, 33), computed_piece=True),
 ]
 IDS = [
     "chain-1",
@@ -135,6 +156,10 @@ IDS = [
     "reshape-2x1x6x5",
     "reshape-33",
     "reshape-4x6",
+    "concat-4-buffers",
+    "concat-5-buffers-last-axis",
+    "concat-3-buffers-first-axis",
+    "concat-4-one-computed",
 ]
 
 
@@ -160,7 +185,7 @@ def test_invalid_configs_are_rejected_with_a_reason(device):
         template.render({"work_group": 128, "items": 1, "lanes": 1}, "opencl", tiny)
 
 
-RENDER_CHECKED = [1, 2, 3, 7, 11, 12, 14]
+RENDER_CHECKED = [1, 2, 3, 7, 11, 12, 14, 18, 21]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
