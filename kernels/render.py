@@ -5,6 +5,8 @@ Templates write a kernel once, as a ``KernelSpec`` whose body uses a neutral voc
 ``VSTORE2/4(v, ptr, i)``, constructors ``VEC2/4(...)``, and math names spelled as in C99
 (``expf`` is written ``exp``). ``VEC8(...)`` builds a ``float8`` (lanes ``.s0``..``.s7``,
 ``+`` and ``*``): native in OpenCL (one AVX register on CPU devices), a struct elsewhere.
+``VEC16(...)`` builds a ``float16`` (lanes ``.s0``..``.sf``) in OpenCL only: templates offer
+16 lanes only on devices whose native vectors are that wide (AVX-512 CPUs), never on GPUs.
 ``exp``/``log``/``sqrt``/``tanh``/``erf`` also take ``float2/4/8`` (lane by lane where the
 language has no such overload).
 Rendering substitutes the dialect's spelling; it never imports a GPU library.
