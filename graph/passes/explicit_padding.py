@@ -9,38 +9,24 @@ padded config, plus ~20 us for the copy; the stride-2 32 -> 64-channel conv 145 
 (in-process probes, interleaved rounds, medians).
 """
 
-from ..ir import Graph, Node, fresh_name
+from ..ir import Graph, Node
+from .rewrite import split_off_input_steps
 
 
 def explicit_padding(graph: Graph) -> Graph:
-    graph = graph.copy().validate()
-    taken = set(graph.types) | {n.name for n in graph.nodes}
-    nodes = []
-    for node in graph.nodes:
-        if _pads_itself(node) and node.inputs[0] not in graph.params:
-            top, left, bottom, right = node.attrs["padding"]
-            padded = fresh_name(f"{node.name}.padded_input", taken)
-            nodes.append(
-                Node(
-                    fresh_name(f"{node.name}.pad", taken),
-                    "pad",
-                    [node.inputs[0]],
-                    [padded],
-                    {
-                        "pad_width": [0, 0, 0, 0, top, bottom, left, right],
-                        "mode": "constant",
-                        "pad_value": 0.0,
-                    },
-                )
-            )
-            node.inputs = [padded, *node.inputs[1:]]
-            node.attrs["padding"] = [0, 0, 0, 0]
-        nodes.append(node)
-    if len(nodes) == len(graph.nodes):
-        return graph
-    graph.nodes = nodes
-    graph.types = {}
-    return graph.validate()
+    return split_off_input_steps(graph, _pad_step, ("pad", "padded_input"))
+
+
+def _pad_step(graph: Graph, node: Node):
+    if not _pads_itself(node):
+        return None
+    top, left, bottom, right = node.attrs["padding"]
+    attrs = {
+        "pad_width": [0, 0, 0, 0, top, bottom, left, right],
+        "mode": "constant",
+        "pad_value": 0.0,
+    }
+    return "pad", attrs, {"padding": [0, 0, 0, 0]}
 
 
 def _pads_itself(node: Node) -> bool:
