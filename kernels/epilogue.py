@@ -83,7 +83,8 @@ class Epilogue:
         """``store`` for the lanes of a vector at once, so that the chain's math runs as one
         vector call per op (ElementwiseLowering.batch_math). Lane k finishes ``accs[k]`` with
         the epilogue's inputs read at ``reads[k]``, which must lie inside the output even for
-        a lane outside it (clamped), and is stored at ``stores[k]`` if ``guards[k]`` holds."""
+        a lane outside it (clamped), and is stored at ``stores[k]`` if ``guards[k]`` holds
+        (an empty guard: always)."""
         reads = [self._canonical(index) for index in reads]
         lw = self._lowering(prefix)
         for acc, index in zip(accs, reads, strict=True):
@@ -92,7 +93,8 @@ class Epilogue:
         values = [lw.value(self.output, index) for index in reads]
         out_type = buffer_type(self.workload.types[self.output].dtype)
         return lw.lines + [
-            f"if ({guard}) {self.output}[{self.output_offset(self._canonical(index))}] = "
+            (f"if ({guard}) " if guard else "")
+            + f"{self.output}[{self.output_offset(self._canonical(index))}] = "
             f"({out_type})({value});"
             for guard, index, value in zip(guards, stores, values, strict=True)
         ]

@@ -126,6 +126,31 @@ def test_larger_problem_with_every_tile_ragged(device):
         assert_matches_reference(template, got, arrays, rtol=1e-5)
 
 
+def test_tiles_that_divide_c_store_without_guards(device):
+    """M, N = 32, 64 in 8 x 4 tiles: no store is guarded (and the results hold); one more
+    row of M brings the row guard back, and only it."""
+    config = {
+        "tile_m": 4,
+        "tile_n": 2,
+        "wg_m": 2,
+        "wg_n": 2,
+        "wg_k": 1,
+        "vector": 8,
+        "interleave_n": True,
+        "stage_local": False,
+        "tile_k": 8,
+        "unroll_k": 2,
+    }
+    for rows, guards in ((32, set()), (33, {"m < 33"})):
+        graph = dense((rows, 13), 64, bias=(64,), relu_residual=True)
+        template = GemmTemplate(Workload.from_graph(graph))
+        source = template.render(config, "opencl", device.limits).source
+        assert {g for g in ("m < 32", "m < 33", "n < 64") if g in source} == guards
+        arrays = random_inputs(template.workload, rows)
+        got = run_on_device(device, template, config, arrays)
+        assert_matches_reference(template, got, arrays, rtol=1e-5)
+
+
 def test_matches_float_dense_and_matmul_with_elementwise_epilogues_only():
     assert all(GemmTemplate.matches(Workload.from_graph(g)) for g in WORKLOADS.values())
     b = GraphBuilder()

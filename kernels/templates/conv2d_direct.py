@@ -20,6 +20,7 @@ from ..epilogue import Epilogue
 from ..render import KernelSpec, Launch, LocalArray, lane_names
 from ..space import Config, Knob, Restriction
 from .conv_common import (
+    LANE_LOOP,
     NO_UNROLL,
     UNROLL,
     WindowTemplate,
@@ -154,7 +155,7 @@ class Conv2dDirectTemplate(WindowTemplate):
         )
         return f"""\
 const float lane[{vec}] = {{{lanes}}};
-{UNROLL}
+{LANE_LOOP}
 for (int v = 0; v < {vec}; ++v) {{
   const int ow = ow_base + j * {wgx * vec} + v;
 {indent(store, 1)}

@@ -25,6 +25,7 @@ from ..lower import row_major_strides
 from ..render import lane_names
 from ..space import Config
 from .conv_common import (
+    LANE_LOOP,
     UNROLL,
     indent,
     splat,
@@ -70,11 +71,16 @@ class GemmGeometry:
 
 
 def unflatten(flat: str, shape: tuple[int, ...]) -> tuple[str, ...]:
-    """The row-major index over ``shape`` of element ``flat``."""
-    return tuple(
-        "0" if d == 1 else f"({flat} / {s}) % {d}" if s > 1 else f"({flat}) % {d}"
-        for d, s in zip(shape, row_major_strides(shape), strict=True)
-    )
+    """The row-major index over ``shape`` of element ``flat``, which is inside it (a row or
+    column of C; outside, the index goes unused), so the outermost axis needs no modulo.
+    (Without it, LLVM vectorizes the store loop over a vector's lanes, LANE_LOOP: ResNet-50
+    1.04x, MobileNetV3-L 1.03x on PoCL.)"""
+    index, outermost = [], True
+    for d, s in zip(shape, row_major_strides(shape), strict=True):
+        quotient = f"{flat} / {s}" if s > 1 else flat
+        index.append("0" if d == 1 else f"({quotient})" if outermost else f"({quotient}) % {d}")
+        outermost = outermost and d == 1
+    return tuple(index)
 
 
 def clamp(expr: str, last: int, needed: bool) -> str:
@@ -342,12 +348,20 @@ for (int i = 0; i < {self.tm}; ++i) {{
   {UNROLL}
   for (int j = 0; j < {self.accs_per_row}; ++j) {{
 {indent(setup, 2)}
-    {UNROLL}
+    {LANE_LOOP}
     for (int v = 0; v < {w}; ++v) {{
 {indent(chr(10).join(names + [body(value)]), 3)}
     }}
   }}
 }}"""
+
+    def inside(self, m: str, n: str) -> str:
+        """The condition that output (m, n) is inside C; empty where the tiles divide C evenly
+        and it always is. (Each guard was a branch per stored lane: without them, a kernel's
+        unrolled stores took PoCL ~40 % less time to compile, and they run no branches.)"""
+        checks = [f"{m} < {self.g.m}"] if self.g.m % self.bm else []
+        checks += [f"{n} < {self.g.n}"] if self.g.n % self.bn else []
+        return " && ".join(checks)
 
     def finish(self, value: str) -> str:
         """Bias, epilogue and store of output (m, n), if it is inside C."""
@@ -356,7 +370,8 @@ for (int i = 0; i < {self.tm}; ++i) {{
         if g.bias:
             lines.append(f"anchor_value += {g.bias}[{g.bias_index('m', 'n')}];")
         lines += self.epilogue.store("anchor_value", g.output_index(self.batch_index, "m", "n"))
-        return f"if (m < {g.m} && n < {g.n}) {{\n" + indent("\n".join(lines), 1) + "\n}"
+        guard = self.inside("m", "n")
+        return (f"if ({guard}) " if guard else "") + "{\n" + indent("\n".join(lines), 1) + "\n}"
 
     def finish_tile(self) -> str:
         """``finish`` for the whole register tile, unrolled here, its outputs taken 8 at a time
@@ -392,7 +407,7 @@ for (int i = 0; i < {self.tm}; ++i) {{
                             value,
                             g.output_index(self.batch_index, f"{m}_in", f"{n}_in"),
                             g.output_index(self.batch_index, m, n),
-                            f"{m} < {g.m} && {n} < {g.n}",
+                            self.inside(m, n),
                         )
                     )
         return "\n".join(lines + self.epilogue.store_tile(outputs))
