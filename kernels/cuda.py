@@ -14,7 +14,7 @@ the driver refuses raises at once, a kernel that faults raises at the next synch
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -339,15 +339,17 @@ class CUDADevice:
     def compile(self, rendered: RenderedKernel, options: tuple[str, ...] = ()):
         key = hashlib.sha256("\0".join((rendered.source, rendered.entry, *options)).encode())
         compiled = self._kernels.get(key.hexdigest())
-        if compiled is None:
-            try:
-                function = self.runtime.build(rendered.source, rendered.entry, options)
-            except Exception as exc:  # the compiler's log, whatever the binding raised
-                raise KernelBuildError(
-                    f"CUDA build ({self.runtime.name}) of {rendered.entry} failed:\n{exc}"
-                ) from None
-            compiled = CompiledCudaKernel(rendered, function)
-            self._kernels[key.hexdigest()] = compiled
+        if compiled is not None:  # with this one's launch (see OpenCLDevice.compile)
+            same = compiled.rendered == rendered
+            return compiled if same else replace(compiled, rendered=rendered)
+        try:
+            function = self.runtime.build(rendered.source, rendered.entry, options)
+        except Exception as exc:  # the compiler's log, whatever the binding raised
+            raise KernelBuildError(
+                f"CUDA build ({self.runtime.name}) of {rendered.entry} failed:\n{exc}"
+            ) from None
+        compiled = CompiledCudaKernel(rendered, function)
+        self._kernels[key.hexdigest()] = compiled
         return compiled
 
     def compile_all(

@@ -4,7 +4,7 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -167,17 +167,22 @@ class OpenCLDevice:
         return {"pyopencl": self._cl.VERSION_TEXT, "opencl_driver": self.info.driver_version}
 
     def compile(self, rendered: RenderedKernel, options: tuple[str, ...] = ()) -> CompiledKernel:
-        """Build (or fetch from the cache, keyed by source and options) and pick the entry."""
+        """Build (or fetch from the cache, keyed by source and options) and pick the entry.
+        A cached program comes back with this ``rendered``'s launch: two kernels of one source
+        may run different grids (a gemm of 48 rows and one of 64, in whole tiles, whose
+        source names no row count)."""
         key = _cache_key(rendered, options)
         compiled = self._kernels.get(key)
-        if compiled is None:
-            try:
-                program = self._cl.Program(self.context, rendered.source).build(list(options))
-            except self._cl.RuntimeError as exc:
-                raise KernelBuildError(f"OpenCL build of {rendered.entry} failed:\n{exc}") from None
-            kernel = self._cl.Kernel(program, rendered.entry)
-            compiled = CompiledKernel(rendered, kernel, program, rendered.entry)
-            self._kernels[key] = compiled
+        if compiled is not None:
+            same = compiled.rendered == rendered
+            return compiled if same else replace(compiled, rendered=rendered)
+        try:
+            program = self._cl.Program(self.context, rendered.source).build(list(options))
+        except self._cl.RuntimeError as exc:
+            raise KernelBuildError(f"OpenCL build of {rendered.entry} failed:\n{exc}") from None
+        kernel = self._cl.Kernel(program, rendered.entry)
+        compiled = CompiledKernel(rendered, kernel, program, rendered.entry)
+        self._kernels[key] = compiled
         return compiled
 
     def compile_all(

@@ -115,6 +115,25 @@ def test_kernels_built_together_share_a_program_and_keep_their_own_names(device)
         np.testing.assert_array_equal(device.download(out, (8,), np.float32), factor * a + factor)
 
 
+def test_one_source_launched_on_two_grids_runs_each_grid(device):
+    """Kernels of one source may differ in their grids only (a gemm of 48 rows and one of 64
+    in whole tiles): the cached program runs each caller's launch, not the first's."""
+    body = "  b[GROUP_ID(0) * 4 + LOCAL_ID(0)] = 3.0f * a[GROUP_ID(0) * 4 + LOCAL_ID(0)];"
+    renderer = renderer_for("opencl")
+    kernels = [
+        renderer.render(KernelSpec("grid", _copy_kernel(body).buffers, body, Launch(g, (4, 1, 1))))
+        for g in ((1, 1, 1), (3, 1, 1))
+    ]
+    device.compile_all(kernels)
+    a = np.arange(1, 13, dtype=np.float32)
+    for groups, kernel in zip((1, 3), kernels, strict=True):
+        out = device.upload(np.full(12, np.nan, np.float32))
+        device.bind(device.compile(kernel), [device.upload(a), out]).launch().wait()
+        got = device.download(out, (12,), np.float32)
+        np.testing.assert_array_equal(got[: 4 * groups], 3 * a[: 4 * groups])
+        assert np.isnan(got[4 * groups :]).all()
+
+
 def test_a_kernel_that_does_not_build_with_others_is_named_alone(device):
     good = [_scale_kernel(f) for f in (7.0, 11.0)]
     broken = renderer_for("opencl").render(_copy_kernel("  b[0] = undefined_thing;"))
