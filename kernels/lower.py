@@ -109,12 +109,15 @@ class ElementwiseLowering:
     def int_temp(self, expr: str) -> str:
         return self.temp(self.index_type, expr)
 
-    def unflatten(self, flat: str, shape) -> tuple[str, ...]:
-        """Multi-index of a row-major flat index (size-1 axes are constant 0)."""
+    def unflatten(self, flat: str, shape, known: dict | None = None) -> tuple[str, ...]:
+        """Multi-index of a row-major flat index (size-1 axes are constant 0; ``known``: axis
+        -> a variable that already holds that axis's index)."""
         out = []
-        for d, s in zip(shape, row_major_strides(shape), strict=True):
+        for axis, (d, s) in enumerate(zip(shape, row_major_strides(shape), strict=True)):
             if d == 1:
                 out.append("0")
+            elif known and axis in known:
+                out.append(known[axis])
             else:
                 out.append(self.int_temp(f"({flat} / {s}) % {d}" if s > 1 else f"({flat}) % {d}"))
         return tuple(out)

@@ -83,14 +83,15 @@ def regrouped(shape, middle, last):
     return b.build(b.reshape(x, newshape=last) * 2.0)
 
 
-def dense_block(batch, sizes, axis=1, computed_piece=False):
+def dense_block(batch, sizes, axis=1, computed_piece=False, plane=(5, 3)):
     """DenseNet's: many pieces concatenated, then batch norm's scale and shift and a relu.
     All pieces buffers: one read from the selected piece's buffer; one piece computed in the
-    kernel (a relu): every piece read, the value selected."""
+    kernel (a relu): every piece read, the value selected. Rows of 8 (``plane`` (5, 8)): the
+    lanes of a work-item share their channel (InjectiveTemplate.lane_indices)."""
     b = GraphBuilder()
     pieces = []
     for i, size in enumerate(sizes):
-        shape = [batch, 5, 3]
+        shape = [batch, *plane]
         shape[axis] = size
         piece = b.input(f"x{i}", tuple(shape))
         pieces.append(b.relu(piece) if computed_piece and i == 1 else piece)
@@ -136,6 +137,7 @@ WORKLOADS = [
     dense_block(1, (7, 1, 13, 1, 33), axis=2),
     dense_block(3, (13, 7, 1), axis=0),
     dense_block(2, (7, 13, 1, 33), computed_piece=True),
+    dense_block(2, (1, 7, 13, 33), plane=(5, 8)),
 ]
 IDS = [
     "chain-1",
@@ -160,7 +162,19 @@ IDS = [
     "concat-5-buffers-last-axis",
     "concat-3-buffers-first-axis",
     "concat-4-one-computed",
+    "concat-4-buffers-plane-8",
 ]
+
+
+def test_lanes_share_the_axes_whose_stride_they_divide(device):
+    """Lanes 4 over (2, 54, 8): batch and channel (strides 432, 8) are lane 0's for every
+    lane, so every lane chooses the concatenation's piece from one variable; the column is
+    each lane's own."""
+    template = InjectiveTemplate(Workload.from_graph(WORKLOADS[-1]))
+    config = {"work_group": 64, "items": 1, "lanes": 4}
+    source = template.render(config, "opencl", device.limits).source
+    assert source.count("/ 8) % 54") == 1 and source.count("/ 432) % 2") == 1
+    assert source.count(") % 8;") == 4
 
 
 @pytest.mark.parametrize("graph", WORKLOADS, ids=IDS)

@@ -11,7 +11,7 @@ from coretune.graph.registry import Pattern, get_op
 
 from ..ctypes_ import BUFFER_TYPES, buffer_type
 from ..device import DeviceLimits
-from ..lower import ElementwiseLowering, lowerable
+from ..lower import ElementwiseLowering, lowerable, row_major_strides
 from ..render import Buffer, KernelSpec, Launch
 from ..space import Config, Knob, Restriction
 from .base import Template
@@ -57,6 +57,20 @@ class InjectiveTemplate(Template):
         group = min(256, limits.max_work_group_size)
         return self.space(limits).check({"work_group": group, "items": 1, "lanes": lanes})
 
+    def lane_indices(self, lw, flat: str, lanes: int) -> list[tuple[str, ...]]:
+        """The output index of each of a work-item's ``lanes`` elements, from ``flat`` (a
+        multiple of ``lanes``). An axis whose stride ``lanes`` divides is the same for every
+        lane, so the lanes share lane 0's variable: then what depends on that axis alone (a
+        concatenation's choice of piece along channels, a per-channel scale) is one
+        expression the compiler folds, not one per lane."""
+        shape = self.workload.types[self.workload.outputs[0]].shape
+        first = lw.unflatten(flat, shape)
+        strides = row_major_strides(shape)
+        shared = {axis: first[axis] for axis, s in enumerate(strides) if s % lanes == 0}
+        return [first] + [
+            lw.unflatten(f"({flat} + {lane})", shape, shared) for lane in range(1, lanes)
+        ]
+
     def spec(self, config: Config) -> KernelSpec:
         w = self.workload
         out = w.outputs[0]
@@ -65,10 +79,7 @@ class InjectiveTemplate(Template):
         chunk = group * items * lanes
         lw = ElementwiseLowering(w.types, w.producers(), lambda name, i: f"{name}[{i}]")
         flat = "i"
-        indices = [
-            lw.unflatten(f"({flat} + {lane})" if lane else flat, out_type.shape)
-            for lane in range(lanes)
-        ]
+        indices = self.lane_indices(lw, flat, lanes)
         lw.batch_math(out, indices)
         values = [lw.value(out, index) for index in indices]
         store_type = buffer_type(out_type.dtype)
