@@ -169,6 +169,27 @@ def test_untuned_cpu_builds_take_the_gemm_for_images_of_at_most_64_pixels(device
         assert_close(module.run(x=data)[0], run_reference(graph, {"x": data})[0])
 
 
+def test_two_convs_of_one_source_run_their_own_grids(device):
+    """1 x 1 convs of 64 and 128 rows of whole tiles over one image render the same source
+    (no row count in it): each must run its own grid (before the fix, the second ran the
+    first's 64 rows, and half its output was never written)."""
+    rng = np.random.default_rng(6)
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, 8, 8))
+    convs = [
+        b.relu(b.conv2d(x, b.param(f"w{rows}", rng.standard_normal((rows, 16, 1, 1), np.float32))))
+        for rows in (64, 128)
+    ]
+    graph = b.build(*convs)
+    module = compile_module(graph, device=device)
+    kernels = module.plan.kernels
+    assert [k.template for k in kernels] == ["conv2d_gemm"] * 2
+    assert kernels[0].source == kernels[1].source
+    data = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    for got, want in zip(module.run(x=data), run_reference(graph, {"x": data}), strict=True):
+        assert_close(got, want)
+
+
 def test_defaults_fit_every_target():
     for graph in WORKLOADS.values():
         template = Conv2dGemmTemplate(Workload.from_graph(graph))
