@@ -42,7 +42,7 @@ class KernelStep:
     task: dict  # {"template", "workload"}: the tuning-log key
     source: str
     entry: str
-    launch: dict  # {"groups": [...], "local": [...]}
+    launch: dict  # {"groups": [...], "local": [...]}, "scalars": [[name, ctype, value]...]
     args: list[str]  # graph tensors bound to the kernel's buffers, in order
     placed: bool = False  # stores its output into the interior of a padded buffer
 
@@ -246,10 +246,19 @@ def render_kernel(graph, group, template_cls, config, tuned, placement, renderer
         template.key(),
         rendered.source,
         rendered.entry,
-        {"groups": list(rendered.launch.groups), "local": list(rendered.launch.local)},
+        launch_record(rendered.launch),
         list(group.inputs) + list(group.outputs),
         workload.output_layout is not None,
     )
+
+
+def launch_record(launch) -> dict:
+    """A launch as JSON (a KernelStep's, and in a .ctm file): its scalar arguments only where
+    the kernel has any."""
+    record = {"groups": list(launch.groups), "local": list(launch.local)}
+    if launch.scalars:
+        record["scalars"] = [[s.name, s.ctype, s.value] for s in launch.scalars]
+    return record
 
 
 def placed_workload(graph: Graph, group: FusedGroup, workload, placement: Placement):
@@ -404,9 +413,13 @@ class Executor:
             self.run(zeros)
 
     def _rendered(self, step: KernelStep):
-        from coretune.kernels.render import Launch, RenderedKernel
+        from coretune.kernels.render import Launch, RenderedKernel, Scalar
 
-        launch = Launch(tuple(step.launch["groups"]), tuple(step.launch["local"]))
+        launch = Launch(
+            tuple(step.launch["groups"]),
+            tuple(step.launch["local"]),
+            tuple(Scalar(*s) for s in step.launch.get("scalars", ())),
+        )
         return RenderedKernel(
             self.device.info.backend, step.source, step.entry, launch, tuple(step.args)
         )

@@ -15,6 +15,7 @@ def _serve(job: dict) -> None:
     import pyopencl as cl
 
     from coretune.kernels.opencl import list_devices
+    from coretune.kernels.render import Scalar
 
     device = list_devices()[job["device_index"]]
     if device.name.strip() != job["device_name"]:
@@ -29,7 +30,8 @@ def _serve(job: dict) -> None:
         for buffer, nbytes in zip(buffers, launch["arg_bytes"], strict=True):
             cl.enqueue_fill_buffer(queue, buffer, zero, 0, nbytes)
         kernel = cl.Kernel(program, launch["name"])
-        kernel.set_args(*buffers)
+        scalars = [Scalar("", ctype, value).argument() for ctype, value in launch["scalars"]]
+        kernel.set_args(*buffers, *scalars)
         cl.enqueue_nd_range_kernel(queue, kernel, launch["global_size"], launch["local_size"])
         queue.finish()
 

@@ -414,7 +414,8 @@ class CUDADevice:
             start, end = self.runtime.event(), self.runtime.event()
             self.runtime.record(start)
         try:
-            self.runtime.launch(compiled.function, launch.groups, launch.local, buffers)
+            arguments = [*buffers, *launch.scalar_arguments()]
+            self.runtime.launch(compiled.function, launch.groups, launch.local, arguments)
         except Exception as exc:  # the driver refused it: say which kernel and launch
             raise DeviceError(
                 f"CUDA launch of {compiled.rendered.entry} ({launch.groups} blocks of "

@@ -240,7 +240,11 @@ class OpenCLDevice:
         source, names = _program_source(part)
         launches = [
             parallel_build.HelperLaunch(
-                name, rendered.launch.global_size, rendered.launch.local, arg_bytes[key]
+                name,
+                rendered.launch.global_size,
+                rendered.launch.local,
+                arg_bytes[key],
+                tuple((s.ctype, s.value) for s in rendered.launch.scalars),
             )
             for (key, rendered), name in zip(part, names, strict=True)
         ]
@@ -334,14 +338,14 @@ class OpenCLDevice:
 
     def bind(self, compiled: CompiledKernel, buffers: list) -> BoundKernel:
         kernel = self._cl.Kernel(compiled.program, compiled.name)
-        kernel.set_args(*buffers)
         launch = compiled.rendered.launch
+        kernel.set_args(*buffers, *launch.scalar_arguments())
         return BoundKernel(self.queue, kernel, launch.global_size, launch.local, tuple(buffers))
 
     def launch(self, compiled: CompiledKernel, buffers: list):
         """Enqueue once; returns the profiling event."""
         launch = compiled.rendered.launch
-        compiled.kernel.set_args(*buffers)
+        compiled.kernel.set_args(*buffers, *launch.scalar_arguments())
         return self._cl.enqueue_nd_range_kernel(
             self.queue, compiled.kernel, launch.global_size, launch.local
         )

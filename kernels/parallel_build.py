@@ -54,12 +54,14 @@ def split(items: list, parts: int) -> list[list]:
 
 @dataclass(frozen=True)
 class HelperLaunch:
-    """One launch a helper makes: a kernel of its program, its shape, its buffers' sizes."""
+    """One launch a helper makes: a kernel of its program, its shape, its buffers' sizes and
+    its scalar arguments (neutral type, value)."""
 
     name: str
     global_size: tuple[int, ...]
     local_size: tuple[int, ...]
     arg_bytes: tuple[int, ...]
+    scalars: tuple[tuple[str, int], ...] = ()
 
 
 class BuildHelper:

@@ -15,6 +15,8 @@ Rendering substitutes the dialect's spelling; it never imports a GPU library.
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 def lane_names(lanes: int) -> tuple[str, ...]:
     """Member names of a vector's lanes (float8 has no x/y/z/w)."""
@@ -57,15 +59,39 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Scalar:
+    """A by-value kernel argument after the buffers: an extent passed at launch instead of
+    written into the source, so that kernels which differ only in it are one program (the
+    1 x 1 convs of a dense block differ only in their input channels). Its name and type are
+    part of the source; its value is part of the launch."""
+
+    name: str
+    ctype: str  # neutral: int or long
+    value: int
+
+    def argument(self):
+        return _SCALAR_TYPES[self.ctype](self.value)
+
+
+_SCALAR_TYPES = {"int": np.int32, "long": np.int64}
+
+
+@dataclass(frozen=True)
 class Launch:
-    """Work-groups (blocks, threadgroups) per axis and work-items per group, per axis."""
+    """Work-groups (blocks, threadgroups) per axis, work-items per group, per axis, and the
+    values of the kernel's scalar arguments."""
 
     groups: tuple[int, int, int]
     local: tuple[int, int, int]
+    scalars: tuple[Scalar, ...] = ()
 
     @property
     def global_size(self) -> tuple[int, int, int]:
         return tuple(g * w for g, w in zip(self.groups, self.local, strict=True))
+
+    def scalar_arguments(self) -> list:
+        """What a driver takes after the buffers: numpy scalars of the declared types."""
+        return [s.argument() for s in self.scalars]
 
 
 @dataclass(frozen=True)
@@ -126,6 +152,9 @@ class Renderer:
 
     def render(self, spec: KernelSpec) -> RenderedKernel:
         params = [self.param(b, i) for i, b in enumerate(spec.buffers)]
+        params += [
+            self.scalar_param(s, len(spec.buffers) + i) for i, s in enumerate(spec.launch.scalars)
+        ]
         params += self.implicit_params()
         signature = f"{self.kernel_signature(spec)} {spec.name}(" + ",\n    ".join(params) + ")"
         locals_ = "".join(
@@ -148,6 +177,9 @@ class Renderer:
         const = "" if buffer.output else self.const_qualifier
         ctype = self.ctype(buffer.ctype)
         return f"{self.global_qualifier}{const}{ctype}* {self.restrict}{buffer.name}"
+
+    def scalar_param(self, scalar: Scalar, index: int) -> str:
+        return f"const {self.ctype(scalar.ctype)} {scalar.name}"
 
     def implicit_params(self) -> list[str]:
         return []
@@ -321,6 +353,9 @@ class MetalRenderer(Renderer):
 
     def param(self, buffer, index):
         return f"{super().param(buffer, index)} [[buffer({index})]]"
+
+    def scalar_param(self, scalar, index):
+        return f"constant {self.ctype(scalar.ctype)}& {scalar.name} [[buffer({index})]]"
 
     def implicit_params(self):
         return [

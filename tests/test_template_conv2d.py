@@ -220,6 +220,29 @@ def test_direct_in_bounds_reads_match_numpy(device, name):
     check_on_device(device, template, configs, seed=60)
 
 
+@pytest.mark.parametrize("padding", [(0, 0, 0, 0), (1, 1, 1, 1)], ids=["unpadded", "padded"])
+def test_direct_convs_differing_only_in_input_channels_share_one_program(device, padding):
+    """An ungrouped conv takes its input channels as a kernel argument: 16 and 40 channels
+    render one source for each config (whole-vector, masked and staged reads, batch 2), and
+    the second conv runs the program compiled for the first with its own channel count."""
+    templates = [
+        Conv2dDirectTemplate(Workload.from_graph(conv((2, c, 9, 13), 7, (3, 3), padding=padding)))
+        for c in (16, 40)
+    ]
+    configs = templates[0].space(device.limits).sample(40, np.random.default_rng(3))
+    by_reads = {}  # a few configs of each way of reading the input
+    for c in [templates[0].default_config(device.limits), *configs]:
+        by_reads.setdefault((c["stage_input"], templates[0].reads_in_bounds(c)), []).append(c)
+    assert len(by_reads) >= 2, by_reads.keys()
+    for config in [c for group in by_reads.values() for c in group[:3]]:
+        sources = [t.render(config, "opencl", device.limits).source for t in templates]
+        assert sources[0] == sources[1]
+        for seed, template in enumerate(templates):
+            arrays = random_inputs(template.workload, seed)
+            got = run_on_device(device, template, config, arrays)
+            assert_matches_reference(template, got, arrays)
+
+
 UNPADDED_DEPTHWISE = {
     "7c-13x33": conv((2, 7, 15, 35), 7, (3, 3), bias=True, groups=7),
     "13c-x2-s2-dil2": conv((1, 13, 17, 29), 26, (3, 3), strides=(2, 2), dilation=(2, 2), groups=13),

@@ -190,6 +190,31 @@ def test_two_convs_of_one_source_run_their_own_grids(device):
         assert_close(got, want)
 
 
+def test_convs_that_differ_only_in_input_channels_share_one_program(device, tmp_path):
+    """K is a kernel argument: 1 x 1 convs of 16 and 40 input channels (a dense block's, whose
+    inputs grow by layer) render one source and each runs with its own K, also after a save
+    and load; 13 channels leave a leftover k step that the others do not, so another source."""
+    rng = np.random.default_rng(7)
+    b = GraphBuilder()
+    convs = []
+    for channels in (16, 40, 13):
+        x = b.input(f"x{channels}", (1, channels, 8, 8))
+        w = b.param(f"w{channels}", rng.standard_normal((24, channels, 1, 1), np.float32))
+        convs.append(b.relu(b.conv2d(x, w)))
+    graph = b.build(*convs)
+    module = compile_module(graph, device=device)
+    kernels = module.plan.kernels
+    assert [k.template for k in kernels] == ["conv2d_gemm"] * 3
+    assert kernels[0].source == kernels[1].source != kernels[2].source
+    assert [k.launch["scalars"] for k in kernels] == [[["k_len", "int", c]] for c in (16, 40, 13)]
+    data = {n: rng.standard_normal(t.shape).astype(np.float32) for n, t in graph.inputs.items()}
+    module.save(tmp_path / "convs.ctm")
+    again = ct.load(tmp_path / "convs.ctm", device=device)
+    for run in (module.run(**data), again.run(**data)):
+        for got, want in zip(run, run_reference(graph, data), strict=True):
+            assert_close(got, want)
+
+
 def test_defaults_fit_every_target():
     for graph in WORKLOADS.values():
         template = Conv2dGemmTemplate(Workload.from_graph(graph))

@@ -17,7 +17,7 @@ computed once per tap and reused for the ``ic_chunk`` input channels unrolled be
 from coretune.kernels.device import DeviceLimits
 
 from ..epilogue import Epilogue
-from ..render import KernelSpec, Launch, LocalArray, lane_names
+from ..render import KernelSpec, Launch, LocalArray, Scalar, lane_names
 from ..space import Config, Knob, Restriction
 from .conv_common import (
     LANE_LOOP,
@@ -43,6 +43,7 @@ from .conv_common import (
 )
 
 MAX_ACCUMULATORS = 64  # floats of register tile per work-item: beyond this GPUs spill
+IN_CHANNELS = "c_in"  # the kernel argument of an ungrouped conv's input channels
 
 
 class Conv2dDirectTemplate(WindowTemplate):
@@ -130,6 +131,21 @@ class Conv2dDirectTemplate(WindowTemplate):
         return self.space(limits).check(config)
 
     # ---- the kernel -------------------------------------------------------------------
+    def _channels(self) -> tuple[str, str]:
+        """The input's channels and those per group, as the source spells them. An
+        ungrouped conv takes them as a kernel argument (IN_CHANNELS), so that convs which
+        differ only in their input channels are one program (a dense block's 1 x 1 convs,
+        whose inputs grow by layer); every choice that depends on their value (ic_chunk
+        and what it must divide) still shows in the text, so matching sources agree on it."""
+        g = self.geometry
+        if g.groups == 1:
+            return IN_CHANNELS, IN_CHANNELS
+        return str(g.channels), str(g.in_per_group)
+
+    def _scalars(self) -> tuple[Scalar, ...]:
+        g = self.geometry
+        return (Scalar(IN_CHANNELS, "int", g.channels),) if g.groups == 1 else ()
+
     def _store(self, config: Config) -> str:
         """Bias, epilogue and guarded stores of the accumulator ``tile`` (o, i, j): lane by
         lane, or all lanes at once where the epilogue calls vector math
@@ -177,7 +193,8 @@ for (int v = 0; v < {vec}; ++v) {{
         ocb, ohb, owb, vec = (config[k] for k in ("oc_block", "oh_block", "ow_block", "vector"))
         icc, wgx, wgy, wgz = (config[k] for k in ("ic_chunk", "wg_x", "wg_y", "wg_z"))
         kh, kw = g.kernel
-        cg, og = g.in_per_group, g.out_per_group
+        og = g.out_per_group
+        cg = self._channels()[1]
         tiles_w = ceil_div(g.out_width, self.tile_width(config))
         tiles_h = ceil_div(g.out_height, wgy * ohb)
         tiles_c = ceil_div(og, wgz * ocb)
@@ -201,7 +218,7 @@ int w_oc[{ocb}];
 {UNROLL}
 for (int o = 0; o < {ocb}; ++o) {{  // tail channels read a valid row and store nothing
   const int oc = oc_base + o < {og} ? oc_base + o : {og - 1};
-  w_oc[o] = (g * {og} + oc) * {cg * kh * kw};
+  w_oc[o] = (g * {og} + oc) * ({cg} * {kh * kw});
 }}
 {vt} acc[{ocb * ohb * owb}];
 {UNROLL}
@@ -253,7 +270,7 @@ for (int o = 0; o < {ocb}; ++o) {{
             "conv2d_direct",
             kernel_buffers(self.workload),
             indent(body, 1),
-            Launch(groups, (wgx, wgy, wgz)),
+            Launch(groups, (wgx, wgy, wgz), self._scalars()),
             local,
         )
 
@@ -261,6 +278,7 @@ for (int o = 0; o < {ocb}; ++o) {{
         """The group copies ``ic_chunk`` channels of its input patch to local memory, zero
         where the patch hangs over the padding, so the inner loop reads it unmasked."""
         g = self.geometry
+        channels, per_group = self._channels()
         rows, cols = self.patch_shape(config)
         wgx, wgy, wgz = (config[k] for k in ("wg_x", "wg_y", "wg_z"))
         data = self.workload.nodes[0].inputs[0]
@@ -274,17 +292,18 @@ for (int k = (tz * {wgy} + ty) * {wgx} + tx; k < {config["ic_chunk"] * rows * co
 k += {wgx * wgy * wgz}) {{
   const int ih = patch_top + (k / {cols}) % {rows};
   const int iw = patch_left + k % {cols};
-  const int c = g * {g.in_per_group} + c0 + k / {rows * cols};
+  const int c = g * {per_group} + c0 + k / {rows * cols};
   // A guarded load, not a clamped load + select: with the select PoCL scalarised the
   // whole kernel (float4 accumulation included), measured 2x slower.
   patch[k] = (ih >= 0 && ih < {g.height} && iw >= 0 && iw < {g.width})
-      ? {data}[((n * {g.channels} + c) * {g.height} + ih) * {g.width} + iw] : 0.0f;
+      ? {data}[((n * {channels} + c) * {g.height} + ih) * {g.width} + iw] : 0.0f;
 }}
 BARRIER();"""
 
     def _input_reads(self, config: Config) -> tuple[str, str]:
         """Statements run once per tap, and those reading column group j of row i (xv)."""
         g = self.geometry
+        channels, per_group = self._channels()
         ohb, vec, wgx = (config[k] for k in ("oh_block", "vector", "wg_x"))
         sh, sw = g.strides
         dh, dw = g.dilation
@@ -320,7 +339,7 @@ for (int q = 0; q < {cols}; ++q) {{
   col_off[q] = iw < 0 ? 0 : iw < {g.width} ? iw : {g.width - 1};
 }}
 const {index_type(self.workload)} x_group = \
-(n * {g.channels} + g * {g.in_per_group} + c0) * {plane};"""
+(n * {channels} + g * {per_group} + c0) * {plane};"""
         # Offsets are clamped into the image, so every lane loads unconditionally and a
         # select (not a branch) zeroes the padding.
         reads = f"""\
@@ -343,6 +362,7 @@ for (int v = 0; v < {vec}; ++v) {{
 
     def _unmasked_reads(self, config: Config) -> tuple[str, str]:
         g = self.geometry
+        channels, per_group = self._channels()
         ohb, vec, wgx = (config[k] for k in ("oh_block", "vector", "wg_x"))
         sh, sw = g.strides
         dh, dw = g.dilation
@@ -350,7 +370,7 @@ for (int v = 0; v < {vec}; ++v) {{
         plane = g.height * g.width
         idx = index_type(self.workload)
         offsets = f"""\
-const {idx} x_tap = (n * {g.channels} + g * {g.in_per_group} + c0) * {plane} \
+const {idx} x_tap = (n * {channels} + g * {per_group} + c0) * {plane} \
 + (oh_base * {sh} + ky * {dh}) * {g.width} + ow_base * {sw} + kx * {dw};"""
         at = f"x_tap + cc * {plane} + i * {sh * g.width} + j * {wgx * vec * sw}"
         return offsets, define_vector("xv", data, at, vec, sw)

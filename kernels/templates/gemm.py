@@ -277,6 +277,6 @@ class GemmTemplate(Template):
             "gemm",
             kernel_buffers(self.workload),
             indent(source.body(), 1),
-            Launch(groups, self.work_group(config)),
+            Launch(groups, self.work_group(config), source.scalars()),
             local,
         )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..epilogue import Epilogue
 from ..lower import row_major_strides
-from ..render import lane_names
+from ..render import Scalar, lane_names
 from ..space import Config
 from .conv_common import (
     LANE_LOOP,
@@ -54,6 +54,9 @@ class GemmGeometry:
     has_col_axis: bool  # False for matmul with a 1-D B: the output has no n axis
     col_shape: tuple[int, ...] = ()  # output axes that n unflattens to, if several (conv H, W)
     bias_per_row: bool = False  # bias of shape (M,): a convolution's, per output channel
+    # K passed as a kernel argument (K_ARGUMENT) in direct_kn: gemms that differ only in K
+    # are then one program (a dense block's 1 x 1 convs, whose input channels grow by layer)
+    k_is_argument: bool = False
 
     @property
     def batch(self) -> int:
@@ -68,6 +71,9 @@ class GemmGeometry:
 
     def bias_index(self, m: str, n: str) -> str:
         return n if self.bias_per_column else m if self.bias_per_row else "0"
+
+
+K_ARGUMENT = "k_len"
 
 
 def unflatten(flat: str, shape: tuple[int, ...]) -> tuple[str, ...]:
@@ -105,6 +111,14 @@ class GemmSource:
         # vector instead: loads stay whole vectors, and the lanes they recompute are stored
         # again with the same values (see output_column).
         self.shifted = self.mode == "direct_kn" and self.vec < g.n and g.n % self.vec != 0
+        # Where K is an argument, the source names it; every choice that depends on its
+        # value (whether a loop runs, a leftover loop) still shows in the text, so kernels
+        # whose sources match agree on all of them.
+        self.k_argument = g.k_is_argument and self.mode == "direct_kn"
+        self.k = K_ARGUMENT if self.k_argument else str(g.k)
+
+    def scalars(self) -> tuple[Scalar, ...]:
+        return (Scalar(K_ARGUMENT, "int", self.g.k),) if self.k_argument else ()
 
     # ---- pieces -------------------------------------------------------------------------
     def column(self, j: str, lane: str = "0") -> str:
@@ -145,7 +159,11 @@ class GemmSource:
             )
             lines.append(f"const int {name} = {expr};")
         for name, strides in (("a_base", g.a_batch_strides), ("b_base", g.b_batch_strides)):
-            terms = [f"({idx})batch{i} * {s}" for i, s in enumerate(strides) if s]
+            terms = [
+                f"({idx})batch{i} * {s}"
+                for i, (s, d) in enumerate(zip(strides, g.batch_shape, strict=True))
+                if s and d > 1  # batch index 0: no term (its stride may depend on K)
+            ]
             lines.append(f"const {idx} {name} = {' + '.join(terms) or '0'};")
         lines.append(f"const int m_group = GROUP_ID(1) * {self.bm};")
         lines.append(f"const int m_first = m_group + ty * {self.tm};")
@@ -166,7 +184,7 @@ class GemmSource:
 {self.idx} a_row[{self.tm}];
 {UNROLL}
 for (int i = 0; i < {self.tm}; ++i) \
-a_row[i] = a_base + ({self.idx}){clamp("m_first + i", g.m - 1, ragged)} * {g.k};"""
+a_row[i] = a_base + ({self.idx}){clamp("m_first + i", g.m - 1, ragged)} * {self.k};"""
 
     def fma_block(self, a_type: str, a_load: str, b_value: str) -> str:
         """Load ``tile_m`` values of A, then acc[i][j] += a[i] * b(j) over the register tile."""
@@ -217,7 +235,7 @@ for (int j = 0; j < {rows}; ++j) {{
         return f"""\
 {self.row_offsets()}
 {offsets}
-{self.k_loops(step, 1, g.k)}"""
+{self.k_loops(step, 1, g.k, self.k)}"""
 
     def direct_nk(self) -> str:
         g, idx, vec, tn = self.g, self.idx, self.vec, self.tn
@@ -256,28 +274,38 @@ for (int j = 0; j < {tn}; ++j) b_row[j] = b_base + ({idx}){col} * {g.k};
 {self.k_loops(step, vec, main)}
 {tail}"""
 
-    def k_loops(self, step, stride: int, end: int) -> str:
+    def k_loops(self, step, stride: int, end: int, end_text: str = "") -> str:
         """``step(k)`` for k in [0, end) by ``stride`` (``end`` a multiple of it), unrolled
         ``unroll_k`` times; the leftover steps (fewer than one unrolled round) follow in a loop
         of their own. With ``wg_k`` > 1 the work-items of a k slice take every ``wg_k``-th
-        step, neighbours on neighbouring k (coalesced)."""
+        step, neighbours on neighbouring k (coalesced). ``end_text`` spells ``end`` where it
+        is a kernel argument: the rounds' end is then computed from it in the kernel."""
         split, unroll = self.wg_k, self.c["unroll_k"]
         own = split * stride  # from one of a work-item's steps to its next
         first = f"kz * {stride}" if split > 1 else "0"
-        rounds_end = end // (own * unroll) * own * unroll
+        rounds = own * unroll
+        rounds_end = end // rounds * rounds
+        end_text = end_text or str(end)
+        rounds_text = (
+            str(rounds_end)
+            if end_text == str(end)
+            else end_text
+            if rounds_end == end
+            else f"{end_text} / {rounds} * {rounds}"
+        )
         code = []
         if rounds_end:
             code.append(f"""\
-for (int k = {first}; k < {rounds_end}; k += {own * unroll}) {{
+for (int k = {first}; k < {rounds_text}; k += {rounds}) {{
   {UNROLL}
   for (int u = 0; u < {unroll}; ++u) {{
 {indent(step(f"(k + {own} * u)"), 2)}
   }}
 }}""")
         if rounds_end < end:
-            start = f"{rounds_end} + {first}" if split > 1 else str(rounds_end)
+            start = f"{rounds_text} + {first}" if split > 1 else rounds_text
             code.append(f"""\
-for (int k = {start}; k < {end}; k += {own}) {{
+for (int k = {start}; k < {end_text}; k += {own}) {{
 {indent(step("k"), 1)}
 }}""")
         return "\n".join(code)
