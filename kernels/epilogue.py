@@ -10,7 +10,7 @@ executor aliases their buffers.)
 from coretune.graph.registry import Pattern, get_op
 
 from .ctypes_ import BUFFER_TYPES, buffer_type
-from .lower import RULES, VECTOR_MATH, ElementwiseLowering, element_offset
+from .lower import OUTPUT_OFFSET, RULES, VECTOR_MATH, ElementwiseLowering, element_offset
 from .workload import Workload
 
 
@@ -111,5 +111,11 @@ class Epilogue:
         return lines
 
     def output_offset(self, index: tuple[str, ...]) -> str:
-        """The element ``index`` of the output in its buffer: row-major, or placed."""
-        return element_offset(index, self.shape, self.workload.output_layout)
+        """The element ``index`` of the output in its buffer: row-major, or placed, at the
+        offset that the kernel argument OUTPUT_OFFSET holds (Template.checked_spec passes
+        it), so that kernels storing into different places of their buffers are one program
+        (the layers of a dense block, each storing its features after the last's)."""
+        layout = self.workload.output_layout
+        if layout is not None:
+            layout = (layout[0], OUTPUT_OFFSET)
+        return element_offset(index, self.shape, layout)

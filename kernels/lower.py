@@ -43,6 +43,9 @@ def linear_index(index, shape) -> str:
     return " + ".join(terms) or "0"
 
 
+OUTPUT_OFFSET = "out_offset"  # the kernel argument holding a placed output's offset
+
+
 def element_offset(index, shape, layout=None) -> str:
     """Where element ``index`` of a tensor of ``shape`` lives in its buffer: row-major, or
     per ``layout`` (element strides per axis, element offset): e.g. the interior of a padded
@@ -109,17 +112,24 @@ class ElementwiseLowering:
     def int_temp(self, expr: str) -> str:
         return self.temp(self.index_type, expr)
 
-    def unflatten(self, flat: str, shape, known: dict | None = None) -> tuple[str, ...]:
+    def unflatten(
+        self, flat: str, shape, known: dict | None = None, inside: bool = False
+    ) -> tuple[str, ...]:
         """Multi-index of a row-major flat index (size-1 axes are constant 0; ``known``: axis
-        -> a variable that already holds that axis's index)."""
-        out = []
+        -> a variable that already holds that axis's index). ``inside``: the index is less
+        than the size, so the outermost axis needs no modulo (and its extent is not in the
+        text: kernels that differ only in it can be one program)."""
+        out, outermost = [], inside
         for axis, (d, s) in enumerate(zip(shape, row_major_strides(shape), strict=True)):
             if d == 1:
                 out.append("0")
-            elif known and axis in known:
+                continue
+            if known and axis in known:
                 out.append(known[axis])
             else:
-                out.append(self.int_temp(f"({flat} / {s}) % {d}" if s > 1 else f"({flat}) % {d}"))
+                quotient = f"({flat} / {s})" if s > 1 else f"({flat})"
+                out.append(self.int_temp(quotient if outermost else f"{quotient} % {d}"))
+            outermost = False
         return tuple(out)
 
     def value(self, tensor: str, index: tuple[str, ...]) -> str:

@@ -2,6 +2,7 @@
 compile outlasts the build timeout, one whose launch the device refuses. Each costs one error
 record and the run finishes; the tuning process's file descriptors and memory stay flat."""
 
+import dataclasses
 import gc
 import os
 import pathlib
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from coretune.kernels.render import KernelSpec, Launch
+from coretune.kernels.render import KernelSpec
 from coretune.kernels.space import Knob
 from coretune.tuner.driver import Budget, tune
 from coretune.tuner.measure import MeasureOptions
@@ -55,7 +56,7 @@ class FaultyTemplate(RiggedTemplate):
         else:
             # A work-group far beyond any device's maximum, as a config that slipped past the
             # space's limits would ask for: the enqueue itself fails on the device.
-            launch = Launch((1, 1, 1), (1 << 20, 1, 1))
+            launch = dataclasses.replace(launch, groups=(1, 1, 1), local=(1 << 20, 1, 1))
         return KernelSpec(
             spec.name, spec.buffers, body, launch, spec.local_arrays, spec.helpers, spec.tables
         )

@@ -1,9 +1,12 @@
 """The template interface every kernel template implements."""
 
+import dataclasses
+
 from coretune.errors import CoretuneError
 
 from ..device import DeviceLimits
-from ..render import KernelSpec, RenderedKernel, renderer_for
+from ..lower import OUTPUT_OFFSET
+from ..render import KernelSpec, RenderedKernel, Scalar, renderer_for
 from ..space import Config, ConfigSpace, InvalidConfig, Knob, Restriction
 from ..workload import Workload
 
@@ -95,6 +98,10 @@ class Template:
         too_many = limits.fits_launch(spec.launch.groups)
         if too_many:
             raise InvalidConfig(f"{self.name}: {too_many}")
+        if self.workload.output_layout is not None:  # placed: its offset is an argument
+            offset = Scalar(OUTPUT_OFFSET, "int", self.workload.output_layout[1])
+            launch = dataclasses.replace(spec.launch, scalars=(*spec.launch.scalars, offset))
+            spec = dataclasses.replace(spec, launch=launch)
         return spec
 
     def render(self, config, dialect: str, limits: DeviceLimits) -> RenderedKernel:

@@ -12,9 +12,11 @@ from coretune.graph.registry import Pattern, get_op
 from ..ctypes_ import BUFFER_TYPES, buffer_type
 from ..device import DeviceLimits
 from ..lower import ElementwiseLowering, lowerable, row_major_strides
-from ..render import Buffer, KernelSpec, Launch
+from ..render import Buffer, KernelSpec, Launch, Scalar
 from ..space import Config, Knob, Restriction
 from .base import Template
+
+ELEMENTS = "n_elements"  # the kernel argument holding the output's element count
 
 
 class InjectiveTemplate(Template):
@@ -64,11 +66,12 @@ class InjectiveTemplate(Template):
         concatenation's choice of piece along channels, a per-channel scale) is one
         expression the compiler folds, not one per lane."""
         shape = self.workload.types[self.workload.outputs[0]].shape
-        first = lw.unflatten(flat, shape)
+        first = lw.unflatten(flat, shape, inside=True)
         strides = row_major_strides(shape)
         shared = {axis: first[axis] for axis, s in enumerate(strides) if s % lanes == 0}
         return [first] + [
-            lw.unflatten(f"({flat} + {lane})", shape, shared) for lane in range(1, lanes)
+            lw.unflatten(f"({flat} + {lane})", shape, shared, inside=True)
+            for lane in range(1, lanes)
         ]
 
     def spec(self, config: Config) -> KernelSpec:
@@ -93,7 +96,7 @@ class InjectiveTemplate(Template):
             f"LOCAL_ID(0) * {lanes};\n"
             f"  for (int k = 0; k < {items}; ++k) {{\n"
             f"    {lw.index_type} {flat} = base + k * {group * lanes};\n"
-            f"    if ({flat} < {self.size}) {{\n{inner}\n    }}\n"
+            f"    if ({flat} < {ELEMENTS}) {{\n{inner}\n    }}\n"
             f"  }}"
         )
         buffers = tuple(Buffer(n, buffer_type(t.dtype)) for n, t in w.inputs)
@@ -103,6 +106,8 @@ class InjectiveTemplate(Template):
             "injective",
             buffers,
             body,
-            Launch((groups, 1, 1), (group, 1, 1)),
+            # The element count is an argument: kernels that differ only in the outermost
+            # extent are one program (a dense block's batch norms of its growing inputs).
+            Launch((groups, 1, 1), (group, 1, 1), (Scalar(ELEMENTS, lw.index_type, self.size),)),
             tables=tuple(lw.tables.values()),
         )
