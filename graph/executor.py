@@ -24,6 +24,7 @@ from .ir import Graph
 from .passes import FusedGroup, fuse, optimize, plan_memory
 from .placement import (
     ConcatStep,
+    concat_holders,
     concats_in_place,
     places,
     readers_and_producers,
@@ -183,13 +184,13 @@ def build_plan(
     templates = {name: cls for name, (cls, _, _) in chosen.items()}
     in_place = pads_in_place(graph, groups, templates) if dialect == "opencl" else {}
     in_concats = concats_in_place(graph, groups, templates, set(in_place))
-    concats = {part.concat.name for part in in_concats.values()}
+    holders = concat_holders(groups, in_concats)
     renderer = renderer_for(dialect)
     for i, step in enumerate(steps):
         if isinstance(step, PadStep):
             step.in_place = step.group.inputs[0] in in_place
-        elif isinstance(step, FusedGroup) and step.name in concats:
-            steps[i] = ConcatStep(step)
+        elif isinstance(step, FusedGroup) and step.name in holders:
+            steps[i] = ConcatStep(step, holders[step.name])
         elif isinstance(step, FusedGroup):
             cls, config, tuned = chosen[step.name]
             placement = Placement(in_place, in_concats)
@@ -370,8 +371,8 @@ class Executor:
             buffers[source] = buffers[target]
         for step in plan.steps:  # each part's producer stores it into the output
             if isinstance(step, ConcatStep):
-                for part in step.group.inputs:
-                    buffers[part] = buffers[step.group.outputs[0]]
+                for tensor in (*step.group.inputs, *step.group.outputs):
+                    buffers[tensor] = buffers[step.holder]
         self._actions = []  # what a run does, in order: (kind, payload)
         kernels = []  # (action index, step, arguments): bound once all are built
         for step in plan.steps:

@@ -135,3 +135,79 @@ def test_a_cuda_plan_stores_its_parts_in_place_and_compiles_with_nvcc(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _dense_block(batch=1, layers=3, stem=8, growth=4, size=9, extra_reader=False, output="pool"):
+    """A DenseNet block: layer i reads batch norm + ReLU of the concatenation of the block's
+    input and the i feature maps before it, and adds one (1 x 1 conv, batch norm, ReLU,
+    3 x 3 conv); the whole block's
+    concatenation is read by a transition (batch norm, ReLU, 1 x 1 conv), or is the output.
+    ``extra_reader``: the first layer's features are also read outside the block."""
+    rng = np.random.default_rng(11)
+    b = GraphBuilder()
+
+    def param(name, shape):
+        return b.param(name, rng.standard_normal(shape).astype(np.float32))
+
+    def bn_relu(x, name):
+        c = (x.shape[1],)
+        var = b.param(f"{name}.var", rng.random(c, np.float32) + 0.5)
+        scale, shift, mean = (param(f"{name}.{p}", c) for p in ("g", "b", "mean"))
+        return b.relu(b.batch_norm(x, scale, shift, mean, var))
+
+    x = b.input("x", (batch, 3, size, size))
+    h = b.relu(b.conv2d(x, param("stem.w", (stem, 3, 3, 3)), padding=(1,) * 4))
+    features = [b.max_pool2d(h, pool_size=(3, 3), strides=(1, 1), padding=(1,) * 4)]
+    for i in range(layers):
+        joined = features[0] if i == 0 else b.concatenate(*features, axis=1)
+        h = bn_relu(joined, f"l{i}")
+        h = bn_relu(b.conv2d(h, param(f"l{i}.w1", (8, h.shape[1], 1, 1))), f"l{i}.2")
+        features.append(b.conv2d(h, param(f"l{i}.w3", (growth, 8, 3, 3)), padding=(1,) * 4))
+    block = b.concatenate(*features, axis=1)
+    if output == "block":
+        return b.build(block)
+    out = b.conv2d(bn_relu(block, "t"), param("t.w", (4, block.shape[1], 1, 1)))
+    return b.build(out, b.relu(features[1])) if extra_reader else b.build(out)
+
+
+def _concat_kernels(module) -> list:
+    return [k for k in module.plan.kernels if any(n.op == "concatenate" for n in k.group.nodes)]
+
+
+@pytest.mark.parametrize("size", [1, 7, 13])
+def test_a_dense_block_is_one_buffer_that_every_layer_reads_in_place(device, size, tmp_path):
+    """Each layer's features are stored once, after the ones before them, in the block's
+    buffer; every concatenation of the block is a prefix of it and runs no kernel, and the
+    batch norms of the growing prefixes are one program (their element count an argument;
+    channels 8, 12, 16, 20: 4 lanes each)."""
+    graph = _dense_block(size=size)
+    module, x, got, expected = _run(graph, device)
+    assert module.plan.summary()["concats_in_place"] == 3
+    assert not _concat_kernels(module)
+    norms = [k for k in module.plan.kernels if k.template == "injective"]
+    assert len(norms) == 4 and len({k.source for k in norms}) == 1
+    assert_close(got, expected)
+    assert_close(module.run(x=x)[0], expected)
+    module.save(tmp_path / "block.ctm")
+    assert_close(load(tmp_path / "block.ctm", device=device).run(x=x)[0], expected)
+
+
+def test_a_dense_block_in_a_batch_keeps_its_concatenations(device):
+    """With a batch, a prefix along channels is not a prefix of memory: the chain is not one
+    buffer (the last concatenation may still be stored in place by its parts' producers)."""
+    module, _, got, expected = _run(_dense_block(batch=2, size=7), device)
+    assert _concat_kernels(module)
+    assert_close(got, expected)
+
+
+def test_features_read_outside_the_block_keep_its_concatenations(device):
+    module, x, _, _ = _run(_dense_block(size=7, growth=5, extra_reader=True), device)
+    assert _concat_kernels(module)
+    for got, want in zip(module.run(x=x), run_reference(module.plan.graph, {"x": x}), strict=True):
+        assert_close(got, want)
+
+
+def test_the_block_s_concatenation_may_be_the_graph_output(device):
+    module, _, got, expected = _run(_dense_block(size=7, output="block"), device)
+    assert module.plan.summary()["concats_in_place"] == 3 and not _concat_kernels(module)
+    assert_close(got, expected)

@@ -62,7 +62,7 @@ def extract_tasks(graph) -> list[Task]:
     from coretune.errors import CoretuneError
     from coretune.graph.executor import group_workload
     from coretune.graph.passes import fuse, optimize
-    from coretune.graph.placement import concats_in_place
+    from coretune.graph.placement import concat_holders, concats_in_place
     from coretune.kernels.templates import templates_for
 
     graph = optimize(graph)
@@ -79,7 +79,7 @@ def extract_tasks(graph) -> list[Task]:
     # Concatenations stored in place by their producers run no kernel (every template that
     # places its output places it for each of its configs).
     first = {name: found[0] for name, (_, found) in candidates_of.items() if found}
-    in_place = {part.concat.name for part in concats_in_place(graph, groups, first, set()).values()}
+    in_place = concat_holders(groups, concats_in_place(graph, groups, first, set()))
     found: dict[str, Task] = {}
     for name, (workload, candidates) in candidates_of.items():
         if name in in_place:

@@ -12,9 +12,11 @@ A tensor is absorbed only when every reader is in the group and it is not a grap
 nothing is computed twice. Views (reshape, flatten, expand_dims, squeeze) alone in a group need
 no kernel: the executor aliases their buffer. A constant pad of the last two axes alone in a
 group is a "pad" group: the executor fills its buffer with the pad value once and copies the
-input into it with a device rectangle copy each run (no kernel, see is_copy_pad).
+input into it with a device rectangle copy each run (no kernel, see is_copy_pad). The
+concatenations of a chain (concat_chains) stay alone in their groups: they run no kernel.
 """
 
+import math
 from dataclasses import dataclass, field
 
 from ..ir import Graph, Node
@@ -29,6 +31,65 @@ def is_copy_pad(node: Node) -> bool:
         return False
     widths = node.attrs["pad_width"]
     return len(widths) >= 2 and not any(widths[:-4])
+
+
+def concat_chains(graph: Graph) -> list[list[Node]]:
+    """Chains of concatenations whose inputs each begin with all of the previous one's (a
+    DenseNet block: layer i reads the block's input and the features of the layers before
+    it), along an axis after only size-1 axes, so that each is a prefix of the last one's
+    memory. Their parts, read by the chain only, can then be stored once into the last one's
+    buffer, where every concatenation of the chain reads them: no concatenation copies
+    anything (placement.concats_in_place). A chain has two or more links, each extended by
+    the next alone (where two concatenations extend one, the chain ends there)."""
+    readers, outputs = graph.consumers(), set(graph.outputs)
+    by_inputs: dict[tuple, Node] = {}
+    for node in graph.nodes:
+        if node.op == "concatenate":
+            by_inputs.setdefault(tuple(node.inputs), node)
+    parent_of, children = {}, {}
+    for node in by_inputs.values():
+        for n in range(len(node.inputs) - 1, 0, -1):  # the longest prefix that is a concat
+            parent = by_inputs.get(tuple(node.inputs[:n]))
+            if parent is not None:
+                if parent.attrs["axis"] == node.attrs["axis"]:
+                    parent_of[node.name] = parent
+                    children.setdefault(parent.name, []).append(node)
+                break
+    chains = []
+    for node in by_inputs.values():
+        parent = parent_of.get(node.name)
+        if parent is not None and len(children[parent.name]) == 1:
+            continue  # a link of the chain that starts at (or above) its parent
+        chain = [node]
+        while len(children.get(chain[-1].name, [])) == 1:
+            chain.append(children[chain[-1].name][0])
+        if len(chain) >= 2 and _chain_in_place(graph, chain, readers, outputs):
+            chains.append(chain)
+    return chains
+
+
+def _chain_in_place(graph: Graph, chain: list[Node], readers, outputs) -> bool:
+    """Prefixes along the axis are prefixes of memory; the parts are distinct intermediates
+    that the chain alone reads, but for the first (others read it in place, as a prefix:
+    DenseNet's first layer reads the block's input itself); the links before the last are
+    not graph outputs (their memory would be theirs); element offsets fit in 32 bits."""
+    last = chain[-1]
+    shape = graph.types[last.outputs[0]].shape
+    axis = last.attrs["axis"] % len(shape)
+    members = {n.name for n in chain}
+    return (
+        all(d == 1 for d in shape[:axis])
+        and math.prod(shape) < 2**31
+        and len(set(last.inputs)) == len(last.inputs)
+        and not any(n.outputs[0] in outputs for n in chain[:-1])
+        and all(
+            t not in graph.inputs
+            and t not in graph.params
+            and t not in outputs
+            and (t == last.inputs[0] or all(r.name in members for r in readers.get(t, [])))
+            for t in last.inputs
+        )
+    )
 
 
 @dataclass
@@ -48,8 +109,9 @@ def _pattern(node: Node) -> Pattern:
 
 
 class _Builder:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, apart: frozenset = frozenset()):
         self.graph = graph
+        self.apart = apart  # nodes that form a group alone
         self.producer = graph.producers()
         self.readers = graph.consumers()
         self.assigned: set[str] = set()  # node names already in a group
@@ -118,13 +180,16 @@ class _Builder:
         )
         if _pattern(root) == Pattern.OPAQUE or len(root.outputs) > 1:
             kind = "opaque"
-        frontier = [] if kind in ("anchor", "opaque") else list(root.inputs)
+        alone = kind in ("anchor", "opaque") or root.name in self.apart
+        frontier = [] if alone else list(root.inputs)
         shape = self.graph.types[root.outputs[0]].shape
         heavy_found = kind in ("anchor", "reduction")
         while frontier:
             tensor = frontier.pop()
             node = self.producer.get(tensor)
             if node is None or node.name in self.assigned or node in members:
+                continue
+            if node.name in self.apart:
                 continue
             if tensor in self.outputs or len(node.outputs) > 1:
                 continue
@@ -176,7 +241,7 @@ class _Builder:
 def fuse(graph: Graph) -> list[FusedGroup]:
     """Partition the graph's nodes into kernels, returned in an order that respects data flow."""
     graph.validate()
-    builder = _Builder(graph)
+    builder = _Builder(graph, frozenset(n.name for c in concat_chains(graph) for n in c))
     # Anchors claim their epilogues first, so a reduction downstream cannot take them as its
     # prologue: conv + bias + activation + residual add is worth more as one kernel.
     groups = [
