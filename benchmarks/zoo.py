@@ -22,7 +22,8 @@ the others; benchmarks/zoo_worker.py):
                              [--tune SECONDS] [--timeout 600] [--repeat 20] [--refresh]
 
 Writes benchmarks/results/zoo.json (every model and exporter measured so far; --only re-runs
-some of them) and benchmarks/results/zoo.md, the tables of all of them.
+some of them) and benchmarks/results/zoo.md, the tables of all of them (--results NAME: NAME.json
+and NAME.md instead, e.g. for another host).
 """
 
 import argparse
@@ -294,9 +295,10 @@ def main():
     parser.add_argument(
         "--tune", type=float, default=0, help="seconds of `coretune tune` per model (0: none)"
     )
+    parser.add_argument("--results", default="zoo", help="benchmarks/results/NAME.json and .md")
     args = parser.parse_args()
     exporters = EXPORTERS if args.exporter == "both" else (args.exporter,)
-    saved = RESULTS / "zoo.json"
+    saved, table = RESULTS / f"{args.results}.json", RESULTS / f"{args.results}.md"
     results = json.loads(saved.read_text()) if saved.exists() else {}
     for name in [] if args.report_only else args.only or MODELS:
         for exporter in exporters:
@@ -307,8 +309,8 @@ def main():
             results[f"{name}/{exporter}"] = result
             saved.write_text(json.dumps(results, indent=1))
             print(row(result), flush=True)
-            (RESULTS / "zoo.md").write_text(report(results))  # so far, should the run stop
-    (RESULTS / "zoo.md").write_text(report(results))
+            table.write_text(report(results))  # so far, should the run stop
+    table.write_text(report(results))
     print(report(results))
 
 
