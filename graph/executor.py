@@ -43,7 +43,7 @@ class KernelStep:
     task: dict  # {"template", "workload"}: the tuning-log key
     source: str
     entry: str
-    launch: dict  # {"groups": [...], "local": [...]}, "scalars": [[name, ctype, value]...]
+    launch: dict  # {"groups": [...], "local": [...]} (+ "scalars": [[name, ctype, value]...])
     args: list[str]  # graph tensors bound to the kernel's buffers, in order
     placed: bool = False  # stores its output into the interior of a padded buffer
 

@@ -78,17 +78,11 @@ def concats_in_place(graph: Graph, groups: list[FusedGroup], templates: dict, ta
         if any(link is None or len(link.nodes) != 1 for link in links):
             continue
         last = links[-1]
-        first = last.inputs[0]  # at offset 0: any reader reads it in place
+        allowed = {t: links for t in last.inputs}  # the groups that may read each part
+        first = last.inputs[0]
+        allowed[first] = links + readers[first]  # at offset 0, a prefix: read it in place
         if any(link.outputs[0] in taken for link in links) or not all(
-            _placeable(
-                graph,
-                t,
-                links + readers[first] * (t == first),
-                producers,
-                readers,
-                templates,
-                taken,
-            )
+            _placeable(graph, t, allowed[t], producers, readers, templates, taken)
             for t in last.inputs
         ):
             continue

@@ -206,13 +206,39 @@ def test_convs_that_differ_only_in_input_channels_share_one_program(device, tmp_
     kernels = module.plan.kernels
     assert [k.template for k in kernels] == ["conv2d_gemm"] * 3
     assert kernels[0].source == kernels[1].source != kernels[2].source
-    assert [k.launch["scalars"] for k in kernels] == [[["k_len", "int", c]] for c in (16, 40, 13)]
+    assert [k.launch["scalars"] for k in kernels] == [
+        [["m_len", "int", 24], ["k_len", "int", c]] for c in (16, 40, 13)
+    ]
     data = {n: rng.standard_normal(t.shape).astype(np.float32) for n, t in graph.inputs.items()}
     module.save(tmp_path / "convs.ctm")
     again = ct.load(tmp_path / "convs.ctm", device=device)
     for run in (module.run(**data), again.run(**data)):
         for got, want in zip(run, run_reference(graph, data), strict=True):
             assert_close(got, want)
+
+
+def test_gemm_convs_differing_only_in_channel_counts_share_one_program(device):
+    """M and K are kernel arguments: where a config makes the same choices for 24 -> 40 and
+    40 -> 72 channels (ragged rows or not, a leftover k step or not), it renders one source,
+    and the second conv runs the program compiled for the first with its own counts."""
+    templates = [
+        Conv2dGemmTemplate(Workload.from_graph(pointwise(1, c, 5, 7, out, bias=True, epilogue=e)))
+        for c, out, e in ((24, 40, "relu"), (40, 72, "relu"))
+    ]
+    configs = templates[0].space(device.limits).sample(60, np.random.default_rng(4))
+    shared = 0
+    for config in [templates[0].default_config(device.limits), *configs]:
+        sources = [t.render(config, "opencl", device.limits).source for t in templates]
+        if sources[0] != sources[1] or "m_len" not in sources[0]:
+            continue
+        shared += 1
+        for seed, template in enumerate(templates):
+            arrays = random_inputs(template.workload, seed)
+            got = run_on_device(device, template, config, arrays)
+            assert_matches_reference(template, got, arrays)
+        if shared == 6:
+            break
+    assert shared >= 3, shared
 
 
 def test_defaults_fit_every_target():

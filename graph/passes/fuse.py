@@ -39,8 +39,9 @@ def concat_chains(graph: Graph) -> list[list[Node]]:
     it), along an axis after only size-1 axes, so that each is a prefix of the last one's
     memory. Their parts, read by the chain only, can then be stored once into the last one's
     buffer, where every concatenation of the chain reads them: no concatenation copies
-    anything (placement.concats_in_place). A chain has two or more links, each extended by
-    the next alone (where two concatenations extend one, the chain ends there)."""
+    anything (placement.concats_in_place; should a part's kernel not store in place after
+    all, the links run as concatenation kernels of their own). A chain has two or more
+    links, each extended by the next alone (where two extend one, the chain ends there)."""
     readers, outputs = graph.consumers(), set(graph.outputs)
     by_inputs: dict[tuple, Node] = {}
     for node in graph.nodes:

@@ -43,7 +43,9 @@ from .conv_common import (
 )
 
 MAX_ACCUMULATORS = 64  # floats of register tile per work-item: beyond this GPUs spill
-IN_CHANNELS = "c_in"  # the kernel argument of an ungrouped conv's input channels
+# The kernel arguments of an ungrouped conv: its input and output channels, and the blocks
+# of output channels its grid covers.
+IN_CHANNELS, OUT_CHANNELS, OUT_BLOCKS = "c_in", "c_out", "c_out_blocks"
 
 
 class Conv2dDirectTemplate(WindowTemplate):
@@ -133,25 +135,40 @@ class Conv2dDirectTemplate(WindowTemplate):
     # ---- the kernel -------------------------------------------------------------------
     def _channels(self) -> tuple[str, str]:
         """The input's channels and those per group, as the source spells them. An
-        ungrouped conv takes them as a kernel argument (IN_CHANNELS), so that convs which
-        differ only in their input channels are one program (a dense block's 1 x 1 convs,
-        whose inputs grow by layer); every choice that depends on their value (ic_chunk
-        and what it must divide) still shows in the text, so matching sources agree on it."""
+        ungrouped conv takes its channel counts as kernel arguments (IN_CHANNELS,
+        OUT_CHANNELS, OUT_BLOCKS), so that convs which differ only in them are one program
+        (a dense block's 1 x 1 convs, whose inputs grow by layer); every choice that
+        depends on their values (ic_chunk and what it must divide) still shows in the text,
+        so matching sources agree on it."""
         g = self.geometry
         if g.groups == 1:
             return IN_CHANNELS, IN_CHANNELS
         return str(g.channels), str(g.in_per_group)
 
-    def _scalars(self) -> tuple[Scalar, ...]:
+    def _out_channels(self) -> str:
+        """The output channels per group as the source spells them (see _channels)."""
+        return OUT_CHANNELS if self.geometry.groups == 1 else str(self.geometry.out_per_group)
+
+    def _out_blocks(self, config: Config) -> int:
+        """Blocks of output channels per group: the grid's third axis, per image and group."""
+        return ceil_div(self.geometry.out_per_group, config["wg_z"] * config["oc_block"])
+
+    def _scalars(self, config: Config) -> tuple[Scalar, ...]:
         g = self.geometry
-        return (Scalar(IN_CHANNELS, "int", g.channels),) if g.groups == 1 else ()
+        if g.groups != 1:
+            return ()
+        return (
+            Scalar(IN_CHANNELS, "int", g.channels),
+            Scalar(OUT_CHANNELS, "int", g.out_channels),
+            Scalar(OUT_BLOCKS, "int", self._out_blocks(config)),
+        )
 
     def _store(self, config: Config) -> str:
         """Bias, epilogue and guarded stores of the accumulator ``tile`` (o, i, j): lane by
         lane, or all lanes at once where the epilogue calls vector math
         (conv_common.store_outputs_batched)."""
         g, vec, wgx = self.geometry, config["vector"], config["wg_x"]
-        og, height, width = g.out_per_group, g.out_height, g.out_width
+        og, height, width = self._out_channels(), g.out_height, g.out_width
         out_channel = f"g * {og} + oc_base + o"
         if vec > 1 and Epilogue(self.workload).vector_math:
             oh = "oh_base + i"
@@ -193,11 +210,11 @@ for (int v = 0; v < {vec}; ++v) {{
         ocb, ohb, owb, vec = (config[k] for k in ("oc_block", "oh_block", "ow_block", "vector"))
         icc, wgx, wgy, wgz = (config[k] for k in ("ic_chunk", "wg_x", "wg_y", "wg_z"))
         kh, kw = g.kernel
-        og = g.out_per_group
-        cg = self._channels()[1]
+        og, cg = self._out_channels(), self._channels()[1]
         tiles_w = ceil_div(g.out_width, self.tile_width(config))
         tiles_h = ceil_div(g.out_height, wgy * ohb)
-        tiles_c = ceil_div(og, wgz * ocb)
+        tiles_c = self._out_blocks(config)
+        blocks = OUT_BLOCKS if g.groups == 1 else str(g.groups * tiles_c)  # per image
         idx = index_type(self.workload)
         weight = self.workload.nodes[0].inputs[1]
         vt = vector_type(vec)
@@ -208,16 +225,16 @@ for (int v = 0; v < {vec}; ++v) {{
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1), tz = LOCAL_ID(2);
 const int zblock = GROUP_ID(2);
-const {idx} n = zblock / {g.groups * tiles_c};
-const int g = (zblock / {tiles_c}) % {g.groups};
-const int oc_base = ((zblock % {tiles_c}) * {wgz} + tz) * {ocb};
+const {idx} n = zblock / {blocks};
+const int g = {"0" if g.groups == 1 else f"(zblock / {tiles_c}) % {g.groups}"};
+const int oc_base = ((zblock % {blocks if g.groups == 1 else tiles_c}) * {wgz} + tz) * {ocb};
 {tile_origin(g, wgy * ohb, self.tile_width(config), self.reads_in_bounds(config))}
 const int oh_base = oh_group + ty * {ohb};
 const int ow_base = ow_group + tx * {vec};
 int w_oc[{ocb}];
 {UNROLL}
 for (int o = 0; o < {ocb}; ++o) {{  // tail channels read a valid row and store nothing
-  const int oc = oc_base + o < {og} ? oc_base + o : {og - 1};
+  const int oc = oc_base + o < {og} ? oc_base + o : {og} - 1;
   w_oc[o] = (g * {og} + oc) * ({cg} * {kh * kw});
 }}
 {vt} acc[{ocb * ohb * owb}];
@@ -270,7 +287,7 @@ for (int o = 0; o < {ocb}; ++o) {{
             "conv2d_direct",
             kernel_buffers(self.workload),
             indent(body, 1),
-            Launch(groups, (wgx, wgy, wgz), self._scalars()),
+            Launch(groups, (wgx, wgy, wgz), self._scalars(config)),
             local,
         )
 

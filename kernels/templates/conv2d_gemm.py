@@ -60,7 +60,7 @@ class Conv2dGemmTemplate(GemmTemplate):
             row_shape=(out_channels,),
             has_col_axis=True,
             col_shape=(height, width),
-            k_is_argument=True,
+            extents_are_arguments=True,
         )
 
     def _cpu_start(self, limits) -> dict:

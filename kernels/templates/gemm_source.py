@@ -54,9 +54,10 @@ class GemmGeometry:
     has_col_axis: bool  # False for matmul with a 1-D B: the output has no n axis
     col_shape: tuple[int, ...] = ()  # output axes that n unflattens to, if several (conv H, W)
     bias_per_row: bool = False  # bias of shape (M,): a convolution's, per output channel
-    # K passed as a kernel argument (K_ARGUMENT) in direct_kn: gemms that differ only in K
-    # are then one program (a dense block's 1 x 1 convs, whose input channels grow by layer)
-    k_is_argument: bool = False
+    # M and K passed as kernel arguments (M_ARGUMENT, K_ARGUMENT) in direct_kn: gemms that
+    # differ only in them are then one program (a dense block's 1 x 1 convs, whose input
+    # channels grow by layer; the squeeze-and-excitation convs of an EfficientNet)
+    extents_are_arguments: bool = False
 
     @property
     def batch(self) -> int:
@@ -73,7 +74,7 @@ class GemmGeometry:
         return n if self.bias_per_column else m if self.bias_per_row else "0"
 
 
-K_ARGUMENT = "k_len"
+M_ARGUMENT, K_ARGUMENT = "m_len", "k_len"
 
 
 def unflatten(flat: str, shape: tuple[int, ...]) -> tuple[str, ...]:
@@ -89,7 +90,7 @@ def unflatten(flat: str, shape: tuple[int, ...]) -> tuple[str, ...]:
     return tuple(index)
 
 
-def clamp(expr: str, last: int, needed: bool) -> str:
+def clamp(expr: str, last: int | str, needed: bool) -> str:
     """``expr`` capped at ``last`` for loads near an edge (a ternary: integer ``min`` is
     spelled differently per dialect); left alone where the tiles divide evenly."""
     return f"({expr} < {last} ? {expr} : {last})" if needed else f"({expr})"
@@ -111,14 +112,17 @@ class GemmSource:
         # vector instead: loads stay whole vectors, and the lanes they recompute are stored
         # again with the same values (see output_column).
         self.shifted = self.mode == "direct_kn" and self.vec < g.n and g.n % self.vec != 0
-        # Where K is an argument, the source names it; every choice that depends on its
-        # value (whether a loop runs, a leftover loop) still shows in the text, so kernels
-        # whose sources match agree on all of them.
-        self.k_argument = g.k_is_argument and self.mode == "direct_kn"
-        self.k = K_ARGUMENT if self.k_argument else str(g.k)
+        # Where M and K are arguments, the source names them; every choice that depends on
+        # their values (whether a loop runs, a leftover loop, ragged rows) still shows in
+        # the text, so kernels whose sources match agree on all of them.
+        self.arguments = g.extents_are_arguments and self.mode == "direct_kn"
+        self.m = M_ARGUMENT if self.arguments else str(g.m)
+        self.k = K_ARGUMENT if self.arguments else str(g.k)
 
     def scalars(self) -> tuple[Scalar, ...]:
-        return (Scalar(K_ARGUMENT, "int", self.g.k),) if self.k_argument else ()
+        if not self.arguments:
+            return ()
+        return (Scalar(M_ARGUMENT, "int", self.g.m), Scalar(K_ARGUMENT, "int", self.g.k))
 
     # ---- pieces -------------------------------------------------------------------------
     def column(self, j: str, lane: str = "0") -> str:
@@ -184,7 +188,7 @@ class GemmSource:
 {self.idx} a_row[{self.tm}];
 {UNROLL}
 for (int i = 0; i < {self.tm}; ++i) \
-a_row[i] = a_base + ({self.idx}){clamp("m_first + i", g.m - 1, ragged)} * {self.k};"""
+a_row[i] = a_base + ({self.idx}){clamp("m_first + i", f"{self.m} - 1", ragged)} * {self.k};"""
 
     def fma_block(self, a_type: str, a_load: str, b_value: str) -> str:
         """Load ``tile_m`` values of A, then acc[i][j] += a[i] * b(j) over the register tile."""
@@ -387,7 +391,7 @@ for (int i = 0; i < {self.tm}; ++i) {{
         """The condition that output (m, n) is inside C; empty where the tiles divide C evenly
         and it always is. (Each guard was a branch per stored lane: without them, a kernel's
         64 unrolled stores took PoCL ~35 % less time to compile, and they run no branches.)"""
-        checks = [f"{m} < {self.g.m}"] if self.g.m % self.bm else []
+        checks = [f"{m} < {self.m}"] if self.g.m % self.bm else []
         checks += [f"{n} < {self.g.n}"] if self.g.n % self.bn else []
         return " && ".join(checks)
 
@@ -411,7 +415,7 @@ for (int i = 0; i < {self.tm}; ++i) {{
         for i in range(self.tm):
             lines += [
                 f"const int m{i} = m_first + {i};",
-                f"const int m{i}_in = m{i} < {g.m} ? m{i} : {g.m - 1};",
+                f"const int m{i}_in = m{i} < {self.m} ? m{i} : {self.m} - 1;",
             ]
         for j in range(self.accs_per_row):
             for v in range(w):
