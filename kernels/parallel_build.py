@@ -23,8 +23,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 
-# Below this many kernels per part, a helper's start (~0.2 s) costs more than it saves.
-MIN_KERNELS_PER_PART = 8
+# Below this many kernels per part, a helper's start (~0.2 s) costs more than it saves: each
+# kernel's work-group function is 150-300 ms of LLVM, so even 3 are worth a helper (SqueezeNet,
+# 14 distinct kernels: one part 5.1-5.3 s, two parts of 7 3.7-4.1 s; PoCL, 2 EPYC cores).
+MIN_KERNELS_PER_PART = 3
 BUILT = "built"  # the line a helper prints once its program is in the cache (build_helper.py)
 
 
