@@ -244,6 +244,26 @@ def test_direct_convs_differing_only_in_channel_counts_share_one_program(device,
             assert_matches_reference(template, got, arrays)
 
 
+def test_depthwise_convs_differing_only_in_channels_share_one_program(device):
+    """A depthwise conv's channel counts are kernel arguments: 7 and 13 channels render one
+    source, and the second conv runs the program compiled for the first with its own."""
+    templates = [
+        DepthwiseConv2dTemplate(
+            Workload.from_graph(conv((1, c, 11, 9), c, (3, 3), padding=(1,) * 4, groups=c))
+        )
+        for c in (7, 13)
+    ]
+    configs = templates[0].space(device.limits).sample(4, np.random.default_rng(5))
+    for config in [templates[0].default_config(device.limits), *configs]:
+        sources = [t.render(config, "opencl", device.limits).source for t in templates]
+        assert sources[0] == sources[1]
+        for seed, template in enumerate(templates):
+            arrays = random_inputs(template.workload, seed)
+            assert_matches_reference(
+                template, run_on_device(device, template, config, arrays), arrays
+            )
+
+
 UNPADDED_DEPTHWISE = {
     "7c-13x33": conv((2, 7, 15, 35), 7, (3, 3), bias=True, groups=7),
     "13c-x2-s2-dil2": conv((1, 13, 17, 29), 26, (3, 3), strides=(2, 2), dilation=(2, 2), groups=13),

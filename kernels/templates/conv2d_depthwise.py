@@ -14,10 +14,12 @@ with clamped offsets and masks.
 from coretune.kernels.device import DeviceLimits
 
 from ..epilogue import Epilogue
-from ..render import KernelSpec, Launch, LocalArray
+from ..render import KernelSpec, Launch, LocalArray, Scalar
 from ..space import Config, Knob
 from .conv_common import (
+    IN_CHANNELS,
     NO_UNROLL,
+    OUT_CHANNELS,
     UNROLL,
     WindowGeometry,
     WindowTemplate,
@@ -172,9 +174,9 @@ const {idx} row = x_chan + (ih < 0 ? 0 : ih < {g.height} ? ih : {g.height - 1}) 
         store = self._store(config)
         body = f"""\
 const int tx = LOCAL_ID(0), ty = LOCAL_ID(1);
-const int oc = GROUP_ID(2) % {g.out_channels};
-const {idx} n = GROUP_ID(2) / {g.out_channels};
-const {idx} x_chan = (n * {g.channels} + oc / {multiplier}) * {g.height * g.width};
+const int oc = GROUP_ID(2) % {OUT_CHANNELS};
+const {idx} n = GROUP_ID(2) / {OUT_CHANNELS};
+const {idx} x_chan = (n * {IN_CHANNELS} + oc / {multiplier}) * {g.height * g.width};
 {tile_origin(g, wgy * ohb, wgx * owb, self.reads_in_bounds(config))}
 const int oh_base = oh_group + ty * {ohb};
 const int ow_base = ow_group + tx * {owb};
@@ -214,8 +216,17 @@ for (int i = 0; i < {ohb}; ++i) {{
             "conv2d_depthwise",
             kernel_buffers(self.workload),
             indent(body, 1),
-            Launch(groups, (wgx, wgy, 1)),
+            # The channel counts are arguments: convs that differ only in them are one
+            # program (an EfficientNet stage's depthwise convs of 480 and 672 channels).
+            Launch(groups, (wgx, wgy, 1), self._scalars()),
             local,
+        )
+
+    def _scalars(self) -> tuple[Scalar, ...]:
+        g = self.geometry
+        return (
+            Scalar(IN_CHANNELS, "int", g.channels),
+            Scalar(OUT_CHANNELS, "int", g.out_channels),
         )
 
     def reads_in_bounds(self, config: Config) -> bool:

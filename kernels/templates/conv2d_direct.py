@@ -20,8 +20,10 @@ from ..epilogue import Epilogue
 from ..render import KernelSpec, Launch, LocalArray, Scalar, lane_names
 from ..space import Config, Knob, Restriction
 from .conv_common import (
+    IN_CHANNELS,
     LANE_LOOP,
     NO_UNROLL,
+    OUT_CHANNELS,
     UNROLL,
     WindowTemplate,
     anchor_is_float,
@@ -43,9 +45,7 @@ from .conv_common import (
 )
 
 MAX_ACCUMULATORS = 64  # floats of register tile per work-item: beyond this GPUs spill
-# The kernel arguments of an ungrouped conv: its input and output channels, and the blocks
-# of output channels its grid covers.
-IN_CHANNELS, OUT_CHANNELS, OUT_BLOCKS = "c_in", "c_out", "c_out_blocks"
+OUT_BLOCKS = "c_out_blocks"  # the kernel argument of an ungrouped conv's channel blocks
 
 
 class Conv2dDirectTemplate(WindowTemplate):

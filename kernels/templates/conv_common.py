@@ -23,6 +23,10 @@ NO_UNROLL = "#pragma unroll 1"
 # models on PoCL ran 0.99-1.05x as fast as before).
 LANE_LOOP = NO_UNROLL
 
+# The kernel arguments of a conv's input and output channel counts, where they are passed at
+# launch instead of written into the source (conv2d_direct, conv2d_depthwise).
+IN_CHANNELS, OUT_CHANNELS = "c_in", "c_out"
+
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)

@@ -24,7 +24,7 @@ from coretune.graph.registry import Pattern, get_op
 from ..ctypes_ import BUFFER_TYPES, buffer_type, value_type
 from ..device import DeviceLimits
 from ..lower import ElementwiseLowering, lowerable
-from ..render import Buffer, KernelSpec, Launch, LocalArray, lane_names
+from ..render import Buffer, KernelSpec, Launch, LocalArray, Scalar, lane_names
 from ..space import Config, Knob, Restriction
 from .base import Template
 from .reduction_parts import (
@@ -39,6 +39,9 @@ from .reduction_parts import (
 )
 
 WORK_GROUPS = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024)
+# The kernel argument holding the row count: reductions that differ only in it are one
+# program (the squeeze-and-excitation pools of one stage's 480 and 672 channels).
+ROWS = "n_rows"
 
 
 def _is_tree(config: Config) -> bool:
@@ -220,7 +223,7 @@ class _KernelWriter:
             f"const {it} r = ({it})GROUP_ID(0) * {self.rows_per_group} + LOCAL_ID({self.row_dim});",
             # Surplus rows of the last group redo the last row (barriers stay uniform) but
             # never store.
-            f"const {it} row = r < {g.rows} ? r : {g.rows - 1};",
+            f"const {it} row = r < {ROWS} ? r : {ROWS} - 1;",
         ]
         fold = self.red.fold
         if fold.block is not None and self.items in (2, 4, 8):  # one state, folded by blocks
@@ -253,7 +256,7 @@ class _KernelWriter:
             f"reduce_{self.node.op}",
             buffers,
             "\n".join(indent(lines)),
-            Launch((group_count, 1, 1), self.local),
+            Launch((group_count, 1, 1), self.local, (Scalar(ROWS, it, g.rows),)),
             local_arrays=self.local_arrays(),
             tables=tuple(self.tables.values()),
         )
@@ -373,7 +376,7 @@ class _KernelWriter:
                 loop = self.block_loop(self.write_block, "w")
             else:
                 loop = self.strided_loop(self.write, "w")
-            return [f"if (r < {self.g.rows}) {{", *indent(loop), "}"]
+            return [f"if (r < {ROWS}) {{", *indent(loop), "}"]
         lw = self.lowering("e")
         value = lw.temp(result_type, self.red.result)
         kept, rank = self.row_index(), len(self.w.types[self.node.outputs[0]].shape)
@@ -382,7 +385,7 @@ class _KernelWriter:
         store = self.store(lw, value, tuple(kept[a] for a in sorted(kept)), "row")
         body = lw.lines + store
         first = " && t == 0" if self.threads > 1 else ""
-        return [f"if (r < {self.g.rows}{first}) {{", *indent(body), "}"]
+        return [f"if (r < {ROWS}{first}) {{", *indent(body), "}"]
 
     def write(self, k: int, lw: ElementwiseLowering, x: str) -> list[str]:
         """One element of a per-element reduction (softmax, layer_norm)."""
